@@ -1,0 +1,62 @@
+//! The one error type of the engine. Every variant names the argument it is about, so the Python
+//! binding can raise an exception that tells the caller which input to fix and what was expected.
+
+use thiserror::Error;
+
+/// Result alias used across the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Error {
+    /// An array has the wrong number of elements or the wrong shape.
+    #[error("{arg}: expected shape {expected}, got {got}")]
+    Shape {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
+    /// A value is outside the domain the argument allows (`first_error = -3`, `group_size = 0`).
+    #[error("{arg}: {message}")]
+    Value { arg: &'static str, message: String },
+    /// A NaN or infinity where a finite number is required.
+    #[error("{arg}: expected finite values, found {value} at {at}")]
+    NonFinite {
+        arg: &'static str,
+        value: f64,
+        at: String,
+    },
+    /// A string option that is not one of the allowed choices.
+    #[error("{arg}: expected one of {allowed}, got {got:?}")]
+    Choice {
+        arg: &'static str,
+        allowed: &'static str,
+        got: String,
+    },
+    /// An array of an element type the function does not take.
+    #[error("{arg}: expected dtype {expected}, got {got}")]
+    Dtype {
+        arg: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    /// A result that does not fit the float32 output (the inputs were finite but extreme).
+    #[error("{arg}: result overflows float32 ({detail})")]
+    Overflow { arg: &'static str, detail: String },
+}
+
+impl Error {
+    pub(crate) fn value(arg: &'static str, message: impl Into<String>) -> Self {
+        Error::Value {
+            arg,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn shape(arg: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
+        Error::Shape {
+            arg,
+            expected: expected.into(),
+            got: got.into(),
+        }
+    }
+}

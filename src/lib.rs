@@ -1,0 +1,14 @@
+//! sgpo-rs: SGPO (Stepwise Guided Policy Optimization) reward diversification, group-normalised
+//! advantages and the GRPO-family policy loss, as a plain Rust engine.
+//!
+//! The engine has no Python types; `src/python/` (feature `python`) only translates arrays and
+//! errors for the `sgpo_rs` Python package.
+
+pub mod advantages;
+pub mod elem;
+pub mod error;
+pub mod groups;
+pub mod loss;
+pub mod rewards;
+
+pub use error::{Error, Result};
