@@ -106,10 +106,17 @@ fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (usize, f64, f64) {
 
 /// Group-normalised advantages of per-row rewards. NaN rewards mark unscorable rows: they are left
 /// out of every statistic and get advantage 0, as do rows whose statistics are undefined.
-pub fn group_advantages(rewards: &[f64], groups: &Groups, options: AdvantageOptions) -> Result<Vec<f32>> {
+pub fn group_advantages(
+    rewards: &[f64],
+    groups: &Groups,
+    options: AdvantageOptions,
+) -> Result<Vec<f32>> {
     groups.check_rows("rewards", rewards.len())?;
     if !options.eps.is_finite() || options.eps < 0.0 {
-        return Err(Error::value("eps", format!("expected a finite value >= 0, got {}", options.eps)));
+        return Err(Error::value(
+            "eps",
+            format!("expected a finite value >= 0, got {}", options.eps),
+        ));
     }
     if let Some(row) = rewards.iter().position(|r| r.is_infinite()) {
         return Err(Error::NonFinite {
@@ -127,7 +134,14 @@ pub fn group_advantages(rewards: &[f64], groups: &Groups, options: AdvantageOpti
         .map(|g| {
             let (n, mean, std) = mean_std(groups.members(g).map(|row| rewards[row]));
             if n == 1 && options.singleton == Singleton::Unit {
-                return (0.0, if options.scale == Scale::None { 1.0 } else { 1.0 + options.eps });
+                return (
+                    0.0,
+                    if options.scale == Scale::None {
+                        1.0
+                    } else {
+                        1.0 + options.eps
+                    },
+                );
             }
             let divisor = match options.scale {
                 Scale::Group => std + options.eps,
@@ -166,7 +180,11 @@ pub fn token_advantages<M: MaskElem>(
         ));
     }
     if out.len() != mask.len() {
-        return Err(Error::shape("out", format!("({rows}, {len})"), format!("{} elements", out.len())));
+        return Err(Error::shape(
+            "out",
+            format!("({rows}, {len})"),
+            format!("{} elements", out.len()),
+        ));
     }
     if let Some(row) = advantages.iter().position(|a| !a.is_finite()) {
         return Err(Error::NonFinite {
@@ -195,7 +213,10 @@ pub fn token_advantages<M: MaskElem>(
                     *o = a * w;
                 }
                 if !all_valid && bad.is_none() {
-                    let i = mask.iter().position(|m| !is_valid_weight(m.weight())).unwrap_or(0);
+                    let i = mask
+                        .iter()
+                        .position(|m| !is_valid_weight(m.weight()))
+                        .unwrap_or(0);
                     bad = Some((first_row + r) * len + i).map(|idx| (idx, mask[i].weight()));
                 }
             }
@@ -206,7 +227,11 @@ pub fn token_advantages<M: MaskElem>(
     if let Some((idx, w)) = bad {
         return Err(Error::value(
             "mask",
-            format!("expected finite weights >= 0, got {w} at ({}, {})", idx / len, idx % len),
+            format!(
+                "expected finite weights >= 0, got {w} at ({}, {})",
+                idx / len,
+                idx % len
+            ),
         ));
     }
     Ok(())
@@ -223,13 +248,17 @@ mod tests {
         let groups = Groups::contiguous(2, 2).unwrap();
         let a = group_advantages(&[1.0, 1.00001], &groups, AdvantageOptions::VERL).unwrap();
         let expected = 5e-6 / (2f64.sqrt() * 5e-6 + 1e-6);
-        assert!((a[1] as f64 - expected).abs() < 1e-5 && a[0] == -a[1], "{a:?}");
+        assert!(
+            (a[1] as f64 - expected).abs() < 1e-5 && a[0] == -a[1],
+            "{a:?}"
+        );
     }
 
     #[test]
     fn nan_rows_and_singletons_give_zero_in_trl_semantics() {
         let groups = Groups::contiguous(4, 2).unwrap();
-        let a = group_advantages(&[1.0, f64::NAN, 0.0, 2.0], &groups, AdvantageOptions::TRL).unwrap();
+        let a =
+            group_advantages(&[1.0, f64::NAN, 0.0, 2.0], &groups, AdvantageOptions::TRL).unwrap();
         assert_eq!(&a[..2], &[0.0, 0.0]);
         assert!(a[2] < 0.0 && a[3] > 0.0);
     }

@@ -52,7 +52,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn shape(arg: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
+    pub(crate) fn shape(
+        arg: &'static str,
+        expected: impl Into<String>,
+        got: impl Into<String>,
+    ) -> Self {
         Error::Shape {
             arg,
             expected: expected.into(),

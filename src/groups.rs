@@ -58,10 +58,16 @@ impl Groups {
     /// TRL layout: `num_rows / group_size` groups of `group_size` consecutive rows.
     pub fn contiguous(num_rows: usize, group_size: usize) -> Result<Self> {
         if num_rows == 0 {
-            return Err(Error::value("rewards", "expected at least one row, got an empty batch"));
+            return Err(Error::value(
+                "rewards",
+                "expected at least one row, got an empty batch",
+            ));
         }
         if group_size == 0 {
-            return Err(Error::value("group_size", "expected a positive group size, got 0"));
+            return Err(Error::value(
+                "group_size",
+                "expected a positive group size, got 0",
+            ));
         }
         if num_rows % group_size != 0 {
             return Err(Error::value(
@@ -79,7 +85,10 @@ impl Groups {
     /// Groups are numbered in the order their first row appears.
     pub fn from_ids(ids: &[i64]) -> Result<Self> {
         if ids.is_empty() {
-            return Err(Error::value("group_ids", "expected at least one row, got an empty batch"));
+            return Err(Error::value(
+                "group_ids",
+                "expected at least one row, got an empty batch",
+            ));
         }
         let mut number_of_id: HashMap<i64, usize> = HashMap::new();
         let mut group_of_row = Vec::with_capacity(ids.len());
@@ -147,7 +156,11 @@ impl Groups {
     /// Checks that a per-row array `arg` has one entry per row.
     pub fn check_rows(&self, arg: &'static str, len: usize) -> Result<()> {
         if len != self.num_rows {
-            return Err(Error::shape(arg, format!("({},)", self.num_rows), format!("({len},)")));
+            return Err(Error::shape(
+                arg,
+                format!("({},)", self.num_rows),
+                format!("({len},)"),
+            ));
         }
         Ok(())
     }
@@ -167,8 +180,20 @@ mod tests {
 
     #[test]
     fn contiguous_rejects_bad_sizes() {
-        assert!(matches!(Groups::contiguous(6, 0), Err(Error::Value { arg: "group_size", .. })));
-        assert!(matches!(Groups::contiguous(6, 4), Err(Error::Value { arg: "group_size", .. })));
+        assert!(matches!(
+            Groups::contiguous(6, 0),
+            Err(Error::Value {
+                arg: "group_size",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Groups::contiguous(6, 4),
+            Err(Error::Value {
+                arg: "group_size",
+                ..
+            })
+        ));
         assert!(matches!(Groups::contiguous(0, 2), Err(Error::Value { .. })));
     }
 

@@ -12,3 +12,6 @@ pub mod loss;
 pub mod rewards;
 
 pub use error::{Error, Result};
+
+#[cfg(feature = "python")]
+mod python;

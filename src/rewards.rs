@@ -122,7 +122,9 @@ fn row_credit(verdicts: &Verdicts<'_>, row: usize) -> Result<Option<f64>> {
             if n == 0 {
                 return Err(Error::value(
                     "num_steps",
-                    format!("expected values >= 1 on judged rows, got 0 at row {row} (first_error {k})"),
+                    format!(
+                        "expected values >= 1 on judged rows, got 0 at row {row} (first_error {k})"
+                    ),
                 ));
             }
             if k >= n {
@@ -305,8 +307,14 @@ mod tests {
             credit_scale: 0.5,
             mode: DiversifyMode::AllIncorrect,
         };
-        let out = sgpo_rewards(&[1.0, 0.0, 0.0], steps(&[-2, 1, 0], &[0, 2, 2]), None, &groups, options)
-            .unwrap();
+        let out = sgpo_rewards(
+            &[1.0, 0.0, 0.0],
+            steps(&[-2, 1, 0], &[0, 2, 2]),
+            None,
+            &groups,
+            options,
+        )
+        .unwrap();
         assert_eq!(out.rewards, vec![1.0, 0.25, 0.0]);
         assert_eq!(out.all_negative, vec![false; 3]);
     }
@@ -315,12 +323,42 @@ mod tests {
     fn bad_verdicts_are_rejected_with_their_argument() {
         let groups = Groups::contiguous(1, 1).unwrap();
         let run = |k: i64, n: i64| {
-            sgpo_rewards(&[0.0], steps(&[k], &[n]), None, &groups, RewardOptions::default())
+            sgpo_rewards(
+                &[0.0],
+                steps(&[k], &[n]),
+                None,
+                &groups,
+                RewardOptions::default(),
+            )
         };
-        assert!(matches!(run(-3, 2), Err(Error::Value { arg: "first_error", .. })));
-        assert!(matches!(run(2, 2), Err(Error::Value { arg: "first_error", .. })));
-        assert!(matches!(run(0, 0), Err(Error::Value { arg: "num_steps", .. })));
-        assert!(matches!(run(-2, -1), Err(Error::Value { arg: "num_steps", .. })));
+        assert!(matches!(
+            run(-3, 2),
+            Err(Error::Value {
+                arg: "first_error",
+                ..
+            })
+        ));
+        assert!(matches!(
+            run(2, 2),
+            Err(Error::Value {
+                arg: "first_error",
+                ..
+            })
+        ));
+        assert!(matches!(
+            run(0, 0),
+            Err(Error::Value {
+                arg: "num_steps",
+                ..
+            })
+        ));
+        assert!(matches!(
+            run(-2, -1),
+            Err(Error::Value {
+                arg: "num_steps",
+                ..
+            })
+        ));
         assert!(run(-2, 0).is_ok());
     }
 }

@@ -58,7 +58,9 @@ pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
     let row_mean = |f: fn(&RowMetrics) -> f64| sum(f) / rows.len() as f64;
     // TRL's per-sequence min/max skip rows without tokens (NaN under nanmin/nanmax).
     let per_sequence = |f: fn(&RowMetrics) -> f64| {
-        rows.iter().filter(|r| r.tokens > 0.0).map(move |r| f(r) / r.tokens)
+        rows.iter()
+            .filter(|r| r.tokens > 0.0)
+            .map(move |r| f(r) / r.tokens)
     };
 
     let loss = sum(|r| r.loss_weighted);
@@ -79,15 +81,24 @@ pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
                 metrics.push(("clip_ratio/high_mean", row_mean(|r| r.clip_high_row)));
                 metrics.push(("clip_ratio/region_mean", row_mean(|r| r.clip_region_row)));
                 let low_min = rows.iter().map(|r| r.clip_low_row).fold(f64::NAN, f64::min);
-                let high_max = rows.iter().map(|r| r.clip_high_row).fold(f64::NAN, f64::max);
+                let high_max = rows
+                    .iter()
+                    .map(|r| r.clip_high_row)
+                    .fold(f64::NAN, f64::max);
                 metrics.push(("clip_ratio/low_min", low_min));
                 metrics.push(("clip_ratio/high_max", high_max));
             } else {
                 metrics.push(("clip_ratio/low_mean", token_mean(|r| r.clip_low)));
                 metrics.push(("clip_ratio/high_mean", token_mean(|r| r.clip_high)));
                 metrics.push(("clip_ratio/region_mean", token_mean(|r| r.clip_region)));
-                metrics.push(("clip_ratio/low_min", per_sequence(|r| r.clip_low).fold(f64::NAN, f64::min)));
-                metrics.push(("clip_ratio/high_max", per_sequence(|r| r.clip_high).fold(f64::NAN, f64::max)));
+                metrics.push((
+                    "clip_ratio/low_min",
+                    per_sequence(|r| r.clip_low).fold(f64::NAN, f64::min),
+                ));
+                metrics.push((
+                    "clip_ratio/high_max",
+                    per_sequence(|r| r.clip_high).fold(f64::NAN, f64::max),
+                ));
             }
         }
         LossType::Cispo => {
@@ -108,7 +119,8 @@ pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
         }
         LossType::Vanilla => {
             // verl's masked_mean: 0 when no token counts.
-            let verl_mean = |f: fn(&RowMetrics) -> f64| if tokens > 0.0 { sum(f) / tokens } else { 0.0 };
+            let verl_mean =
+                |f: fn(&RowMetrics) -> f64| if tokens > 0.0 { sum(f) / tokens } else { 0.0 };
             metrics.push(("pg_clipfrac", verl_mean(|r| r.pg_clipfrac)));
             metrics.push(("ppo_kl", verl_mean(|r| r.ppo_kl)));
             metrics.push(("pg_clipfrac_lower", verl_mean(|r| r.pg_clipfrac_lower)));

@@ -71,7 +71,12 @@ pub fn policy_loss<T: FloatElem, M: MaskElem>(
     let (batch, len) = (inputs.batch, inputs.len);
     let max_completion_length = options.max_completion_length.unwrap_or(len.max(1));
     let aggregation = options.aggregation.unwrap_or_else(|| {
-        Aggregation::for_loss_type(options.loss_type, batch, max_completion_length, options.num_items)
+        Aggregation::for_loss_type(
+            options.loss_type,
+            batch,
+            max_completion_length,
+            options.num_items,
+        )
     });
     let (tokens, valid_rows) = if aggregation.needs_batch_counts() {
         batch_counts(inputs.mask, len)?
@@ -99,13 +104,20 @@ pub fn policy_loss<T: FloatElem, M: MaskElem>(
 fn check_shapes<T, M>(inputs: &LossInputs<'_, T, M>, grad_len: usize) -> Result<()> {
     let (batch, len) = (inputs.batch, inputs.len);
     if batch == 0 {
-        return Err(Error::value("logp", "expected at least one row, got an empty batch"));
+        return Err(Error::value(
+            "logp",
+            "expected at least one row, got an empty batch",
+        ));
     }
     let expected = format!("({batch}, {len})");
     let n = batch * len;
     let check = |arg: &'static str, got: usize| -> Result<()> {
         if got != n {
-            return Err(Error::shape(arg, expected.clone(), format!("{got} elements")));
+            return Err(Error::shape(
+                arg,
+                expected.clone(),
+                format!("{got} elements"),
+            ));
         }
         Ok(())
     };
@@ -138,7 +150,11 @@ fn batch_counts<M: MaskElem>(mask: &[M], len: usize) -> Result<(f64, usize)> {
     if len == 0 {
         return Ok((0.0, 0));
     }
-    let per_row: Vec<Result<f64>> = mask.par_chunks(len).enumerate().map(|(i, row)| row_weight_sum(row, i)).collect();
+    let per_row: Vec<Result<f64>> = mask
+        .par_chunks(len)
+        .enumerate()
+        .map(|(i, row)| row_weight_sum(row, i))
+        .collect();
     let (mut tokens, mut valid_rows) = (0.0, 0);
     for n in per_row {
         let n = n?;
@@ -157,10 +173,16 @@ fn row_weight_sum<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
         n += w as f64;
     }
     if !valid {
-        let t = row.iter().position(|m| !is_valid_weight(m.weight())).unwrap_or(0);
+        let t = row
+            .iter()
+            .position(|m| !is_valid_weight(m.weight()))
+            .unwrap_or(0);
         return Err(Error::value(
             "mask",
-            format!("expected finite weights >= 0, got {} at ({i}, {t})", row[t].weight()),
+            format!(
+                "expected finite weights >= 0, got {} at ({i}, {t})",
+                row[t].weight()
+            ),
         ));
     }
     Ok(n)
@@ -246,7 +268,10 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         // verl clamps the log ratio to +-20 before exponentiating; TRL does not.
         let ratio_of = |lw: f64| -> (f64, f64) {
             if opt.loss_type == LossType::Vanilla {
-                (lw.clamp(-20.0, 20.0).exp(), terms::clamp_slope(lw, -20.0, 20.0))
+                (
+                    lw.clamp(-20.0, 20.0).exp(),
+                    terms::clamp_slope(lw, -20.0, 20.0),
+                )
             } else {
                 (lw.exp(), 1.0)
             }
@@ -254,7 +279,9 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         let (seq_ratio, seq_slope) = ratio_of(seq_log_ratio);
         let vespo_log_w = vespo_log_ratio.clamp(1e-8f64.ln(), 20.0);
 
-        let rho = self.aggregation.row_weight(n, inp.batch, self.tokens, self.valid_rows);
+        let rho = self
+            .aggregation
+            .row_weight(n, inp.batch, self.tokens, self.valid_rows);
         let scale = rho * opt.grad_scale;
         let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
         let mut row = RowMetrics {
@@ -278,13 +305,19 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             if !a.is_finite() {
                 return Err(non_finite("advantages", a, i, t));
             }
-            let (r, slope) = if sequence { (seq_ratio, seq_slope) } else { ratio_of(d) };
+            let (r, slope) = if sequence {
+                (seq_ratio, seq_slope)
+            } else {
+                ratio_of(d)
+            };
             let mut term = match opt.loss_type {
                 LossType::Cispo => {
                     row.cispo_clipped += w * f64::from(u8::from(r > opt.epsilon_high() && a > 0.0));
                     terms::cispo(r, a, l, opt.epsilon_high())
                 }
-                LossType::Sapo => terms::sapo(r, a, opt.sapo_temperature_pos, opt.sapo_temperature_neg),
+                LossType::Sapo => {
+                    terms::sapo(r, a, opt.sapo_temperature_pos, opt.sapo_temperature_neg)
+                }
                 LossType::Vespo => {
                     let (k, lam) = if a >= 0.0 {
                         (opt.vespo_k_pos, opt.vespo_lambda_pos)
@@ -329,7 +362,11 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
                 term.loss += opt.beta * kl_term;
                 row.kl += w * kl_term;
             }
-            let TokenTerm { loss, d_ratio, d_logp } = term;
+            let TokenTerm {
+                loss,
+                d_ratio,
+                d_logp,
+            } = term;
             row.loss += w * loss;
             if grad.is_empty() {
                 continue;
@@ -355,7 +392,10 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         if let Some(t) = grad.iter().position(|g| !g.is_finite()) {
             return Err(Error::Overflow {
                 arg: "grad",
-                detail: format!("the gradient at ({i}, {t}) is {}; check the log-probability gaps", grad[t]),
+                detail: format!(
+                    "the gradient at ({i}, {t}) is {}; check the log-probability gaps",
+                    grad[t]
+                ),
             });
         }
         if let AdvantageView::PerRow(adv) = inp.advantages {

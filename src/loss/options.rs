@@ -248,7 +248,10 @@ impl Default for LossOptions {
 
 fn check_finite(arg: &'static str, value: f64, lower: f64, what: &str) -> Result<()> {
     if !value.is_finite() || value < lower {
-        return Err(Error::value(arg, format!("expected a finite value {what}, got {value}")));
+        return Err(Error::value(
+            arg,
+            format!("expected a finite value {what}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -271,14 +274,23 @@ impl LossOptions {
             }
         }
         if !self.beta.is_finite() {
-            return Err(Error::value("beta", format!("expected a finite value, got {}", self.beta)));
+            return Err(Error::value(
+                "beta",
+                format!("expected a finite value, got {}", self.beta),
+            ));
         }
         if self.max_completion_length == Some(0) {
-            return Err(Error::value("max_completion_length", "expected a value >= 1, got 0"));
+            return Err(Error::value(
+                "max_completion_length",
+                "expected a value >= 1, got 0",
+            ));
         }
         if let Some(n) = self.num_items {
             if !n.is_finite() || n <= 0.0 {
-                return Err(Error::value("num_items", format!("expected a finite value > 0, got {n}")));
+                return Err(Error::value(
+                    "num_items",
+                    format!("expected a finite value > 0, got {n}"),
+                ));
             }
         }
         if let Some(Aggregation::Divisor(d)) = self.aggregation {
@@ -295,7 +307,9 @@ impl LossOptions {
                 format!("expected a finite value, got {}", self.grad_scale),
             ));
         }
-        if self.loss_type == LossType::Vanilla && !(self.clip_ratio_c.is_finite() && self.clip_ratio_c > 1.0) {
+        if self.loss_type == LossType::Vanilla
+            && !(self.clip_ratio_c.is_finite() && self.clip_ratio_c > 1.0)
+        {
             return Err(Error::value(
                 "clip_ratio_c",
                 format!("expected a finite value > 1, got {}", self.clip_ratio_c),
@@ -306,7 +320,10 @@ impl LossOptions {
             ("sapo_temperature_neg", self.sapo_temperature_neg),
         ] {
             if !v.is_finite() || v <= 0.0 {
-                return Err(Error::value(arg, format!("expected a finite value > 0, got {v}")));
+                return Err(Error::value(
+                    arg,
+                    format!("expected a finite value > 0, got {v}"),
+                ));
             }
         }
         for (arg, v) in [
@@ -316,7 +333,10 @@ impl LossOptions {
             ("vespo_lambda_neg", self.vespo_lambda_neg),
         ] {
             if !v.is_finite() {
-                return Err(Error::value(arg, format!("expected a finite value, got {v}")));
+                return Err(Error::value(
+                    arg,
+                    format!("expected a finite value, got {v}"),
+                ));
             }
         }
         Ok(())

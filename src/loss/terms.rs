@@ -201,10 +201,19 @@ mod tests {
                 assert!((t.d_ratio - g).abs() < 1e-6, "vanilla r={r} a={a}");
             }
         }
-        for est in [KlEstimator::K1, KlEstimator::Abs, KlEstimator::K2, KlEstimator::K3, KlEstimator::LowVarKl] {
+        for est in [
+            KlEstimator::K1,
+            KlEstimator::Abs,
+            KlEstimator::K2,
+            KlEstimator::K3,
+            KlEstimator::LowVarKl,
+        ] {
             for &lp in &[-3.0, -0.5] {
                 let (_, d) = kl(est, lp, -1.0);
-                assert!((d - fd(|lp| kl(est, lp, -1.0).0, lp)).abs() < 1e-6, "{est:?}");
+                assert!(
+                    (d - fd(|lp| kl(est, lp, -1.0).0, lp)).abs() < 1e-6,
+                    "{est:?}"
+                );
             }
         }
     }

@@ -1,0 +1,136 @@
+"""Argument normalisation shared by the numpy API: every array reaches the Rust core contiguous,
+in a dtype the core reads, with errors that name the argument."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+_MASK_DTYPES = {np.dtype(t) for t in (np.bool_, np.uint8, np.int32, np.int64, np.float32, np.float64)}
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    if value is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # torch tensors on an accelerator, ragged lists, ...
+        raise TypeError(f"{name}: expected an array-like of numbers ({error})") from None
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise TypeError(f"{name}: expected numbers, got dtype {array.dtype}")
+    return array
+
+
+def _check_ndim(name: str, array: np.ndarray, ndims: Tuple[int, ...], what: str) -> None:
+    if array.ndim not in ndims:
+        raise ValueError(f"{name}: expected {what}, got shape {array.shape}")
+
+
+def float64_rows(name: str, value: Any) -> np.ndarray:
+    """A 1-D per-row float array as contiguous float64 (exact for float32 input)."""
+    array = _as_array(name, value)
+    _check_ndim(name, array, (1,), "a 1-D array of one value per row")
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def int64_rows(name: str, value: Any) -> np.ndarray:
+    array = _as_array(name, value)
+    _check_ndim(name, array, (1,), "a 1-D array of one value per row")
+    if array.dtype.kind not in "iu" and array.dtype != np.bool_:
+        if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+            return np.ascontiguousarray(array, dtype=np.int64)
+        raise TypeError(f"{name}: expected integers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def bool_rows(name: str, value: Any) -> np.ndarray:
+    array = _as_array(name, value)
+    _check_ndim(name, array, (1,), "a 1-D array of one value per row")
+    if array.dtype != np.bool_:
+        if array.dtype.kind not in "iu" or not np.all((array == 0) | (array == 1)):
+            raise TypeError(f"{name}: expected booleans (or 0/1), got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.bool_)
+
+
+def group_ids(value: Any) -> Optional[np.ndarray]:
+    """Any hashable ids (verl's uid strings, ints) as int64 codes; equal ids share a code."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    _check_ndim("group_ids", array, (1,), "a 1-D array of one id per row")
+    if array.dtype.kind in "iub":
+        return np.ascontiguousarray(array, dtype=np.int64)
+    try:
+        _, codes = np.unique(array, return_inverse=True)
+    except TypeError as error:
+        raise TypeError(f"group_ids: expected sortable ids (str or int), got {error}") from None
+    return np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
+
+
+def group_size(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"group_size: expected an int, got {type(value).__name__}")
+    return int(value)
+
+
+def logprobs(name: str, value: Any) -> Tuple[np.ndarray, str]:
+    """Log-probabilities as float32/float64, or half-precision bits as uint16 plus their dtype."""
+    array = _as_array(name, value)
+    _check_ndim(name, array, (2,), "a 2-D array (B, T)")
+    if array.dtype == np.float32 or array.dtype == np.float64:
+        return np.ascontiguousarray(array), "none"
+    if array.dtype == np.float16:
+        return np.ascontiguousarray(array).view(np.uint16), "float16"
+    if array.dtype.name == "bfloat16":  # ml_dtypes
+        return np.ascontiguousarray(array).view(np.uint16), "bfloat16"
+    raise TypeError(f"{name}: expected dtype float32, float64, float16 or bfloat16, got {array.dtype}")
+
+
+def same_logprobs(name: str, value: Any, like: np.ndarray, half: str) -> Optional[np.ndarray]:
+    """An optional companion of `logp`, cast to logp's dtype."""
+    if value is None:
+        return None
+    array, its_half = logprobs(name, value)
+    if array.shape != like.shape:
+        raise ValueError(f"{name}: expected shape {like.shape} like logp, got {array.shape}")
+    if array.dtype != like.dtype or its_half != half:
+        # Different precisions: bring the companion to logp's dtype (one copy).
+        full = np.asarray(value)
+        if half == "none":
+            return np.ascontiguousarray(full, dtype=like.dtype)
+        target = np.float16 if half == "float16" else np.dtype("bfloat16")
+        return np.ascontiguousarray(full.astype(target)).view(np.uint16)
+    return array
+
+
+def mask(value: Any, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+    array = _as_array("mask", value)
+    _check_ndim("mask", array, (2,), "a 2-D array (B, T)")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"mask: expected shape {shape}, got {array.shape}")
+    if array.dtype not in _MASK_DTYPES:
+        if array.dtype.kind in "iu":
+            array = array.astype(np.int64)
+        elif array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        else:
+            raise TypeError(f"mask: expected bool, integer or float values, got dtype {array.dtype}")
+    return np.ascontiguousarray(array)
+
+
+def advantages(value: Any, batch: int, length: Optional[int] = None) -> np.ndarray:
+    array = _as_array("advantages", value)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"advantages: expected real numbers, got dtype {array.dtype}")
+    if array.dtype.name == "bfloat16" or array.dtype == np.float16:
+        array = array.astype(np.float32)
+    expected = f"({batch},)" if length is None else f"({batch},) or ({batch}, {length})"
+    ok = array.shape == (batch,) or (length is not None and array.shape == (batch, length))
+    if not ok:
+        raise ValueError(f"advantages: expected shape {expected}, got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.float32)

@@ -1,0 +1,41 @@
+"""The `sgpo-rs` command: `demo` (the main job), `info`."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import List, Optional
+
+
+def _info(_: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import __version__
+
+    print(f"sgpo-rs {__version__}")
+    print(f"python {platform.python_version()} ({sys.executable})")
+    print(f"numpy {np.__version__}")
+    try:
+        import torch
+
+        print(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
+    except ImportError:
+        print("torch not installed (pip install 'sgpo-rs[torch]' for sgpo_rs.torch)")
+    print("cuda path: not built in this version; all kernels run on the CPU (rayon)")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from . import demo
+
+    parser = argparse.ArgumentParser(prog="sgpo-rs", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo.add_arguments(commands.add_parser("demo", help="GRPO vs SGPO on a multi-step toy task"))
+    commands.add_parser("info", help="versions and available compute paths").set_defaults(run=_info)
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""The GRPO-family policy loss (TRL's eight loss types and verl's vanilla PPO loss), fused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _arrays, _core
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """Result of :func:`policy_loss`.
+
+    Attributes:
+        loss: the scalar loss (float).
+        grad: float32 ``(B, T)``, ``grad_scale * dL/dlogp``; 0 on masked-out tokens.
+        metrics: TRL's / verl's logged metrics for this loss type (``clip_ratio/low_mean``, ...,
+            ``kl`` when ``beta != 0``; vanilla: ``pg_clipfrac``, ``ppo_kl``, ``pg_clipfrac_lower``).
+    """
+
+    loss: float
+    grad: np.ndarray
+    metrics: Dict[str, float]
+
+
+def policy_loss(
+    logp: Any,
+    old_logp: Any,
+    advantages: Any,
+    mask: Any,
+    *,
+    ref_logp: Any = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: Optional[float] = None,
+    delta: Optional[float] = None,
+    loss_type: str = "dapo",
+    importance_sampling_level: str = "token",
+    kl_estimator: str = "k3",
+    kl_bias_correction: bool = True,
+    max_completion_length: Optional[int] = None,
+    num_items: Optional[float] = None,
+    grad_scale: float = 1.0,
+    loss_agg_mode: Optional[str] = None,
+    loss_scale_factor: Optional[float] = None,
+    clip_ratio_c: float = 3.0,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
+) -> LossOutput:
+    """Loss value, ``dL/dlogp`` and metrics in one fused pass (TRL 1.16 ``_compute_loss``).
+
+    Inputs are ``(B, T)``: ``logp`` (the differentiated log-probs), ``old_logp`` (``None``:
+    on-policy, ratio 1 with gradient), ``ref_logp`` (needed when ``beta != 0``), ``mask`` (bool,
+    int or float weights); ``advantages`` is ``(B,)`` or ``(B, T)``. Log-probs may be float32,
+    float64, float16 or bfloat16 (ml_dtypes); math runs in float64, the gradient is float32.
+    Masked-out tokens are never read (padding may hold anything); unmasked ones must be finite.
+
+    Per token, ``log_ratio = logp - old_logp``; ``importance_sampling_level="sequence"`` uses
+    ``sum_t(log_ratio * M) / max(sum_t M, 1)`` per row (GSPO). ``r = exp(log_ratio)``.
+
+    - grpo, bnpo, dr_grpo, dapo, luspo: ``L = -min(c1 A, c2 A)``,
+      ``c2 = clamp(r, 1 - epsilon_low, 1 + epsilon_high)``, ``c1 = clamp(r, max=delta)`` if
+      ``delta`` else ``r``.
+    - cispo: ``L = -clamp(r, max=epsilon_high).detach() * A * logp``.
+    - sapo: ``L = -sigmoid(tau (r - 1)) * 4 / tau * A``, ``tau`` = ``sapo_temperature_pos`` if
+      ``A > 0`` else ``sapo_temperature_neg``.
+    - vespo: ``L = -phi * A * logp`` with the detached gamma weight of the sequence ratio.
+    - vanilla (verl): ``max(-A r, -A clip(r))``, dual-clipped at ``-A clip_ratio_c`` for ``A < 0``,
+      log ratio clamped to +-20.
+
+    KL (``beta != 0``): ``kl_estimator`` ``"k3"`` (TRL, ``exp(x) - x - 1``, ``x = ref - logp``),
+    ``"low_var_kl"`` (verl's clamped k3), ``"k1"``, ``"abs"``, ``"k2"``; with
+    ``kl_bias_correction`` (TRL's ``use_bias_correction_kl``) it is multiplied by ``r``.
+    ``L += beta * kl``.
+
+    Aggregation (``loss_agg_mode`` overrides it with verl's names ``"token-mean"``,
+    ``"seq-mean-token-sum"``, ``"seq-mean-token-mean"``, ``"seq-mean-token-sum-norm"``):
+    grpo/sapo ``mean_b(sum_t L M / max(sum_t M, 1))``; bnpo ``sum(L M) / max(sum M, 1)``;
+    dr_grpo ``sum(L M) / (B * max_completion_length)`` (default ``T``); dapo/cispo/vespo
+    ``sum(L M) / num_items`` (default ``max(sum M, 1)``; TRL passes
+    ``num_items_in_batch / num_processes * grad_accum / steps_per_generation``); luspo
+    ``mean_b(sum_t L M)``; vanilla token-mean. Divide by gradient-accumulation steps yourself
+    where TRL does (``sgpo_rs.torch`` does it for you).
+
+    Gradients follow torch autograd exactly: clamps pass gradient only strictly inside their
+    bounds and ``min``/``max`` split it 0.5/0.5 at ties. ``grad_scale`` multiplies ``.grad`` only.
+    """
+    lp, half = _arrays.logprobs("logp", logp)
+    old = _arrays.same_logprobs("old_logp", old_logp, lp, half)
+    ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
+    m = _arrays.mask(mask, lp.shape)
+    adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
+    loss, grad, metrics = _core.policy_loss_core(
+        lp,
+        old,
+        ref,
+        adv,
+        m,
+        half_dtype=half,
+        beta=float(beta),
+        epsilon_low=float(epsilon_low),
+        epsilon_high=None if epsilon_high is None else float(epsilon_high),
+        delta=None if delta is None else float(delta),
+        loss_type=loss_type,
+        importance_sampling_level=importance_sampling_level,
+        kl_estimator=kl_estimator,
+        kl_bias_correction=bool(kl_bias_correction),
+        max_completion_length=None if max_completion_length is None else int(max_completion_length),
+        num_items=None if num_items is None else float(num_items),
+        grad_scale=float(grad_scale),
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=None if loss_scale_factor is None else float(loss_scale_factor),
+        clip_ratio_c=float(clip_ratio_c),
+        sapo_temperature_pos=float(sapo_temperature_pos),
+        sapo_temperature_neg=float(sapo_temperature_neg),
+        vespo_k_pos=float(vespo_k_pos),
+        vespo_lambda_pos=float(vespo_lambda_pos),
+        vespo_k_neg=float(vespo_k_neg),
+        vespo_lambda_neg=float(vespo_lambda_neg),
+    )
+    return LossOutput(float(loss), grad, dict(metrics))

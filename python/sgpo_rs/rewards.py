@@ -1,0 +1,97 @@
+"""SGPO reward diversification (DESIGN.md, "The SGPO reward rule")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _arrays, _core
+
+
+@dataclass(frozen=True)
+class SGPORewards:
+    """Result of :func:`sgpo_rewards`.
+
+    Attributes:
+        rewards: float32 ``(N,)`` diversified rewards; equal to the input where no credit was given.
+        credit: float32 ``(N,)`` credit ``c_i`` in ``[0, 1]`` of every judged row, 0 where unjudged.
+        all_negative: bool ``(N,)``, the row's group has no correct (scorable) response.
+        diversified: bool ``(N,)``, the row received ``credit_scale * c_i``.
+        stats: ``num_groups``, ``all_negative_groups``, ``diversified_groups``,
+            ``judge_missing_groups`` (ints) and ``mean_credit`` (mean ``c_i`` of credited rows).
+    """
+
+    rewards: np.ndarray
+    credit: np.ndarray
+    all_negative: np.ndarray
+    diversified: np.ndarray
+    stats: Dict[str, float]
+
+    def metrics(self) -> Dict[str, float]:
+        """The ``sgpo/*`` metrics TRL logs: fractions of groups and the mean credit."""
+        groups = max(self.stats["num_groups"], 1)
+        return {
+            "sgpo/all_negative_frac": self.stats["all_negative_groups"] / groups,
+            "sgpo/diversified_frac": self.stats["diversified_groups"] / groups,
+            "sgpo/judge_missing_frac": self.stats["judge_missing_groups"] / groups,
+            "sgpo/mean_credit": float(self.stats["mean_credit"]),
+        }
+
+
+def sgpo_rewards(
+    rewards: Any,
+    first_error: Any = None,
+    num_steps: Any = None,
+    *,
+    group_size: Optional[int] = None,
+    group_ids: Any = None,
+    correct: Any = None,
+    credit_scale: float = 0.5,
+    mode: str = "all_negative",
+    credit: Any = None,
+) -> SGPORewards:
+    """Diversify the rewards of all-wrong groups with the step-wise judge's verdicts.
+
+    Per row ``i``: outcome reward ``r_i``, ``correct_i`` (default ``r_i > 0``), and the judge's
+    ``first_error_i`` (0-based index of the earliest wrong step; ``-1`` no wrong step found;
+    ``-2`` not judged) of ``num_steps_i >= 1`` steps. Prefix credit
+    ``c_i = first_error_i / num_steps_i`` (``1`` for ``-1``). In a diversified group
+    ``r'_i = r_i + credit_scale * c_i``.
+
+    Args:
+        rewards: ``(N,)`` outcome rewards. NaN marks an unscorable row (TRL): it stays NaN, gets
+            no credit, and does not count when deciding whether its group is all-negative.
+        first_error, num_steps: ``(N,)`` integer verdicts. Rows with ``first_error = -2`` may
+            have ``num_steps = 0``.
+        group_size: groups are ``group_size`` consecutive rows (TRL ``num_generations``).
+        group_ids: or one id per row (verl ``uid``; any ints or strings, unsorted, any sizes).
+        correct: optional ``(N,)`` bool correctness; default ``rewards > 0``.
+        credit_scale: reward added for full credit (default 0.5). In mode ``"all_incorrect"``
+            keep it below the correct/incorrect reward margin.
+        mode: ``"all_negative"`` (the paper: only groups with no correct response) or
+            ``"all_incorrect"`` (incorrect rows of every group).
+        credit: instead of ``first_error``/``num_steps``, ``(N,)`` credits in ``[0, 1]`` from
+            another rule (PRM min or product scores); NaN = not judged.
+
+    A group is diversified only if every row that would be credited has a verdict; otherwise it
+    stays plain GRPO and counts in ``stats["judge_missing_groups"]``.
+    """
+    r = _arrays.float64_rows("rewards", rewards)
+    k = None if first_error is None else _arrays.int64_rows("first_error", first_error)
+    n = None if num_steps is None else _arrays.int64_rows("num_steps", num_steps)
+    c = None if credit is None else _arrays.float64_rows("credit", credit)
+    ok = None if correct is None else _arrays.bool_rows("correct", correct)
+    out_rewards, out_credit, all_negative, diversified, stats = _core.sgpo_rewards_core(
+        r,
+        k,
+        n,
+        c,
+        ok,
+        _arrays.group_size(group_size),
+        _arrays.group_ids(group_ids),
+        float(credit_scale),
+        mode,
+    )
+    return SGPORewards(out_rewards, out_credit, all_negative, diversified, stats)

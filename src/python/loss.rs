@@ -1,0 +1,207 @@
+//! Binding of [`crate::loss::policy_loss`].
+
+use numpy::{PyArray2, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::arrays::{with_mask, FloatView, MaskView, View};
+use super::errors::{to_py, type_error, value_error};
+use crate::elem::{FloatElem, MaskElem};
+use crate::loss::{
+    policy_loss, AdvantageView, Aggregation, ImportanceSamplingLevel, KlEstimator, LossInputs,
+    LossOptions, LossOutput, LossType,
+};
+
+/// Returns `(loss, grad, metrics)`.
+#[pyfunction]
+#[pyo3(signature = (
+    logp, old_logp, ref_logp, advantages, mask, *, half_dtype, beta, epsilon_low, epsilon_high,
+    delta, loss_type, importance_sampling_level, kl_estimator, kl_bias_correction,
+    max_completion_length, num_items, grad_scale, loss_agg_mode, loss_scale_factor, clip_ratio_c,
+    sapo_temperature_pos, sapo_temperature_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg,
+    vespo_lambda_neg
+))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn policy_loss_core<'py>(
+    py: Python<'py>,
+    logp: &Bound<'py, PyAny>,
+    old_logp: Option<&Bound<'py, PyAny>>,
+    ref_logp: Option<&Bound<'py, PyAny>>,
+    advantages: &Bound<'py, PyAny>,
+    mask: &Bound<'py, PyAny>,
+    half_dtype: &str,
+    beta: f64,
+    epsilon_low: f64,
+    epsilon_high: Option<f64>,
+    delta: Option<f64>,
+    loss_type: &str,
+    importance_sampling_level: &str,
+    kl_estimator: &str,
+    kl_bias_correction: bool,
+    max_completion_length: Option<i64>,
+    num_items: Option<f64>,
+    grad_scale: f64,
+    loss_agg_mode: Option<&str>,
+    loss_scale_factor: Option<f64>,
+    clip_ratio_c: f64,
+    sapo_temperature_pos: f64,
+    sapo_temperature_neg: f64,
+    vespo_k_pos: f64,
+    vespo_lambda_pos: f64,
+    vespo_k_neg: f64,
+    vespo_lambda_neg: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let logp = FloatView::new("logp", logp, half_dtype)?;
+    let shape = logp.shape().to_vec();
+    if shape.len() != 2 {
+        return Err(value_error(
+            "logp",
+            format!("expected a 2-D array (B, T), got shape {shape:?}"),
+        ));
+    }
+    let (batch, len) = (shape[0], shape[1]);
+    let same =
+        |arg: &'static str, obj: Option<&Bound<'py, PyAny>>| -> PyResult<Option<FloatView<'py>>> {
+            let Some(obj) = obj.filter(|o| !o.is_none()) else {
+                return Ok(None);
+            };
+            let view = FloatView::new(arg, obj, half_dtype)?;
+            if view.dtype_name() != logp.dtype_name() {
+                return Err(type_error(
+                    arg,
+                    &format!("the dtype of logp ({})", logp.dtype_name()),
+                    view.dtype_name(),
+                ));
+            }
+            if view.shape() != shape.as_slice() {
+                return Err(value_error(
+                    arg,
+                    format!("expected shape {shape:?} like logp, got {:?}", view.shape()),
+                ));
+            }
+            Ok(Some(view))
+        };
+    let old_logp = same("old_logp", old_logp)?;
+    let ref_logp = same("ref_logp", ref_logp)?;
+    let mask = MaskView::new("mask", mask)?;
+    if mask.shape() != shape.as_slice() {
+        return Err(value_error(
+            "mask",
+            format!("expected shape {shape:?} like logp, got {:?}", mask.shape()),
+        ));
+    }
+    let advantages = View::<f32>::new("advantages", advantages)?;
+    let advantage_view = match advantages.shape() {
+        [b] if *b == batch => AdvantageView::PerRow(advantages.slice()),
+        [b, t] if *b == batch && *t == len => AdvantageView::PerToken(advantages.slice()),
+        other => {
+            return Err(value_error(
+                "advantages",
+                format!("expected shape ({batch},) or ({batch}, {len}), got {other:?}"),
+            ))
+        }
+    };
+    let max_completion_length = max_completion_length
+        .map(|m| {
+            usize::try_from(m).map_err(|_| {
+                value_error(
+                    "max_completion_length",
+                    format!("expected a value >= 1, got {m}"),
+                )
+            })
+        })
+        .transpose()?;
+    let aggregation = loss_agg_mode
+        .map(|mode| Aggregation::parse_verl(mode, loss_scale_factor, len))
+        .transpose()
+        .map_err(to_py)?;
+    let options = LossOptions {
+        loss_type: LossType::parse(loss_type).map_err(to_py)?,
+        importance_sampling_level: ImportanceSamplingLevel::parse(importance_sampling_level)
+            .map_err(to_py)?,
+        epsilon_low,
+        epsilon_high,
+        delta,
+        beta,
+        kl_estimator: KlEstimator::parse(kl_estimator).map_err(to_py)?,
+        kl_bias_correction,
+        max_completion_length,
+        num_items,
+        aggregation,
+        grad_scale,
+        clip_ratio_c,
+        sapo_temperature_pos,
+        sapo_temperature_neg,
+        vespo_k_pos,
+        vespo_lambda_pos,
+        vespo_k_neg,
+        vespo_lambda_neg,
+    };
+
+    // Every gradient element is written by the kernel, so the output starts uninitialised.
+    let grad = unsafe { PyArray2::<f32>::new(py, [batch, len], false) };
+    let output = {
+        let mut guard = grad.readwrite();
+        let grad_slice = guard
+            .as_slice_mut()
+            .map_err(|_| value_error("grad", "internal: output is not contiguous"))?;
+        macro_rules! run {
+            ($get:ident) => {{
+                let lp = logp.$get().unwrap_or(&[]);
+                let old = old_logp.as_ref().and_then(|v| v.$get());
+                let rf = ref_logp.as_ref().and_then(|v| v.$get());
+                with_mask!(&mask, |m| run_loss(
+                    py,
+                    lp,
+                    old,
+                    rf,
+                    advantage_view,
+                    m,
+                    batch,
+                    len,
+                    &options,
+                    grad_slice
+                ))
+            }};
+        }
+        match logp {
+            FloatView::F32(_) => run!(f32),
+            FloatView::F64(_) => run!(f64),
+            FloatView::Bf16(_) => run!(bf16),
+            FloatView::F16(_) => run!(f16),
+        }
+        .map_err(to_py)?
+    };
+    let metrics = PyDict::new(py);
+    for (key, value) in output.metrics.0 {
+        metrics.set_item(key, value)?;
+    }
+    (output.loss, grad, metrics)
+        .into_pyobject(py)
+        .map(|t| t.into_any())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loss<T: FloatElem, M: MaskElem>(
+    py: Python<'_>,
+    logp: &[T],
+    old_logp: Option<&[T]>,
+    ref_logp: Option<&[T]>,
+    advantages: AdvantageView<'_>,
+    mask: &[M],
+    batch: usize,
+    len: usize,
+    options: &LossOptions,
+    grad: &mut [f32],
+) -> crate::Result<LossOutput> {
+    let inputs = LossInputs {
+        logp,
+        old_logp,
+        ref_logp,
+        advantages,
+        mask,
+        batch,
+        len,
+    };
+    py.detach(|| policy_loss(&inputs, options, grad))
+}

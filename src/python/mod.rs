@@ -1,0 +1,21 @@
+//! pyo3 bindings: the `sgpo_rs._core` extension module. Array conversion, error mapping and GIL
+//! release only; the math lives in the engine modules. The public, documented API is the Python
+//! package `sgpo_rs`, which normalises arguments and calls these functions.
+
+mod advantages;
+mod arrays;
+mod errors;
+mod loss;
+mod rewards;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(rewards::sgpo_rewards_core, m)?)?;
+    m.add_function(wrap_pyfunction!(advantages::group_advantages_core, m)?)?;
+    m.add_function(wrap_pyfunction!(advantages::token_advantages_core, m)?)?;
+    m.add_function(wrap_pyfunction!(loss::policy_loss_core, m)?)?;
+    Ok(())
+}
