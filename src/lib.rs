@@ -7,6 +7,7 @@
 pub mod advantages;
 pub mod elem;
 pub mod error;
+mod exp;
 pub mod groups;
 pub mod loss;
 pub mod rewards;

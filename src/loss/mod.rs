@@ -18,8 +18,12 @@ pub use options::{Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions
 
 use crate::elem::{is_valid_weight, FloatElem, MaskElem};
 use crate::error::{Error, Result};
+use crate::exp;
 use metrics::RowMetrics;
 use terms::TokenTerm;
+
+/// Tokens per vectorised pre-pass: two f64 buffers of this size stay in L1.
+const CHUNK: usize = 512;
 
 /// Advantages per row (`(B,)`, TRL's default) or per token (`(B, T)`).
 #[derive(Debug, Clone, Copy)]
@@ -291,93 +295,135 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         // Sum over the row of w_t * dL_t/dr (sequence level: r is shared by the row).
         let mut seq_d_ratio = 0.0f64;
 
-        for t in 0..len {
-            let w = mask[t].weight() as f64;
-            if w == 0.0 {
-                if !grad.is_empty() {
-                    grad[t] = 0.0;
-                }
-                continue;
+        // Vectorised pre-pass per chunk: the exponentials (ratio, KL), kept in L1 for the main loop.
+        let token_ratio = !sequence && old.is_some();
+        let ratio_clamp = if opt.loss_type == LossType::Vanilla {
+            20.0
+        } else {
+            f64::INFINITY
+        };
+        let kl_range = if opt.beta != 0.0 {
+            terms::kl_exp_range(opt.kl_estimator)
+        } else {
+            None
+        };
+        let mut ratio_buf = [1.0f64; CHUNK];
+        let mut kl_exp_buf = [1.0f64; CHUNK];
+        for start in (0..len).step_by(CHUNK) {
+            let end = (start + CHUNK).min(len);
+            let chunk = start..end;
+            if token_ratio {
+                exp::masked_diff_exp(
+                    &lp[chunk.clone()],
+                    old.map(|o| &o[chunk.clone()]),
+                    &mask[chunk.clone()],
+                    -ratio_clamp,
+                    ratio_clamp,
+                    &mut ratio_buf,
+                );
             }
-            let l = lp[t].to_f64();
-            let d = log_ratio(t)?;
-            let a = adv_at(t);
-            if !a.is_finite() {
-                return Err(non_finite("advantages", a, i, t));
+            if let (Some((lo, hi)), Some(reference)) = (kl_range, reference) {
+                exp::masked_diff_exp(
+                    &reference[chunk.clone()],
+                    Some(&lp[chunk.clone()]),
+                    &mask[chunk.clone()],
+                    lo,
+                    hi,
+                    &mut kl_exp_buf,
+                );
             }
-            let (r, slope) = if sequence {
-                (seq_ratio, seq_slope)
-            } else {
-                ratio_of(d)
-            };
-            let mut term = match opt.loss_type {
-                LossType::Cispo => {
-                    row.cispo_clipped += w * f64::from(u8::from(r > opt.epsilon_high() && a > 0.0));
-                    terms::cispo(r, a, l, opt.epsilon_high())
+            for t in chunk {
+                let w = mask[t].weight() as f64;
+                if w == 0.0 {
+                    if !grad.is_empty() {
+                        grad[t] = 0.0;
+                    }
+                    continue;
                 }
-                LossType::Sapo => {
-                    terms::sapo(r, a, opt.sapo_temperature_pos, opt.sapo_temperature_neg)
+                let l = lp[t].to_f64();
+                let d = log_ratio(t)?;
+                let a = adv_at(t);
+                if !a.is_finite() {
+                    return Err(non_finite("advantages", a, i, t));
                 }
-                LossType::Vespo => {
-                    let (k, lam) = if a >= 0.0 {
-                        (opt.vespo_k_pos, opt.vespo_lambda_pos)
-                    } else {
-                        (opt.vespo_k_neg, opt.vespo_lambda_neg)
-                    };
-                    let phi = terms::vespo_phi(vespo_log_w, k, lam);
-                    row.phi += w * phi;
-                    terms::vespo(phi, a, l)
-                }
-                LossType::Vanilla => {
-                    let (term, clipped, lower) = terms::vanilla(r, a, lo, hi, opt.clip_ratio_c);
-                    row.pg_clipfrac += w * f64::from(u8::from(clipped));
-                    row.pg_clipfrac_lower += w * f64::from(u8::from(lower && a < 0.0));
-                    row.ppo_kl += w * -d.clamp(-20.0, 20.0);
-                    term
-                }
-                _ => {
-                    let shown = opt.delta.map_or(r, |delta| r.min(delta));
-                    let low = shown < lo && a < 0.0;
-                    let high = shown > hi && a > 0.0;
-                    row.clip_low += w * f64::from(u8::from(low));
-                    row.clip_high += w * f64::from(u8::from(high));
-                    row.clip_region += w * f64::from(u8::from(low || high));
-                    terms::clipped(r, a, lo, hi, opt.delta)
-                }
-            };
-            if opt.beta != 0.0 {
-                let reference = reference.map_or(l, |rf| rf[t].to_f64());
-                if !reference.is_finite() {
-                    return Err(non_finite("ref_logp", reference, i, t));
-                }
-                let (kl, d_kl) = terms::kl(opt.kl_estimator, l, reference);
-                let kl_term = if opt.kl_bias_correction {
-                    term.d_ratio += opt.beta * kl;
-                    term.d_logp += opt.beta * r * d_kl;
-                    kl * r
+                let (r, slope) = if sequence {
+                    (seq_ratio, seq_slope)
+                } else if opt.loss_type == LossType::Vanilla {
+                    (ratio_buf[t - start], terms::clamp_slope(d, -20.0, 20.0))
                 } else {
-                    term.d_logp += opt.beta * d_kl;
-                    kl
+                    (ratio_buf[t - start], 1.0)
                 };
-                term.loss += opt.beta * kl_term;
-                row.kl += w * kl_term;
+                let mut term = match opt.loss_type {
+                    LossType::Cispo => {
+                        row.cispo_clipped +=
+                            w * f64::from(u8::from(r > opt.epsilon_high() && a > 0.0));
+                        terms::cispo(r, a, l, opt.epsilon_high())
+                    }
+                    LossType::Sapo => {
+                        terms::sapo(r, a, opt.sapo_temperature_pos, opt.sapo_temperature_neg)
+                    }
+                    LossType::Vespo => {
+                        let (k, lam) = if a >= 0.0 {
+                            (opt.vespo_k_pos, opt.vespo_lambda_pos)
+                        } else {
+                            (opt.vespo_k_neg, opt.vespo_lambda_neg)
+                        };
+                        let phi = terms::vespo_phi(vespo_log_w, k, lam);
+                        row.phi += w * phi;
+                        terms::vespo(phi, a, l)
+                    }
+                    LossType::Vanilla => {
+                        let (term, clipped, lower) = terms::vanilla(r, a, lo, hi, opt.clip_ratio_c);
+                        row.pg_clipfrac += w * f64::from(u8::from(clipped));
+                        row.pg_clipfrac_lower += w * f64::from(u8::from(lower && a < 0.0));
+                        row.ppo_kl += w * -d.clamp(-20.0, 20.0);
+                        term
+                    }
+                    _ => {
+                        let shown = opt.delta.map_or(r, |delta| r.min(delta));
+                        let low = shown < lo && a < 0.0;
+                        let high = shown > hi && a > 0.0;
+                        row.clip_low += w * f64::from(u8::from(low));
+                        row.clip_high += w * f64::from(u8::from(high));
+                        row.clip_region += w * f64::from(u8::from(low || high));
+                        terms::clipped(r, a, lo, hi, opt.delta)
+                    }
+                };
+                if opt.beta != 0.0 {
+                    let reference = reference.map_or(l, |rf| rf[t].to_f64());
+                    if !reference.is_finite() {
+                        return Err(non_finite("ref_logp", reference, i, t));
+                    }
+                    let (kl, d_kl) =
+                        terms::kl(opt.kl_estimator, l, reference, kl_exp_buf[t - start]);
+                    let kl_term = if opt.kl_bias_correction {
+                        term.d_ratio += opt.beta * kl;
+                        term.d_logp += opt.beta * r * d_kl;
+                        kl * r
+                    } else {
+                        term.d_logp += opt.beta * d_kl;
+                        kl
+                    };
+                    term.loss += opt.beta * kl_term;
+                    row.kl += w * kl_term;
+                }
+                let TokenTerm {
+                    loss,
+                    d_ratio,
+                    d_logp,
+                } = term;
+                row.loss += w * loss;
+                if grad.is_empty() {
+                    continue;
+                }
+                let g = if sequence {
+                    seq_d_ratio += w * d_ratio;
+                    scale * w * d_logp
+                } else {
+                    scale * w * (d_logp + d_ratio * r * slope)
+                };
+                grad[t] = g as f32;
             }
-            let TokenTerm {
-                loss,
-                d_ratio,
-                d_logp,
-            } = term;
-            row.loss += w * loss;
-            if grad.is_empty() {
-                continue;
-            }
-            let g = if sequence {
-                seq_d_ratio += w * d_ratio;
-                scale * w * d_logp
-            } else {
-                scale * w * (d_logp + d_ratio * r * slope)
-            };
-            grad[t] = g as f32;
         }
         if sequence && seq_d_ratio != 0.0 {
             // d log w_i / d lp_t = M_t / max(n, 1): spread the row's ratio gradient over its tokens.

@@ -140,9 +140,19 @@ pub(crate) fn vespo(phi: f64, a: f64, lp: f64) -> TokenTerm {
     }
 }
 
-/// A KL estimate and its derivative with respect to `lp`.
+/// Whether [`kl`] needs `exp(ref - lp)`, and the clamp verl applies to `ref - lp` first.
+pub(crate) fn kl_exp_range(estimator: KlEstimator) -> Option<(f64, f64)> {
+    match estimator {
+        KlEstimator::K3 => Some((f64::NEG_INFINITY, f64::INFINITY)),
+        KlEstimator::LowVarKl => Some((-20.0, 20.0)),
+        KlEstimator::K1 | KlEstimator::Abs | KlEstimator::K2 => None,
+    }
+}
+
+/// A KL estimate and its derivative with respect to `lp`. `e` is `exp(ref - lp)` clamped as
+/// [`kl_exp_range`] says (computed in the vectorised pass; unused by k1, abs and k2).
 #[inline(always)]
-pub(crate) fn kl(estimator: KlEstimator, lp: f64, reference: f64) -> (f64, f64) {
+pub(crate) fn kl(estimator: KlEstimator, lp: f64, reference: f64, e: f64) -> (f64, f64) {
     match estimator {
         KlEstimator::K1 => (lp - reference, 1.0),
         KlEstimator::Abs => {
@@ -162,13 +172,11 @@ pub(crate) fn kl(estimator: KlEstimator, lp: f64, reference: f64) -> (f64, f64) 
         }
         KlEstimator::K3 => {
             let x = reference - lp;
-            let e = x.exp();
             (e - x - 1.0, 1.0 - e)
         }
         KlEstimator::LowVarKl => {
             let raw = reference - lp;
             let x = raw.clamp(-20.0, 20.0);
-            let e = x.exp();
             let y = e - x - 1.0;
             let value = y.clamp(-10.0, 10.0);
             let slope = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(raw, -20.0, 20.0);

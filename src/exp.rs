@@ -1,0 +1,145 @@
+//! A vectorisable f64 exponential for the loss kernel's ratio pass.
+//!
+//! The loss needs `exp(lp - old)` (and `exp(ref - lp)` for the k3 KL) for every token, and the
+//! platform `exp` is a scalar library call that dominated the kernel's time. This version is
+//! branch-free (Cody-Waite reduction by ln 2, a degree-12 Taylor polynomial on |r| <= ln2/2,
+//! exponent built from bits), so LLVM vectorises the loops that call it; on x86-64 the row pass
+//! is compiled a second time for AVX2+FMA and picked at run time. Relative error is below 1e-15
+//! on the clamped domain, far under the f32 outputs' 6e-8.
+
+use crate::elem::{FloatElem, MaskElem};
+
+/// Inputs above this give `exp(709) ~ 8.2e307` instead of overflowing to infinity; callers
+/// check results against float32's range, which both exceed.
+const MAX_ARG: f64 = 709.0;
+/// Inputs below this give `exp(-708) ~ 3.3e-308` instead of a subnormal; both are 0 in f32.
+const MIN_ARG: f64 = -708.0;
+
+/// `exp(x)` for `x` in any range (clamped to `[MIN_ARG, MAX_ARG]`; NaN stays NaN).
+#[inline(always)]
+pub(crate) fn exp(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // Adding 1.5 * 2^52 rounds to an integer in the low mantissa bits (round to nearest).
+    const SHIFTER: f64 = 6_755_399_441_055_744.0;
+    let is_nan = x.is_nan();
+    let x = x.clamp(MIN_ARG, MAX_ARG);
+    let shifted = x * std::f64::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor coefficients 1/k!, k = 12 .. 2, evaluated by Horner's rule.
+    let mut p = 1.0 / 479_001_600.0;
+    p = p * r + 1.0 / 39_916_800.0;
+    p = p * r + 1.0 / 3_628_800.0;
+    p = p * r + 1.0 / 362_880.0;
+    p = p * r + 1.0 / 40_320.0;
+    p = p * r + 1.0 / 5_040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    let e_r = (p * r * r + r) + 1.0;
+    // n is in [-1022, 1023] here, so 2^n is a normal number built from its exponent bits.
+    let n_bits = shifted.to_bits().wrapping_sub(SHIFTER.to_bits());
+    let scale = f64::from_bits(n_bits.wrapping_add(1023) << 52);
+    if is_nan {
+        f64::NAN
+    } else {
+        e_r * scale
+    }
+}
+
+/// `out[t] = exp(clamp(a[t] - b[t], lo, hi))` where `mask[t] != 0`, and 1 elsewhere (padding is
+/// never read as a number that matters). `b = None` means `b = a`.
+pub(crate) fn masked_diff_exp<T: FloatElem, M: MaskElem>(
+    a: &[T],
+    b: Option<&[T]>,
+    mask: &[M],
+    lo: f64,
+    hi: f64,
+    out: &mut [f64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            unsafe { masked_diff_exp_avx2(a, b, mask, lo, hi, out) };
+            return;
+        }
+    }
+    masked_diff_exp_portable(a, b, mask, lo, hi, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn masked_diff_exp_avx2<T: FloatElem, M: MaskElem>(
+    a: &[T],
+    b: Option<&[T]>,
+    mask: &[M],
+    lo: f64,
+    hi: f64,
+    out: &mut [f64],
+) {
+    masked_diff_exp_portable(a, b, mask, lo, hi, out);
+}
+
+#[inline(always)]
+fn masked_diff_exp_portable<T: FloatElem, M: MaskElem>(
+    a: &[T],
+    b: Option<&[T]>,
+    mask: &[M],
+    lo: f64,
+    hi: f64,
+    out: &mut [f64],
+) {
+    let n = out.len().min(a.len()).min(mask.len());
+    let (a, mask, out) = (&a[..n], &mask[..n], &mut out[..n]);
+    match b {
+        Some(b) => {
+            let b = &b[..n];
+            for t in 0..n {
+                let d = a[t].to_f64() - b[t].to_f64();
+                let d = if mask[t].weight() != 0.0 { d } else { 0.0 };
+                out[t] = exp(d.clamp(lo, hi));
+            }
+        }
+        None => out.fill(1.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_std_exp_to_a_few_ulps() {
+        let mut worst = 0.0f64;
+        let mut x = -700.0;
+        while x < 700.0 {
+            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 1e-15, "worst relative error {worst}");
+        assert!(exp(f64::NAN).is_nan());
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(1e9).is_finite() && exp(-1e9) >= 0.0);
+    }
+
+    #[test]
+    fn masked_tokens_read_as_zero_gap() {
+        let mut out = [0.0; 3];
+        masked_diff_exp(
+            &[1.0f32, f32::NAN, 2.0],
+            Some(&[0.0f32, 0.0, 2.0]),
+            &[1u8, 0, 1],
+            -20.0,
+            20.0,
+            &mut out,
+        );
+        assert_eq!(out[1], 1.0);
+        assert!((out[0] - 1f64.exp()).abs() < 1e-15 && out[2] == 1.0);
+    }
+}
