@@ -155,8 +155,18 @@ pub fn group_advantages(
     for (row, slot) in out.iter_mut().enumerate() {
         let (mean, divisor) = stats[groups.group_of(row)];
         let a = (rewards[row] - mean) / divisor;
-        // TRL's nan_to_num: unscorable rows and undefined statistics give 0.
-        *slot = if a.is_finite() { a as f32 } else { 0.0 };
+        if a.is_nan() {
+            // TRL's nan_to_num: unscorable rows and undefined statistics give 0.
+            continue;
+        }
+        let a32 = a as f32;
+        if !a32.is_finite() {
+            return Err(Error::Overflow {
+                arg: "rewards",
+                detail: format!("the advantage of row {row} is {a}; rescale the rewards"),
+            });
+        }
+        *slot = a32;
     }
     Ok(out)
 }
@@ -209,8 +219,9 @@ pub fn token_advantages<M: MaskElem>(
                 let mut all_valid = true;
                 for (o, &m) in out.iter_mut().zip(mask) {
                     let w = m.weight();
-                    all_valid &= !M::NEEDS_CHECK || is_valid_weight(w);
                     *o = a * w;
+                    // A weight of 3e38 times an advantage of 2 overflows: reject, as bad weights.
+                    all_valid &= !M::NEEDS_CHECK || (is_valid_weight(w) && o.is_finite());
                 }
                 if !all_valid && bad.is_none() {
                     let i = mask

@@ -7,8 +7,6 @@
 //! is compiled a second time for AVX2+FMA and picked at run time. Relative error is below 1e-15
 //! on the clamped domain, far under the f32 outputs' 6e-8.
 
-use crate::elem::{FloatElem, MaskElem};
-
 /// Inputs above this give `exp(709) ~ 8.2e307` instead of overflowing to infinity; callers
 /// check results against float32's range, which both exceed.
 const MAX_ARG: f64 = 709.0;
@@ -18,12 +16,13 @@ const MIN_ARG: f64 = -708.0;
 /// `exp(x)` for `x` in any range (clamped to `[MIN_ARG, MAX_ARG]`; NaN stays NaN).
 #[inline(always)]
 pub(crate) fn exp(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     // Adding 1.5 * 2^52 rounds to an integer in the low mantissa bits (round to nearest).
     const SHIFTER: f64 = 6_755_399_441_055_744.0;
     let is_nan = x.is_nan();
-    let x = x.clamp(MIN_ARG, MAX_ARG);
+    // Not `f64::clamp`: its panic path keeps loops from vectorising.
+    let x = crate::loss::clamp(x, MIN_ARG, MAX_ARG);
     let shifted = x * std::f64::consts::LOG2_E + SHIFTER;
     let n = shifted - SHIFTER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
@@ -50,62 +49,30 @@ pub(crate) fn exp(x: f64) -> f64 {
     }
 }
 
-/// `out[t] = exp(clamp(a[t] - b[t], lo, hi))` where `mask[t] != 0`, and 1 elsewhere (padding is
-/// never read as a number that matters). `b = None` means `b = a`.
-pub(crate) fn masked_diff_exp<T: FloatElem, M: MaskElem>(
-    a: &[T],
-    b: Option<&[T]>,
-    mask: &[M],
-    lo: f64,
-    hi: f64,
-    out: &mut [f64],
-) {
+/// `out[k] = exp(x[k])` over a slice, vectorised (AVX2+FMA where the CPU has it).
+pub(crate) fn exp_slice(x: &[f64], out: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features the function was compiled for.
-            unsafe { masked_diff_exp_avx2(a, b, mask, lo, hi, out) };
+            unsafe { exp_slice_avx2(x, out) };
             return;
         }
     }
-    masked_diff_exp_portable(a, b, mask, lo, hi, out);
+    exp_slice_portable(x, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn masked_diff_exp_avx2<T: FloatElem, M: MaskElem>(
-    a: &[T],
-    b: Option<&[T]>,
-    mask: &[M],
-    lo: f64,
-    hi: f64,
-    out: &mut [f64],
-) {
-    masked_diff_exp_portable(a, b, mask, lo, hi, out);
+unsafe fn exp_slice_avx2(x: &[f64], out: &mut [f64]) {
+    exp_slice_portable(x, out);
 }
 
 #[inline(always)]
-fn masked_diff_exp_portable<T: FloatElem, M: MaskElem>(
-    a: &[T],
-    b: Option<&[T]>,
-    mask: &[M],
-    lo: f64,
-    hi: f64,
-    out: &mut [f64],
-) {
-    let n = out.len().min(a.len()).min(mask.len());
-    let (a, mask, out) = (&a[..n], &mask[..n], &mut out[..n]);
-    match b {
-        Some(b) => {
-            let b = &b[..n];
-            for t in 0..n {
-                let d = a[t].to_f64() - b[t].to_f64();
-                let d = if mask[t].weight() != 0.0 { d } else { 0.0 };
-                out[t] = exp(d.clamp(lo, hi));
-            }
-        }
-        None => out.fill(1.0),
+fn exp_slice_portable(x: &[f64], out: &mut [f64]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = exp(x);
     }
 }
 
@@ -129,17 +96,12 @@ mod tests {
     }
 
     #[test]
-    fn masked_tokens_read_as_zero_gap() {
-        let mut out = [0.0; 3];
-        masked_diff_exp(
-            &[1.0f32, f32::NAN, 2.0],
-            Some(&[0.0f32, 0.0, 2.0]),
-            &[1u8, 0, 1],
-            -20.0,
-            20.0,
-            &mut out,
-        );
-        assert_eq!(out[1], 1.0);
-        assert!((out[0] - 1f64.exp()).abs() < 1e-15 && out[2] == 1.0);
+    fn slice_version_equals_scalar() {
+        let x: Vec<f64> = (0..37).map(|k| k as f64 * 0.7 - 12.0).collect();
+        let mut out = vec![0.0; x.len()];
+        exp_slice(&x, &mut out);
+        for (o, x) in out.iter().zip(&x) {
+            assert_eq!(*o, exp(*x));
+        }
     }
 }

@@ -251,6 +251,14 @@ pub fn sgpo_rewards(
     if credited_rows > 0 {
         out.stats.mean_credit = credit_sum / credited_rows as f64;
     }
+    if let Some(row) = out.rewards.iter().position(|r| r.is_infinite()) {
+        return Err(Error::Overflow {
+            arg: "rewards",
+            detail: format!(
+                "the reward of row {row} does not fit float32; rescale the rewards or credit_scale"
+            ),
+        });
+    }
     Ok(out)
 }
 

@@ -1,35 +1,10 @@
 //! Per-row partial sums of the loss kernel and their reduction into the loss and the metrics TRL
 //! and verl log (same keys as their trainers).
 
-use super::options::{ImportanceSamplingLevel, LossType};
-use super::{AdvantageView, LossOutput, RowKernel};
-use crate::elem::{FloatElem, MaskElem};
+use super::options::{ImportanceSamplingLevel, LossOptions, LossType};
+use super::row::RowSums;
+use super::LossOutput;
 use crate::error::{Error, Result};
-
-/// One row's sums, each weighted by the token's mask weight.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RowMetrics {
-    pub error: Option<Error>,
-    pub tokens: f64,
-    pub loss: f64,
-    pub loss_weighted: f64,
-    pub kl: f64,
-    pub clip_low: f64,
-    pub clip_high: f64,
-    pub clip_region: f64,
-    pub cispo_clipped: f64,
-    pub phi: f64,
-    pub pg_clipfrac: f64,
-    pub pg_clipfrac_lower: f64,
-    pub ppo_kl: f64,
-    /// Per-sequence values, used where TRL's tensors are `(B, 1)` (sequence-level ratio with
-    /// per-row advantages; VESPO's weight with per-row advantages).
-    pub clip_low_row: f64,
-    pub clip_high_row: f64,
-    pub clip_region_row: f64,
-    pub cispo_row: f64,
-    pub phi_row: f64,
-}
 
 /// Named scalar metrics, in a fixed order.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -41,23 +16,20 @@ impl LossMetrics {
     }
 }
 
-pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
-    rows: &[RowMetrics],
-    kernel: &RowKernel<'_, '_, T, M>,
+/// Sums the rows in index order into the loss and the metrics.
+pub(crate) fn reduce(
+    rows: &[RowSums],
+    options: &LossOptions,
+    per_row_advantages: bool,
 ) -> Result<LossOutput> {
-    if let Some(error) = rows.iter().find_map(|r| r.error.clone()) {
-        return Err(error);
-    }
-    let options = kernel.options;
-    let per_row_advantages = matches!(kernel.inputs.advantages, AdvantageView::PerRow(_));
     let sequence = options.importance_sampling_level == ImportanceSamplingLevel::Sequence;
-    let sum = |f: fn(&RowMetrics) -> f64| rows.iter().map(f).sum::<f64>();
+    let sum = |f: fn(&RowSums) -> f64| rows.iter().map(f).sum::<f64>();
     let tokens = sum(|r| r.tokens);
     // TRL: (x * mask).sum() / mask.sum().clamp(min=1); for (B, 1) tensors the plain row mean.
-    let token_mean = |f: fn(&RowMetrics) -> f64| sum(f) / tokens.max(1.0);
-    let row_mean = |f: fn(&RowMetrics) -> f64| sum(f) / rows.len() as f64;
+    let token_mean = |f: fn(&RowSums) -> f64| sum(f) / tokens.max(1.0);
+    let row_mean = |f: fn(&RowSums) -> f64| sum(f) / rows.len() as f64;
     // TRL's per-sequence min/max skip rows without tokens (NaN under nanmin/nanmax).
-    let per_sequence = |f: fn(&RowMetrics) -> f64| {
+    let per_sequence = |f: fn(&RowSums) -> f64| {
         rows.iter()
             .filter(|r| r.tokens > 0.0)
             .map(move |r| f(r) / r.tokens)
@@ -77,27 +49,24 @@ pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
     match options.loss_type {
         t if t.is_trl_clipped() => {
             if sequence && per_row_advantages {
-                metrics.push(("clip_ratio/low_mean", row_mean(|r| r.clip_low_row)));
-                metrics.push(("clip_ratio/high_mean", row_mean(|r| r.clip_high_row)));
-                metrics.push(("clip_ratio/region_mean", row_mean(|r| r.clip_region_row)));
-                let low_min = rows.iter().map(|r| r.clip_low_row).fold(f64::NAN, f64::min);
-                let high_max = rows
-                    .iter()
-                    .map(|r| r.clip_high_row)
-                    .fold(f64::NAN, f64::max);
+                metrics.push(("clip_ratio/low_mean", row_mean(|r| r.clip_row[0])));
+                metrics.push(("clip_ratio/high_mean", row_mean(|r| r.clip_row[1])));
+                metrics.push(("clip_ratio/region_mean", row_mean(|r| r.clip_row[2])));
+                let low_min = rows.iter().map(|r| r.clip_row[0]).fold(f64::NAN, f64::min);
+                let high_max = rows.iter().map(|r| r.clip_row[1]).fold(f64::NAN, f64::max);
                 metrics.push(("clip_ratio/low_min", low_min));
                 metrics.push(("clip_ratio/high_max", high_max));
             } else {
-                metrics.push(("clip_ratio/low_mean", token_mean(|r| r.clip_low)));
-                metrics.push(("clip_ratio/high_mean", token_mean(|r| r.clip_high)));
-                metrics.push(("clip_ratio/region_mean", token_mean(|r| r.clip_region)));
+                metrics.push(("clip_ratio/low_mean", token_mean(|r| r.metrics[0])));
+                metrics.push(("clip_ratio/high_mean", token_mean(|r| r.metrics[1])));
+                metrics.push(("clip_ratio/region_mean", token_mean(|r| r.metrics[2])));
                 metrics.push((
                     "clip_ratio/low_min",
-                    per_sequence(|r| r.clip_low).fold(f64::NAN, f64::min),
+                    per_sequence(|r| r.metrics[0]).fold(f64::NAN, f64::min),
                 ));
                 metrics.push((
                     "clip_ratio/high_max",
-                    per_sequence(|r| r.clip_high).fold(f64::NAN, f64::max),
+                    per_sequence(|r| r.metrics[1]).fold(f64::NAN, f64::max),
                 ));
             }
         }
@@ -105,7 +74,7 @@ pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
             let value = if sequence && per_row_advantages {
                 row_mean(|r| r.cispo_row)
             } else {
-                token_mean(|r| r.cispo_clipped)
+                token_mean(|r| r.metrics[0])
             };
             metrics.push(("cispo_clip_ratio", value));
         }
@@ -113,19 +82,27 @@ pub(crate) fn reduce<T: FloatElem, M: MaskElem>(
             let value = if per_row_advantages {
                 row_mean(|r| r.phi_row)
             } else {
-                token_mean(|r| r.phi)
+                token_mean(|r| r.metrics[0])
             };
             metrics.push(("vespo/phi_seq_mean", value));
         }
         LossType::Vanilla => {
             // verl's masked_mean: 0 when no token counts.
             let verl_mean =
-                |f: fn(&RowMetrics) -> f64| if tokens > 0.0 { sum(f) / tokens } else { 0.0 };
-            metrics.push(("pg_clipfrac", verl_mean(|r| r.pg_clipfrac)));
-            metrics.push(("ppo_kl", verl_mean(|r| r.ppo_kl)));
-            metrics.push(("pg_clipfrac_lower", verl_mean(|r| r.pg_clipfrac_lower)));
+                |f: fn(&RowSums) -> f64| if tokens > 0.0 { sum(f) / tokens } else { 0.0 };
+            metrics.push(("pg_clipfrac", verl_mean(|r| r.metrics[0])));
+            metrics.push(("ppo_kl", verl_mean(|r| r.metrics[2])));
+            metrics.push(("pg_clipfrac_lower", verl_mean(|r| r.metrics[1])));
         }
         _ => {}
+    }
+    // Extreme but finite inputs can push a metric past f64's range; never hand back inf.
+    // (`clip_ratio/low_min`/`high_max` are NaN when no row has tokens, as TRL's nanmin gives.)
+    if let Some((key, value)) = metrics.iter().find(|(_, v)| v.is_infinite()) {
+        return Err(Error::Overflow {
+            arg: "metrics",
+            detail: format!("{key} is {value}; check the magnitudes of the inputs"),
+        });
     }
     Ok(LossOutput {
         loss,

@@ -153,7 +153,7 @@ impl Aggregation {
         match loss_type {
             LossType::Grpo | LossType::Sapo => Aggregation::RowMeanOfTokenMeans,
             LossType::Bnpo | LossType::Vanilla => Aggregation::TokenMean,
-            LossType::DrGrpo => Aggregation::Divisor((batch * max_completion_length) as f64),
+            LossType::DrGrpo => Aggregation::Divisor(batch as f64 * max_completion_length as f64),
             LossType::Dapo | LossType::Cispo | LossType::Vespo => match num_items {
                 Some(n) => Aggregation::Divisor(n),
                 None => Aggregation::TokenMean,

@@ -1,125 +1,167 @@
 //! Per-token formulas of the policy loss and their derivatives, written to match torch autograd:
 //! `clamp` passes gradient only strictly inside its bounds, and an elementwise `min`/`max` splits
-//! the gradient 0.5/0.5 at exact ties.
+//! the gradient 0.5/0.5 at exact ties. Every formula is branch-free (selects only) so the token
+//! loop that calls it vectorises.
 
 use super::options::KlEstimator;
+use crate::exp::exp;
 
-/// `d clamp(x, lo, hi) / dx`
+/// `1.0` if `cond` else `0.0`.
 #[inline(always)]
-pub(crate) fn clamp_slope(x: f64, lo: f64, hi: f64) -> f64 {
-    if x > lo && x < hi {
+pub(crate) fn flag(cond: bool) -> f64 {
+    if cond {
         1.0
     } else {
         0.0
     }
 }
 
-/// `min(u, v)` with the weights torch's backward gives `(du, dv)`.
+/// `clamp(x, lo, hi)` as torch computes it (NaN stays NaN); unlike `f64::clamp` it has no
+/// panic path, which keeps the token loops vectorisable.
 #[inline(always)]
-pub(crate) fn min_split(u: f64, v: f64) -> (f64, f64, f64) {
-    if u < v {
-        (u, 1.0, 0.0)
-    } else if v < u {
-        (v, 0.0, 1.0)
+pub(crate) fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
     } else {
-        (u, 0.5, 0.5)
+        x
     }
 }
 
-/// `max(u, v)` with torch's backward weights `(du, dv)`.
+/// `d clamp(x, lo, hi) / dx`
 #[inline(always)]
-pub(crate) fn max_split(u: f64, v: f64) -> (f64, f64, f64) {
-    let (m, dv, du) = min_split(v, u);
-    (m, du, dv)
+pub(crate) fn clamp_slope(x: f64, lo: f64, hi: f64) -> f64 {
+    flag(x > lo && x < hi)
 }
 
-/// One token's loss and its two derivative paths: through the importance ratio `r`
-/// (`d_ratio = dL/dr`) and directly through the log-probability (`d_logp`).
+/// torch's backward weight of `u` in `min(u, v)`; `v` gets `1 - weight`.
+#[inline(always)]
+fn min_weight(u: f64, v: f64) -> f64 {
+    if u < v {
+        1.0
+    } else if u == v {
+        0.5
+    } else {
+        0.0
+    }
+}
+
+/// One token's loss, its two derivative paths (through the importance ratio `r`:
+/// `d_ratio = dL/dr`; directly through the log-probability: `d_logp`), and up to three metric
+/// values the loss type logs.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TokenTerm {
     pub loss: f64,
     pub d_ratio: f64,
     pub d_logp: f64,
+    pub metrics: [f64; 3],
+}
+
+/// A per-token policy objective. `a` is the token's advantage, `lp` its log-probability, `d` its
+/// (clamped where the loss clamps it) log ratio.
+pub(crate) trait Policy: Sync {
+    fn term(&self, r: f64, a: f64, lp: f64, d: f64) -> TokenTerm;
 }
 
 /// TRL's clipped objective `-min(c1 A, c2 A)` with `c2 = clamp(r, 1 - el, 1 + eh)` and
-/// `c1 = clamp(r, max = delta)` when `delta` is set, else `r`.
-#[inline(always)]
-pub(crate) fn clipped(r: f64, a: f64, lo: f64, hi: f64, delta: Option<f64>) -> TokenTerm {
-    let (c1, dc1) = match delta {
-        Some(delta) => (r.min(delta), if r < delta { 1.0 } else { 0.0 }),
-        None => (r, 1.0),
-    };
-    let c2 = r.clamp(lo, hi);
-    let dc2 = clamp_slope(r, lo, hi);
-    let (m, wu, wv) = min_split(c1 * a, c2 * a);
-    TokenTerm {
-        loss: -m,
-        d_ratio: -a * (wu * dc1 + wv * dc2),
-        d_logp: 0.0,
+/// `c1 = clamp(r, max = delta)` (`delta = inf` when unset). Metrics: TRL's low, high and region
+/// clip indicators (computed on `c1`, as TRL does after the delta clamp).
+pub(crate) struct Clipped {
+    pub lo: f64,
+    pub hi: f64,
+    pub delta: f64,
+}
+
+impl Policy for Clipped {
+    #[inline(always)]
+    fn term(&self, r: f64, a: f64, _lp: f64, _d: f64) -> TokenTerm {
+        let c1 = r.min(self.delta);
+        let dc1 = flag(r < self.delta);
+        let c2 = clamp(r, self.lo, self.hi);
+        let dc2 = clamp_slope(r, self.lo, self.hi);
+        let (u, v) = (c1 * a, c2 * a);
+        let wu = min_weight(u, v);
+        let low = c1 < self.lo && a < 0.0;
+        let high = c1 > self.hi && a > 0.0;
+        TokenTerm {
+            loss: -u.min(v),
+            d_ratio: -a * (wu * dc1 + (1.0 - wu) * dc2),
+            d_logp: 0.0,
+            metrics: [flag(low), flag(high), flag(low || high)],
+        }
     }
 }
 
 /// verl's vanilla PPO loss with dual clip: `Lc = max(-A r, -A clip(r))`; for `A < 0`,
-/// `min(-A c, Lc)`. Returns the term plus the metric flags `(L2 > L1, Lc > L3 and A < 0)`.
-#[inline(always)]
-pub(crate) fn vanilla(r: f64, a: f64, lo: f64, hi: f64, c: f64) -> (TokenTerm, bool, bool) {
-    let l1 = -a * r;
-    let l2 = -a * r.clamp(lo, hi);
-    let (lc, w1, w2) = max_split(l1, l2);
-    let d_lc = w1 * -a + w2 * -a * clamp_slope(r, lo, hi);
-    let clipped_high = l2 > l1;
-    if a < 0.0 {
-        let l3 = -a * c;
-        let (m, w3, wc) = min_split(l3, lc);
-        let _ = w3; // L3 is a constant: no gradient.
-        (
-            TokenTerm {
-                loss: m,
-                d_ratio: wc * d_lc,
-                d_logp: 0.0,
-            },
-            clipped_high,
-            lc > l3,
-        )
-    } else {
-        (
-            TokenTerm {
-                loss: lc,
-                d_ratio: d_lc,
-                d_logp: 0.0,
-            },
-            clipped_high,
-            false,
-        )
+/// `min(-A c, Lc)`. Metrics: `pg_clipfrac` (L2 > L1), `pg_clipfrac_lower`, and `-d` for `ppo_kl`.
+pub(crate) struct Vanilla {
+    pub lo: f64,
+    pub hi: f64,
+    pub clip_ratio_c: f64,
+}
+
+impl Policy for Vanilla {
+    #[inline(always)]
+    fn term(&self, r: f64, a: f64, _lp: f64, d: f64) -> TokenTerm {
+        let l1 = -a * r;
+        let l2 = -a * clamp(r, self.lo, self.hi);
+        // max(l1, l2) = -min(-l1, -l2): l1 gets the weight of -l1 in that min.
+        let w1 = min_weight(-l1, -l2);
+        let lc = l1.max(l2);
+        let d_lc = -a * (w1 + (1.0 - w1) * clamp_slope(r, self.lo, self.hi));
+        let l3 = -a * self.clip_ratio_c;
+        let negative = a < 0.0;
+        // min(l3, lc): l3 is a constant, lc gets 1 - weight(l3).
+        let wc = 1.0 - min_weight(l3, lc);
+        TokenTerm {
+            loss: if negative { l3.min(lc) } else { lc },
+            d_ratio: if negative { wc * d_lc } else { d_lc },
+            d_logp: 0.0,
+            metrics: [flag(l2 > l1), flag(lc > l3 && negative), -d],
+        }
     }
 }
 
-/// CISPO: `-clamp(r, max = eh).detach() * A * lp`.
-#[inline(always)]
-pub(crate) fn cispo(r: f64, a: f64, lp: f64, eh: f64) -> TokenTerm {
-    let coef = r.min(eh);
-    TokenTerm {
-        loss: -coef * a * lp,
-        d_ratio: 0.0,
-        d_logp: -coef * a,
+/// CISPO: `-clamp(r, max = eh).detach() * A * lp`. Metric: `(r > eh) & (A > 0)`.
+pub(crate) struct Cispo {
+    pub eh: f64,
+}
+
+impl Policy for Cispo {
+    #[inline(always)]
+    fn term(&self, r: f64, a: f64, lp: f64, _d: f64) -> TokenTerm {
+        let coef = r.min(self.eh);
+        TokenTerm {
+            loss: -coef * a * lp,
+            d_ratio: 0.0,
+            d_logp: -coef * a,
+            metrics: [flag(r > self.eh && a > 0.0), 0.0, 0.0],
+        }
     }
 }
 
 /// SAPO: `-(sigmoid(tau (r - 1)) * 4 / tau) * A`, `tau` by the sign of `A`.
-#[inline(always)]
-pub(crate) fn sapo(r: f64, a: f64, tau_pos: f64, tau_neg: f64) -> TokenTerm {
-    let tau = if a > 0.0 { tau_pos } else { tau_neg };
-    let s = 1.0 / (1.0 + (-tau * (r - 1.0)).exp());
-    TokenTerm {
-        loss: -(s * 4.0 / tau) * a,
-        d_ratio: -4.0 * a * s * (1.0 - s),
-        d_logp: 0.0,
+pub(crate) struct Sapo {
+    pub tau_pos: f64,
+    pub tau_neg: f64,
+}
+
+impl Policy for Sapo {
+    #[inline(always)]
+    fn term(&self, r: f64, a: f64, _lp: f64, _d: f64) -> TokenTerm {
+        let tau = if a > 0.0 { self.tau_pos } else { self.tau_neg };
+        let s = 1.0 / (1.0 + exp(-tau * (r - 1.0)));
+        TokenTerm {
+            loss: -(s * 4.0 / tau) * a,
+            d_ratio: -4.0 * a * s * (1.0 - s),
+            d_logp: 0.0,
+            metrics: [0.0; 3],
+        }
     }
 }
 
 /// VESPO's detached gamma weight `phi(w) = exp(lam + k log w - lam w)` (0 where it overflows).
-#[inline(always)]
 pub(crate) fn vespo_phi(log_w: f64, k: f64, lam: f64) -> f64 {
     let lam = lam.max(1e-4);
     let phi = (lam + k * log_w - lam * log_w.exp()).exp();
@@ -130,13 +172,26 @@ pub(crate) fn vespo_phi(log_w: f64, k: f64, lam: f64) -> f64 {
     }
 }
 
-/// VESPO: `-phi * A * lp`.
-#[inline(always)]
-pub(crate) fn vespo(phi: f64, a: f64, lp: f64) -> TokenTerm {
-    TokenTerm {
-        loss: -phi * a * lp,
-        d_ratio: 0.0,
-        d_logp: -phi * a,
+/// VESPO: `-phi * A * lp` with the row's weight for `A >= 0` and `A < 0`. Metric: `phi`.
+pub(crate) struct Vespo {
+    pub phi_nonneg: f64,
+    pub phi_neg: f64,
+}
+
+impl Policy for Vespo {
+    #[inline(always)]
+    fn term(&self, _r: f64, a: f64, lp: f64, _d: f64) -> TokenTerm {
+        let phi = if a >= 0.0 {
+            self.phi_nonneg
+        } else {
+            self.phi_neg
+        };
+        TokenTerm {
+            loss: -phi * a * lp,
+            d_ratio: 0.0,
+            d_logp: -phi * a,
+            metrics: [phi, 0.0, 0.0],
+        }
     }
 }
 
@@ -149,38 +204,20 @@ pub(crate) fn kl_exp_range(estimator: KlEstimator) -> Option<(f64, f64)> {
     }
 }
 
-/// A KL estimate and its derivative with respect to `lp`. `e` is `exp(ref - lp)` clamped as
-/// [`kl_exp_range`] says (computed in the vectorised pass; unused by k1, abs and k2).
+/// A KL estimate and its derivative with respect to `lp`, from the gap `x = ref - lp` and
+/// `e = exp(x)` clamped as [`kl_exp_range`] says (`e` is unused by k1, abs and k2).
 #[inline(always)]
-pub(crate) fn kl(estimator: KlEstimator, lp: f64, reference: f64, e: f64) -> (f64, f64) {
+pub(crate) fn kl(estimator: KlEstimator, x: f64, e: f64) -> (f64, f64) {
     match estimator {
-        KlEstimator::K1 => (lp - reference, 1.0),
-        KlEstimator::Abs => {
-            let d = lp - reference;
-            let slope = if d > 0.0 {
-                1.0
-            } else if d < 0.0 {
-                -1.0
-            } else {
-                0.0
-            };
-            (d.abs(), slope)
-        }
-        KlEstimator::K2 => {
-            let d = lp - reference;
-            (0.5 * d * d, d)
-        }
-        KlEstimator::K3 => {
-            let x = reference - lp;
-            (e - x - 1.0, 1.0 - e)
-        }
+        KlEstimator::K1 => (-x, 1.0),
+        KlEstimator::Abs => (x.abs(), flag(x < 0.0) - flag(x > 0.0)),
+        KlEstimator::K2 => (0.5 * x * x, -x),
+        KlEstimator::K3 => (e - x - 1.0, 1.0 - e),
         KlEstimator::LowVarKl => {
-            let raw = reference - lp;
-            let x = raw.clamp(-20.0, 20.0);
-            let y = e - x - 1.0;
-            let value = y.clamp(-10.0, 10.0);
-            let slope = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(raw, -20.0, 20.0);
-            (value, slope)
+            let clamped = clamp(x, -20.0, 20.0);
+            let y = e - clamped - 1.0;
+            let slope = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
+            (clamp(y, -10.0, 10.0), slope)
         }
     }
 }
@@ -197,16 +234,28 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences_away_from_kinks() {
-        for &r in &[0.3, 0.95, 1.1, 1.7] {
+        let clipped = Clipped {
+            lo: 0.8,
+            hi: 1.2,
+            delta: 1.5,
+        };
+        let vanilla = Vanilla {
+            lo: 0.8,
+            hi: 1.2,
+            clip_ratio_c: 3.0,
+        };
+        let sapo = Sapo {
+            tau_pos: 1.0,
+            tau_neg: 1.05,
+        };
+        for &r in &[0.3, 0.95, 1.1, 1.7, 4.0] {
             for &a in &[-1.3, 0.7] {
-                let t = clipped(r, a, 0.8, 1.2, Some(1.5));
-                let g = fd(|r| clipped(r, a, 0.8, 1.2, Some(1.5)).loss, r);
-                assert!((t.d_ratio - g).abs() < 1e-6, "clipped r={r} a={a}");
-                let t = sapo(r, a, 1.0, 1.05);
-                assert!((t.d_ratio - fd(|r| sapo(r, a, 1.0, 1.05).loss, r)).abs() < 1e-6);
-                let (t, _, _) = vanilla(r, a, 0.8, 1.2, 3.0);
-                let g = fd(|r| vanilla(r, a, 0.8, 1.2, 3.0).0.loss, r);
-                assert!((t.d_ratio - g).abs() < 1e-6, "vanilla r={r} a={a}");
+                let policies: [&dyn Policy; 3] = [&clipped, &vanilla, &sapo];
+                for p in policies {
+                    let t = p.term(r, a, -1.0, 0.0);
+                    let g = fd(|r| p.term(r, a, -1.0, 0.0).loss, r);
+                    assert!((t.d_ratio - g).abs() < 1e-6, "r={r} a={a}");
+                }
             }
         }
         for est in [
@@ -217,22 +266,26 @@ mod tests {
             KlEstimator::LowVarKl,
         ] {
             for &lp in &[-3.0, -0.5] {
-                let (_, d) = kl(est, lp, -1.0);
-                assert!(
-                    (d - fd(|lp| kl(est, lp, -1.0).0, lp)).abs() < 1e-6,
-                    "{est:?}"
-                );
+                let kl_at = |lp: f64| {
+                    let x: f64 = -1.0 - lp;
+                    kl(est, x, x.clamp(-20.0, 20.0).exp())
+                };
+                let (_, d) = kl_at(lp);
+                assert!((d - fd(|lp| kl_at(lp).0, lp)).abs() < 1e-6, "{est:?}");
             }
         }
     }
 
     #[test]
     fn ties_split_like_torch() {
+        let clipped = Clipped {
+            lo: 0.8,
+            hi: 1.2,
+            delta: f64::INFINITY,
+        };
         // Inside the clip range c1 == c2: torch splits 0.5/0.5 and the slope is -A.
-        let t = clipped(1.0, 2.0, 0.8, 1.2, None);
-        assert_eq!(t.d_ratio, -2.0);
+        assert_eq!(clipped.term(1.0, 2.0, 0.0, 0.0).d_ratio, -2.0);
         // At the clamp boundary torch passes no gradient through the clamp.
-        let t = clipped(1.2, -1.0, 0.8, 1.2, None);
-        assert_eq!(t.d_ratio, 0.5);
+        assert_eq!(clipped.term(1.2, -1.0, 0.0, 0.0).d_ratio, 0.5);
     }
 }
