@@ -17,8 +17,10 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         array = np.asarray(value)
     except Exception as error:  # torch tensors on an accelerator, ragged lists, ...
         raise TypeError(f"{name}: expected an array-like of numbers ({error})") from None
-    if array.dtype == object or array.dtype.kind in "USV":
-        raise TypeError(f"{name}: expected numbers, got dtype {array.dtype}")
+    if array.dtype.name == "bfloat16":  # ml_dtypes' kind is "V"
+        return array
+    if array.dtype == object or array.dtype.kind in "USVcMm":
+        raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     return array
 
 
@@ -31,7 +33,7 @@ def float64_rows(name: str, value: Any) -> np.ndarray:
     """A 1-D per-row float array as contiguous float64 (exact for float32 input)."""
     array = _as_array(name, value)
     _check_ndim(name, array, (1,), "a 1-D array of one value per row")
-    if array.dtype.kind not in "fiub":
+    if array.dtype.kind not in "fiub" and array.dtype.name != "bfloat16":
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.float64)
 
@@ -70,12 +72,41 @@ def group_ids(value: Any) -> Optional[np.ndarray]:
     return np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
 
 
-def group_size(value: Any) -> Optional[int]:
-    if value is None:
-        return None
+def integer(name: str, value: Any, minimum: int = 1) -> int:
+    """An int option in `[minimum, 2**63)`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"group_size: expected an int, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if not minimum <= int(value) < 2**63:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def group_size(value: Any) -> Optional[int]:
+    return None if value is None else integer("group_size", value)
+
+
+def real(name: str, value: Any) -> float:
+    """A float option; range checks are the core's."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def optional_real(name: str, value: Any) -> Optional[float]:
+    return None if value is None else real(name, value)
+
+
+def choice(name: str, value: Any) -> str:
+    """A string option; the core checks it against the allowed names."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
 
 
 def logprobs(name: str, value: Any) -> Tuple[np.ndarray, str]:
@@ -125,10 +156,10 @@ def mask(value: Any, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
 
 def advantages(value: Any, batch: int, length: Optional[int] = None) -> np.ndarray:
     array = _as_array("advantages", value)
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"advantages: expected real numbers, got dtype {array.dtype}")
     if array.dtype.name == "bfloat16" or array.dtype == np.float16:
         array = array.astype(np.float32)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"advantages: expected real numbers, got dtype {array.dtype}")
     expected = f"({batch},)" if length is None else f"({batch},) or ({batch}, {length})"
     ok = array.shape == (batch,) or (length is not None and array.shape == (batch, length))
     if not ok:

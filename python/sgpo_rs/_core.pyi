@@ -34,7 +34,9 @@ def group_advantages_core(
     singleton: str,
 ) -> npt.NDArray[np.float32]: ...
 def token_advantages_core(
-    advantages: npt.NDArray[np.float32], mask: npt.NDArray[Any]
+    advantages: npt.NDArray[np.float32],
+    mask: npt.NDArray[Any],
+    out: Optional[npt.NDArray[np.float32]] = None,
 ) -> npt.NDArray[np.float32]: ...
 def policy_loss_core(
     logp: npt.NDArray[Any],

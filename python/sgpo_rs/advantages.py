@@ -38,18 +38,25 @@ def group_advantages(
     """
     r = _arrays.float64_rows("rewards", rewards)
     return _core.group_advantages_core(
-        r, _arrays.group_size(group_size), _arrays.group_ids(group_ids), scale, float(eps), singleton
+        r,
+        _arrays.group_size(group_size),
+        _arrays.group_ids(group_ids),
+        _arrays.choice("scale", scale),
+        _arrays.real("eps", eps),
+        _arrays.choice("singleton", singleton),
     )
 
 
-def token_advantages(advantages: Any, mask: Any) -> np.ndarray:
+def token_advantages(advantages: Any, mask: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``out[i, t] = advantages[i] * mask[i, t]``: float32 ``(N, L)`` in one pass.
 
     ``mask`` may be bool, int (TRL's ``completion_mask``) or float (verl's ``response_mask``);
     float weights must be finite and >= 0. This is verl's ``(N, L)`` advantage tensor.
+    ``out``: an optional C-contiguous float32 ``(N, L)`` array to write into (reusing a buffer
+    across steps saves the page faults of a fresh allocation) - it is also returned.
     """
     a = _arrays.float64_rows("advantages", advantages).astype(np.float32)
     m = _arrays.mask(mask)
     if m.shape[0] != a.shape[0]:
         raise ValueError(f"mask: expected shape ({a.shape[0]}, L) matching advantages, got {m.shape}")
-    return _core.token_advantages_core(a, m)
+    return _core.token_advantages_core(a, m, out)

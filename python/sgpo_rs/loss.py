@@ -97,6 +97,7 @@ def policy_loss(
     ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
     m = _arrays.mask(mask, lp.shape)
     adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
+    real, opt_real, choice = _arrays.real, _arrays.optional_real, _arrays.choice
     loss, grad, metrics = _core.policy_loss_core(
         lp,
         old,
@@ -104,25 +105,27 @@ def policy_loss(
         adv,
         m,
         half_dtype=half,
-        beta=float(beta),
-        epsilon_low=float(epsilon_low),
-        epsilon_high=None if epsilon_high is None else float(epsilon_high),
-        delta=None if delta is None else float(delta),
-        loss_type=loss_type,
-        importance_sampling_level=importance_sampling_level,
-        kl_estimator=kl_estimator,
-        kl_bias_correction=bool(kl_bias_correction),
-        max_completion_length=None if max_completion_length is None else int(max_completion_length),
-        num_items=None if num_items is None else float(num_items),
-        grad_scale=float(grad_scale),
-        loss_agg_mode=loss_agg_mode,
-        loss_scale_factor=None if loss_scale_factor is None else float(loss_scale_factor),
-        clip_ratio_c=float(clip_ratio_c),
-        sapo_temperature_pos=float(sapo_temperature_pos),
-        sapo_temperature_neg=float(sapo_temperature_neg),
-        vespo_k_pos=float(vespo_k_pos),
-        vespo_lambda_pos=float(vespo_lambda_pos),
-        vespo_k_neg=float(vespo_k_neg),
-        vespo_lambda_neg=float(vespo_lambda_neg),
+        beta=real("beta", beta),
+        epsilon_low=real("epsilon_low", epsilon_low),
+        epsilon_high=opt_real("epsilon_high", epsilon_high),
+        delta=opt_real("delta", delta),
+        loss_type=choice("loss_type", loss_type),
+        importance_sampling_level=choice("importance_sampling_level", importance_sampling_level),
+        kl_estimator=choice("kl_estimator", kl_estimator),
+        kl_bias_correction=_arrays.flag("kl_bias_correction", kl_bias_correction),
+        max_completion_length=None
+        if max_completion_length is None
+        else _arrays.integer("max_completion_length", max_completion_length),
+        num_items=opt_real("num_items", num_items),
+        grad_scale=real("grad_scale", grad_scale),
+        loss_agg_mode=None if loss_agg_mode is None else choice("loss_agg_mode", loss_agg_mode),
+        loss_scale_factor=opt_real("loss_scale_factor", loss_scale_factor),
+        clip_ratio_c=real("clip_ratio_c", clip_ratio_c),
+        sapo_temperature_pos=real("sapo_temperature_pos", sapo_temperature_pos),
+        sapo_temperature_neg=real("sapo_temperature_neg", sapo_temperature_neg),
+        vespo_k_pos=real("vespo_k_pos", vespo_k_pos),
+        vespo_lambda_pos=real("vespo_lambda_pos", vespo_lambda_pos),
+        vespo_k_neg=real("vespo_k_neg", vespo_k_neg),
+        vespo_lambda_neg=real("vespo_lambda_neg", vespo_lambda_neg),
     )
     return LossOutput(float(loss), grad, dict(metrics))

@@ -91,7 +91,7 @@ def sgpo_rewards(
         ok,
         _arrays.group_size(group_size),
         _arrays.group_ids(group_ids),
-        float(credit_scale),
-        mode,
+        _arrays.real("credit_scale", credit_scale),
+        _arrays.choice("mode", mode),
     )
     return SGPORewards(out_rewards, out_credit, all_negative, diversified, stats)

@@ -109,8 +109,11 @@ impl KlEstimator {
 pub enum Aggregation {
     /// TRL grpo/sapo: `mean_b(sum_t M L / max(sum_t M, 1))` over all rows.
     RowMeanOfTokenMeans,
-    /// TRL bnpo, dapo without `num_items`, verl "token-mean": `sum(M L) / max(sum M, 1)`.
+    /// TRL bnpo and dapo without `num_items`: `sum(M L) / max(sum M, 1)`.
     TokenMean,
+    /// verl "token-mean": `sum(M L) / sum M` (0 when no token counts); differs from
+    /// [`Aggregation::TokenMean`] only for fractional weights summing below 1.
+    VerlTokenMean,
     /// `sum(M L) / divisor` (TRL dr_grpo `B * max_completion_length`, dapo `num_items`,
     /// verl "seq-mean-token-sum-norm").
     Divisor(f64),
@@ -127,7 +130,7 @@ impl Aggregation {
     /// no `loss_scale_factor` is given.
     pub fn parse_verl(name: &str, loss_scale_factor: Option<f64>, len: usize) -> Result<Self> {
         Ok(match name {
-            "token-mean" => Aggregation::TokenMean,
+            "token-mean" => Aggregation::VerlTokenMean,
             "seq-mean-token-sum" => Aggregation::ValidRowMeanOfTokenSums,
             "seq-mean-token-mean" => Aggregation::ValidRowMeanOfTokenMeans,
             "seq-mean-token-sum-norm" => {
@@ -152,7 +155,8 @@ impl Aggregation {
     ) -> Self {
         match loss_type {
             LossType::Grpo | LossType::Sapo => Aggregation::RowMeanOfTokenMeans,
-            LossType::Bnpo | LossType::Vanilla => Aggregation::TokenMean,
+            LossType::Bnpo => Aggregation::TokenMean,
+            LossType::Vanilla => Aggregation::VerlTokenMean,
             LossType::DrGrpo => Aggregation::Divisor(batch as f64 * max_completion_length as f64),
             LossType::Dapo | LossType::Cispo | LossType::Vespo => match num_items {
                 Some(n) => Aggregation::Divisor(n),
@@ -167,6 +171,7 @@ impl Aggregation {
         matches!(
             self,
             Aggregation::TokenMean
+                | Aggregation::VerlTokenMean
                 | Aggregation::ValidRowMeanOfTokenSums
                 | Aggregation::ValidRowMeanOfTokenMeans
         )
@@ -179,6 +184,8 @@ impl Aggregation {
         match self {
             Aggregation::RowMeanOfTokenMeans => 1.0 / (rows as f64 * n.max(1.0)),
             Aggregation::TokenMean => 1.0 / tokens.max(1.0),
+            Aggregation::VerlTokenMean if tokens > 0.0 => 1.0 / tokens,
+            Aggregation::VerlTokenMean => 0.0,
             Aggregation::Divisor(d) => 1.0 / d,
             Aggregation::RowMeanOfTokenSums => 1.0 / rows as f64,
             Aggregation::ValidRowMeanOfTokenSums if n > 0.0 => 1.0 / valid,

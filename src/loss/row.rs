@@ -355,13 +355,16 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         let beta = opt.beta;
         let has_kl = beta != 0.0;
         let bias = terms::flag(opt.kl_bias_correction);
-        // Token-level ratios carry their own gradient; a sequence ratio's is spread afterwards.
-        let token_level = terms::flag(!sequence);
 
         let mut buf = Buffers::new();
         let (mut loss, mut kl_sum, mut seq_d_ratio) = (Lanes::ZERO, Lanes::ZERO, Lanes::ZERO);
         let mut metrics = [Lanes::ZERO; 3];
         let mut grad_finite = true;
+        let mut seq_direct = if sequence {
+            vec![0.0f64; len]
+        } else {
+            Vec::new()
+        };
 
         for start in (0..len).step_by(CHUNK) {
             let end = (start + CHUNK).min(len);
@@ -456,10 +459,17 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
                 }
                 kl_sum.add_weighted(&buf.w[..m], &buf.kl[..m]);
             }
-            if !grad.is_empty() {
+            if sequence {
+                // The direct part waits in f64 for the row's ratio term: the two can cancel
+                // (bias-corrected KL far from the reference), which float32 would not survive.
+                let direct = &mut seq_direct[start..end];
+                for k in 0..m {
+                    direct[k] = scale * buf.w[k] * buf.d_logp[k];
+                }
+            } else if !grad.is_empty() {
                 let g = &mut grad[start..end];
                 for k in 0..m {
-                    let ratio_path = token_level * buf.d_ratio[k] * buf.r[k] * buf.slope[k];
+                    let ratio_path = buf.d_ratio[k] * buf.r[k] * buf.slope[k];
                     g[k] = (scale * buf.w[k] * (buf.d_logp[k] + ratio_path)) as f32;
                 }
                 grad_finite &= g.iter().fold(true, |ok, v| ok & v.is_finite());
@@ -471,15 +481,13 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             metrics[2].add_weighted(&buf.w[..m], &buf.m2[..m]);
         }
 
-        if sequence && !grad.is_empty() {
+        if sequence {
             // d log w_i / d lp_t = M_t / max(n, 1): spread the row's ratio gradient over its tokens.
             let common = scale * seq_d_ratio.total() * seq_ratio * seq_slope / n.max(1.0);
-            if common != 0.0 {
-                for (g, &m) in grad.iter_mut().zip(s.mask) {
-                    let value = (*g as f64 + common * m.weight() as f64) as f32;
-                    grad_finite &= value.is_finite();
-                    *g = value;
-                }
+            for ((g, &direct), &m) in grad.iter_mut().zip(&seq_direct).zip(s.mask) {
+                let value = (direct + common * m.weight() as f64) as f32;
+                grad_finite &= value.is_finite();
+                *g = value;
             }
         }
         if !grad_finite {

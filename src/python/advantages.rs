@@ -1,10 +1,10 @@
 //! Bindings of [`crate::advantages`].
 
-use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use super::arrays::{groups, optional_view, with_mask, MaskView, View};
-use super::errors::{to_py, value_error};
+use super::errors::{to_py, type_error, value_error};
 use crate::advantages::{self, AdvantageOptions, Scale, Singleton};
 
 #[pyfunction]
@@ -38,10 +38,12 @@ pub(crate) fn group_advantages_core<'py>(
 }
 
 #[pyfunction]
+#[pyo3(signature = (advantages, mask, out=None))]
 pub(crate) fn token_advantages_core<'py>(
     py: Python<'py>,
     advantages: &Bound<'py, PyAny>,
     mask: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let advantages = View::<f32>::new("advantages", advantages)?.expect_ndim("advantages", 1)?;
     let mask = MaskView::new("mask", mask)?;
@@ -53,10 +55,32 @@ pub(crate) fn token_advantages_core<'py>(
             format!("expected shape ({rows}, L) matching advantages ({rows},), got {shape:?}"),
         ));
     }
-    // Every element is written by the kernel, so the output starts uninitialised.
-    let out = unsafe { PyArray2::<f32>::new(py, [shape[0], shape[1]], false) };
+    let out = match out.filter(|o| !o.is_none()) {
+        Some(out) => {
+            let out = out
+                .cast::<PyArray2<f32>>()
+                .map_err(|_| type_error("out", "a 2-D float32 numpy array", out.get_type()))?
+                .clone();
+            if out.shape() != [shape[0], shape[1]] || !out.is_c_contiguous() {
+                return Err(value_error(
+                    "out",
+                    format!(
+                        "expected a C-contiguous array of shape ({}, {}), got {:?}",
+                        shape[0],
+                        shape[1],
+                        out.shape()
+                    ),
+                ));
+            }
+            out
+        }
+        // Every element is written by the kernel, so a fresh output starts uninitialised.
+        None => unsafe { PyArray2::<f32>::new(py, [shape[0], shape[1]], false) },
+    };
     {
-        let mut guard = out.readwrite();
+        let mut guard = out
+            .try_readwrite()
+            .map_err(|_| value_error("out", "expected a writeable array not borrowed elsewhere"))?;
         let out_slice = guard
             .as_slice_mut()
             .map_err(|_| value_error("out", "internal: output is not contiguous"))?;

@@ -14,17 +14,6 @@ from sgpo_rs import _core
 
 NAN, INF = np.nan, np.inf
 
-# LIBRARY BUGS (reported), pinned with strict xfails: delete the mark once fixed.
-FLOAT_NAME_BUG = pytest.mark.xfail(
-    strict=True, reason="library bug: float(x) conversion errors do not name the argument"
-)
-TYPE_NAME_BUG = pytest.mark.xfail(
-    strict=True, reason="library bug: a non-str option fails in pyo3 with a message that names nothing"
-)
-OVERFLOW_BUG = pytest.mark.xfail(
-    strict=True, reason="library bug: ints beyond 64 bits raise OverflowError, not ValueError/TypeError"
-)
-
 
 def _raises(exc, name, fn):
     with pytest.raises(exc) as info:
@@ -339,7 +328,6 @@ FLOAT_ARGS = [
 ]
 
 
-@FLOAT_NAME_BUG
 @pytest.mark.parametrize("func,name", FLOAT_ARGS, ids=[f"{f}-{n}" for f, n in FLOAT_ARGS])
 def test_float_options_given_a_string(func, name):
     """A string where a float is expected (float("abc") raises a ValueError that names nothing)."""
@@ -363,13 +351,11 @@ NON_STR_OPTIONS = [
 ]
 
 
-@TYPE_NAME_BUG
 @pytest.mark.parametrize("name,fn", NON_STR_OPTIONS, ids=[n for n, _ in NON_STR_OPTIONS])
 def test_non_string_options(name, fn):
     _raises((ValueError, TypeError), name, fn)
 
 
-@OVERFLOW_BUG
 @pytest.mark.parametrize(
     "name,fn",
     [

@@ -32,38 +32,9 @@ LEVELS = ("token", "sequence")
 SHAPES = [(1, 1), (1, 6), (4, 1), (3, 5), (16, 33), (64, 257)]
 
 
-# LIBRARY BUG (reported): ml_dtypes.bfloat16 has dtype kind "V", which `_arrays._as_array` rejects
-# as "expected numbers" before the bfloat16 branch of `_arrays.logprobs` is reached.
-BF16_BUG = pytest.mark.xfail(strict=True, raises=TypeError, reason="library bug: bfloat16 inputs rejected")
-# LIBRARY BUG (reported): sequence-level ratio + bias-corrected KL: the gradient's kl' r and kl r'
-# parts are combined with float32-level precision, so they cancel catastrophically for large
-# |ref - logp| (gap 25: -3600 instead of -25).
-SEQ_KL_BUG = pytest.mark.xfail(
-    strict=True, reason="library bug: sequence-level bias-corrected KL gradient loses precision"
-)
-# LIBRARY BUG (reported): token-mean (verl's vanilla default) divides by max(sum M, 1) instead of
-# sum M, visible when float mask weights sum to less than 1.
-TOKEN_MEAN_BUG = pytest.mark.xfail(
-    strict=True, reason="library bug: token-mean divides by max(sum M, 1), not sum M"
-)
-
-
-def _mark_token_mean_bug(request, lp, old, adv, mask, kw):
-    """Mark the test as the known token-mean failure where that bug visibly changes the result (the
-    library's value is the right one times the total weight)."""
-    mode = kw.get("loss_agg_mode") or ("token-mean" if kw.get("loss_type") == "vanilla" else None)
-    total = float(np.asarray(mask, dtype=np.float64).sum())
-    if mode != "token-mean" or not 0.0 < total < 1.0:
-        return
-    loss, grad = torch_grad(lp, old, adv, mask, **kw)
-    g = float(np.abs(grad).max(initial=0.0))
-    if abs(loss) * (1 - total) > 1e-6 * max(1.0, abs(loss)) or g * (1 - total) > 1e-6 * max(1.0, g):
-        request.node.add_marker(TOKEN_MEAN_BUG)
-
-
 HALF_TYPES = [
     pytest.param(np.float16, id="float16"),
-    pytest.param(ml_dtypes.bfloat16, id="bfloat16", marks=BF16_BUG),
+    pytest.param(ml_dtypes.bfloat16, id="bfloat16"),
 ]
 
 
@@ -284,13 +255,12 @@ def test_torch_transcription_agrees_with_numpy_reference():
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("loss_type,level", CASES)
-def test_forward_matches_reference(request, loss_type, level, shape, seed):
+def test_forward_matches_reference(loss_type, level, shape, seed):
     rng = np.random.default_rng(_seed("fwd", loss_type, level, shape, seed))
     B, T = shape
     lp, old, _, adv, m = ref.make_loss_inputs(
         rng, B, T, adv2d=seed == 1, mask_kind=ref.MASK_KINDS[seed % len(ref.MASK_KINDS)]
     )
-    _mark_token_mean_bug(request, lp, old, adv, m, dict(loss_type=loss_type))
     _check_forward(
         lp,
         old,
@@ -304,14 +274,13 @@ def test_forward_matches_reference(request, loss_type, level, shape, seed):
 
 @pytest.mark.parametrize("agg", [None, *ref.AGG_MODES])
 @pytest.mark.parametrize("loss_type,level", CASES)
-def test_small_float_mask_weights(request, loss_type, level, agg):
+def test_small_float_mask_weights(loss_type, level, agg):
     """Rows whose float weights sum to less than 1: the max(sum_t M, 1) clamps of TRL (sequence
     ratio, grpo) and verl's unclamped per-row token means differ here."""
     rng = np.random.default_rng(_seed("small", loss_type, level, agg))
     lp, old, rf, adv, _ = ref.make_loss_inputs(rng, 6, 5, ratio_scale=0.5)
     m = ref.make_mask(rng, 6, 5, "small_float32")
     kw = dict(loss_type=loss_type, importance_sampling_level=level, loss_agg_mode=agg, beta=0.05, ref_logp=rf)
-    _mark_token_mean_bug(request, lp, old, adv, m, kw)
     _check_forward(lp, old, adv, m, **kw)
     _check_grad(lp, old, adv, m, **kw)
 
@@ -463,7 +432,6 @@ def test_vanilla_known_values(log_ratio, adv, loss, clipfrac_lower):
     assert out.metrics["pg_clipfrac_lower"] == clipfrac_lower
 
 
-@TOKEN_MEAN_BUG
 @pytest.mark.parametrize("loss_type,agg", [("vanilla", None), ("dapo", "token-mean"), ("grpo", "token-mean")])
 def test_token_mean_divides_by_total_mask_weight(loss_type, agg):
     """verl's token-mean is sum(M L) / sum(M) (masked_mean, + 1e-8 only against an all-zero mask),
@@ -483,7 +451,7 @@ def test_token_mean_divides_by_total_mask_weight(loss_type, agg):
     "level,gap",
     [(level, gap) for level in LEVELS for gap in (1.0, 3.0)]
     + [("token", gap) for gap in (7.0, 15.0, 25.0)]
-    + [pytest.param("sequence", gap, marks=SEQ_KL_BUG) for gap in (7.0, 15.0, 25.0)],
+    + [pytest.param("sequence", gap) for gap in (7.0, 15.0, 25.0)],
 )
 def test_sequence_level_kl_gradient_precision(level, gap):
     """One token, r = 1 (old_logp=None), A = 0, bias-corrected k3 with ref - logp = gap: the
@@ -555,7 +523,7 @@ GRAD_CONFIGS = {
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (16, 33)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("config", list(GRAD_CONFIGS))
 @pytest.mark.parametrize("loss_type,level", CASES)
-def test_grad_matches_torch_autograd(request, loss_type, level, config, shape, seed):
+def test_grad_matches_torch_autograd(loss_type, level, config, shape, seed):
     rng = np.random.default_rng(_seed("grad", loss_type, level, config, shape, seed))
     B, T = shape
     lp, old, rf, adv, m = ref.make_loss_inputs(
@@ -564,7 +532,6 @@ def test_grad_matches_torch_autograd(request, loss_type, level, config, shape, s
     kw = dict(GRAD_CONFIGS[config], loss_type=loss_type, importance_sampling_level=level, ref_logp=rf)
     if loss_type == "cispo":
         kw["epsilon_high"] = 4.0
-    _mark_token_mean_bug(request, lp, old, adv, m, kw)
     _check_grad(lp, old, adv, m, **kw)
 
 

@@ -146,26 +146,6 @@ def loss_problems(draw):
     return lp, old, adv, mask, kw
 
 
-def _known_library_bug(mask, kw):
-    """Inputs where a reported library bug changes the value (see test_loss.py): token-mean (verl's
-    vanilla default) when the total mask weight is in (0, 1)."""
-    token_mean = (
-        kw.get("loss_agg_mode", "token-mean" if kw["loss_type"] == "vanilla" else None) == "token-mean"
-    )
-    total = float(np.asarray(mask, dtype=np.float64).sum())
-    return token_mean and 0.0 < total < 1.0
-
-
-def _known_grad_bug(kw):
-    """Sequence-level ratio with the bias-corrected KL: the library loses precision in the gradient
-    (test_loss.py::test_sequence_level_kl_gradient_precision)."""
-    return (
-        kw["importance_sampling_level"] == "sequence"
-        and kw.get("beta", 0.0) != 0.0
-        and kw.get("kl_bias_correction", True)
-    )
-
-
 @settings(SETTINGS, max_examples=300)
 @given(problem=loss_problems())
 def test_policy_loss_finite_and_matches_references(problem):
@@ -181,8 +161,6 @@ def test_policy_loss_finite_and_matches_references(problem):
             continue  # TRL: nanmin/nanmax over rows without tokens is NaN
         assert math.isfinite(value), (key, value)
 
-    if _known_library_bug(mask, kw):
-        return
     loss, metrics, sizes = ref.policy_loss(lp, old, adv, mask, magnitudes=True, **kw)
     assert abs(out.loss - loss) <= 1e-6 * max(1.0, abs(loss)) + 1e-12 * sizes["loss"], (out.loss, loss)
     assert set(out.metrics) == set(metrics)
@@ -197,8 +175,6 @@ def test_policy_loss_finite_and_matches_references(problem):
                 value,
             )
 
-    if _known_grad_bug(kw):
-        return
     # gradient: torch autograd; the condition term uses the policy and KL parts separately
     _, g = torch_grad(lp, old, adv, mask, **kw)
     _, g_policy = torch_grad(lp, old, adv, mask, **dict(kw, beta=0.0))
