@@ -273,6 +273,7 @@ def section_advantages(args, results: Dict[str, float]) -> None:
     ref = numpy_group_advantages(rewards, GROUP)
     err_group = float(np.max(np.abs(adv - ref)))
     err_token = float(np.max(np.abs(sg.token_advantages(adv, mask) - numpy_token_advantages(adv, mask))))
+    out_buffer = np.ones((rows_n, length), dtype=np.float32)
 
     cases = [
         (
@@ -284,6 +285,12 @@ def section_advantages(args, results: Dict[str, float]) -> None:
             "token_advantages",
             lambda: sg.token_advantages(adv, mask),
             lambda: numpy_token_advantages(adv, mask),
+        ),
+        (
+            # A training loop can reuse the (N, L) buffer: no page faults of a fresh allocation.
+            "token_advantages out=",
+            lambda: sg.token_advantages(adv, mask, out=out_buffer),
+            lambda: np.multiply(adv[:, None], mask, out=out_buffer),
         ),
         (
             "both (rewards -> (N, L))",
@@ -370,6 +377,12 @@ def section_floor(args, results: Dict[str, float]) -> None:
             4 * rows_n + rows_n * length,
             4 * rows_n * length,
             results["token_advantages"],
+        ),
+        (
+            f"token_advantages out= {rows_n}x{length}",
+            4 * rows_n + rows_n * length,
+            4 * rows_n * length,
+            results["token_advantages out="],
         ),
     ]
     for batch, length in args.shapes:
