@@ -18,7 +18,7 @@ use crate::elem::{is_valid_weight, FloatElem, MaskElem};
 use crate::error::{Error, Result};
 use crate::exp;
 
-/// Tokens per chunk: the chunk's fifteen f64 buffers (15 KiB) stay in L1.
+/// Tokens per chunk: the chunk's sixteen f64 buffers (16 KiB) stay in L1.
 const CHUNK: usize = 128;
 /// Independent accumulators per sum (a multiple of the widest f64 vector).
 const LANES: usize = 8;
@@ -125,6 +125,7 @@ struct Buffers {
     slope: [f64; CHUNK],
     kl: [f64; CHUNK],
     d_kl: [f64; CHUNK],
+    kl_plus_d: [f64; CHUNK],
     loss: [f64; CHUNK],
     d_ratio: [f64; CHUNK],
     d_logp: [f64; CHUNK],
@@ -144,6 +145,7 @@ impl Buffers {
             slope: [1.0; CHUNK],
             kl: [0.0; CHUNK],
             d_kl: [0.0; CHUNK],
+            kl_plus_d: [0.0; CHUNK],
             loss: [0.0; CHUNK],
             d_ratio: [0.0; CHUNK],
             d_logp: [0.0; CHUNK],
@@ -450,11 +452,22 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             if has_kl {
                 for k in 0..m {
                     // With bias correction the KL is multiplied by r (gradient through r too).
-                    let kr = bias * buf.r[k] + (1.0 - bias);
+                    let r = buf.r[k];
+                    let kr = bias * r + (1.0 - bias);
                     let kl = buf.kl[k];
                     buf.loss[k] += beta * kl * kr;
-                    buf.d_ratio[k] += bias * beta * kl;
-                    buf.d_logp[k] += beta * kr * buf.d_kl[k];
+                    if sequence {
+                        // r's gradient is spread over the row later, with the policy's.
+                        buf.d_ratio[k] += bias * beta * kl;
+                        buf.d_logp[k] += beta * kr * buf.d_kl[k];
+                    } else {
+                        // Token level: the KL's whole gradient, `r (kl' + slope kl)` with bias
+                        // correction, from the cancellation-free `kl + kl'` where slope is 1.
+                        let slope = buf.slope[k];
+                        let corrected =
+                            r * (slope * buf.kl_plus_d[k] + (1.0 - slope) * buf.d_kl[k]);
+                        buf.d_logp[k] += beta * (bias * corrected + (1.0 - bias) * buf.d_kl[k]);
+                    }
                     buf.kl[k] = kl * kr;
                 }
                 kl_sum.add_weighted(&buf.w[..m], &buf.kl[..m]);
@@ -542,7 +555,7 @@ struct RowSlices<'s, T, M> {
     mask: &'s [M],
 }
 
-/// Fills `kl` and `d_kl` from the gap `ref - lp` held in `d_kl`.
+/// Fills `kl`, `d_kl` and `kl_plus_d` from the gap `ref - lp` held in `d_kl`.
 fn kl_chunk(opt: &LossOptions, buf: &mut Buffers, m: usize) {
     let estimator = opt.kl_estimator;
     match terms::kl_exp_range(estimator) {
@@ -554,16 +567,18 @@ fn kl_chunk(opt: &LossOptions, buf: &mut Buffers, m: usize) {
             }
             exp::exp_slice(&gap[..m], &mut e[..m]);
             for k in 0..m {
-                let (kl, d) = terms::kl(estimator, buf.d_kl[k], e[k]);
+                let (kl, d, sum) = terms::kl(estimator, buf.d_kl[k], e[k]);
                 buf.kl[k] = kl;
                 buf.d_kl[k] = d;
+                buf.kl_plus_d[k] = sum;
             }
         }
         None => {
             for k in 0..m {
-                let (kl, d) = terms::kl(estimator, buf.d_kl[k], 1.0);
+                let (kl, d, sum) = terms::kl(estimator, buf.d_kl[k], 1.0);
                 buf.kl[k] = kl;
                 buf.d_kl[k] = d;
+                buf.kl_plus_d[k] = sum;
             }
         }
     }

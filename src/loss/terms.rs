@@ -204,11 +204,13 @@ pub(crate) fn kl_exp_range(estimator: KlEstimator) -> Option<(f64, f64)> {
     }
 }
 
-/// A KL estimate and its derivative with respect to `lp`, from the gap `x = ref - lp` and
-/// `e = exp(x)` clamped as [`kl_exp_range`] says (`e` is unused by k1, abs and k2).
+/// A KL estimate `kl`, its derivative `d` with respect to `lp`, and `kl + d` computed without
+/// cancellation, from the gap `x = ref - lp` and `e = exp(x)` clamped as [`kl_exp_range`] says
+/// (`e` is unused by k1, abs and k2). `kl + d` is the bias-corrected KL's token-level gradient
+/// over `r`: for k3 it is `-x`, where `kl` and `d` alone reach `e^|x|` and cancel.
 #[inline(always)]
-pub(crate) fn kl(estimator: KlEstimator, x: f64, e: f64) -> (f64, f64) {
-    match estimator {
+pub(crate) fn kl(estimator: KlEstimator, x: f64, e: f64) -> (f64, f64, f64) {
+    let (kl, d) = match estimator {
         KlEstimator::K1 => (-x, 1.0),
         KlEstimator::Abs => (x.abs(), flag(x < 0.0) - flag(x > 0.0)),
         KlEstimator::K2 => (0.5 * x * x, -x),
@@ -219,7 +221,13 @@ pub(crate) fn kl(estimator: KlEstimator, x: f64, e: f64) -> (f64, f64) {
             let slope = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
             (clamp(y, -10.0, 10.0), slope)
         }
-    }
+    };
+    let sum = if estimator == KlEstimator::K3 {
+        -x
+    } else {
+        kl + d
+    };
+    (kl, d, sum)
 }
 
 #[cfg(test)]
@@ -270,7 +278,8 @@ mod tests {
                     let x: f64 = -1.0 - lp;
                     kl(est, x, x.clamp(-20.0, 20.0).exp())
                 };
-                let (_, d) = kl_at(lp);
+                let (kl_value, d, sum) = kl_at(lp);
+                assert!((kl_value + d - sum).abs() < 1e-12, "{est:?}");
                 assert!((d - fd(|lp| kl_at(lp).0, lp)).abs() < 1e-6, "{est:?}");
             }
         }
