@@ -179,7 +179,16 @@ def test_policy_loss_finite_and_matches_references(problem):
     _, g = torch_grad(lp, old, adv, mask, **kw)
     _, g_policy = torch_grad(lp, old, adv, mask, **dict(kw, beta=0.0))
     g_kl = g - g_policy
-    tol = 1e-6 * max(1.0, float(np.abs(g).max(initial=0.0))) + 1e-12 * (np.abs(g_policy) + np.abs(g_kl))
+    # torch's own float64 autograd of the bias-corrected k3 KL adds r kl' and r' kl, each of size
+    # ~e^|ref - logp|, that cancel to r (logp - ref): its error is ~1e-16 of that size per token.
+    # Bound it by the KL gradient computed without the correction (same e^|x| terms, no cancel).
+    _, g_uncorrected = torch_grad(lp, old, adv, mask, **dict(kw, kl_bias_correction=False))
+    cancel = np.abs(g_uncorrected - g_policy) if kw.get("beta", 0.0) != 0.0 else 0.0
+    tol = (
+        1e-6 * max(1.0, float(np.abs(g).max(initial=0.0)))
+        + 1e-12 * (np.abs(g_policy) + np.abs(g_kl))
+        + 1e-14 * cancel
+    )
     assert np.all(np.abs(out.grad - g) <= 1e-6 * np.abs(g) + tol)
 
 
