@@ -89,7 +89,7 @@ pub(crate) struct RowSums {
     /// `rho_i * loss`: the row's share of the batch loss.
     pub loss_weighted: f64,
     pub kl: f64,
-    /// The loss type's three metric sums (see [`TokenTerm::metrics`]).
+    /// The loss type's three metric sums (see [`terms::TokenTerm::metrics`]).
     pub metrics: [f64; 3],
     /// Per-sequence metric values where TRL's tensors are `(B, 1)`.
     pub clip_row: [f64; 3],
@@ -157,7 +157,7 @@ impl Buffers {
 }
 
 impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
-    /// Computes row `i`, writing `grad_scale * dL/dlogp` into `grad` (empty when `T = 0`).
+    /// Computes row `i`, writing `grad_scale * dL/dlogp` into `grad` (`T >= 1` entries).
     pub(crate) fn run(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
         let opt = self.options;
         let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
@@ -188,14 +188,16 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             ),
             LossType::Vespo => {
                 let log_w = self.vespo_log_w(i)?;
-                self.run_with(
-                    i,
-                    grad,
-                    &terms::Vespo {
-                        phi_nonneg: terms::vespo_phi(log_w, opt.vespo_k_pos, opt.vespo_lambda_pos),
-                        phi_neg: terms::vespo_phi(log_w, opt.vespo_k_neg, opt.vespo_lambda_neg),
-                    },
-                )
+                let vespo = terms::Vespo {
+                    phi_nonneg: terms::vespo_phi(log_w, opt.vespo_k_pos, opt.vespo_lambda_pos),
+                    phi_neg: terms::vespo_phi(log_w, opt.vespo_k_neg, opt.vespo_lambda_neg),
+                };
+                let mut sums = self.run_with(i, grad, &vespo)?;
+                if let AdvantageView::PerRow(adv) = self.inputs.advantages {
+                    // TRL's phi is a (B, 1) tensor here: one value per row, empty rows included.
+                    sums.phi_row = vespo.phi(adv[i] as f64);
+                }
+                Ok(sums)
             }
             _ => self.run_with(
                 i,
@@ -479,7 +481,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
                 for k in 0..m {
                     direct[k] = scale * buf.w[k] * buf.d_logp[k];
                 }
-            } else if !grad.is_empty() {
+            } else {
                 let g = &mut grad[start..end];
                 for k in 0..m {
                     let ratio_path = buf.d_ratio[k] * buf.r[k] * buf.slope[k];
@@ -525,14 +527,6 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         if let AdvantageView::PerRow(adv) = self.inputs.advantages {
             // TRL's per-sequence metric values ((B, 1) tensors) exist even for empty rows.
             let a = adv[i] as f64;
-            let (k, lam) = if a >= 0.0 {
-                (opt.vespo_k_pos, opt.vespo_lambda_pos)
-            } else {
-                (opt.vespo_k_neg, opt.vespo_lambda_neg)
-            };
-            if opt.loss_type == LossType::Vespo {
-                sums.phi_row = terms::vespo_phi(self.vespo_log_w(i)?, k, lam);
-            }
             let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
             let shown = opt.delta.map_or(seq_ratio, |delta| seq_ratio.min(delta));
             let low = shown < lo && a < 0.0;

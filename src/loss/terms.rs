@@ -178,14 +178,22 @@ pub(crate) struct Vespo {
     pub phi_neg: f64,
 }
 
-impl Policy for Vespo {
+impl Vespo {
+    /// The weight for a token with advantage `a`.
     #[inline(always)]
-    fn term(&self, _r: f64, a: f64, lp: f64, _d: f64) -> TokenTerm {
-        let phi = if a >= 0.0 {
+    pub(crate) fn phi(&self, a: f64) -> f64 {
+        if a >= 0.0 {
             self.phi_nonneg
         } else {
             self.phi_neg
-        };
+        }
+    }
+}
+
+impl Policy for Vespo {
+    #[inline(always)]
+    fn term(&self, _r: f64, a: f64, lp: f64, _d: f64) -> TokenTerm {
+        let phi = self.phi(a);
         TokenTerm {
             loss: -phi * a * lp,
             d_ratio: 0.0,
