@@ -11,6 +11,7 @@ mod exp;
 pub mod groups;
 pub mod loss;
 pub mod rewards;
+pub mod text;
 
 pub use error::{Error, Result};
 

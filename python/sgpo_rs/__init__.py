@@ -10,13 +10,27 @@ from ._core import __version__
 from .advantages import group_advantages, token_advantages
 from .loss import LossOutput, policy_loss
 from .rewards import SGPORewards, sgpo_rewards
+from .text import (
+    first_error_from_scores,
+    parse_verdict,
+    parse_verdicts,
+    split_steps,
+    split_steps_batch,
+    step_spans,
+)
 
 __all__ = [
     "LossOutput",
     "SGPORewards",
     "__version__",
+    "first_error_from_scores",
     "group_advantages",
+    "parse_verdict",
+    "parse_verdicts",
     "policy_loss",
     "sgpo_rewards",
+    "split_steps",
+    "split_steps_batch",
+    "step_spans",
     "token_advantages",
 ]

@@ -7,6 +7,7 @@ mod arrays;
 mod errors;
 mod loss;
 mod rewards;
+mod text;
 
 use pyo3::prelude::*;
 
@@ -17,5 +18,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(advantages::group_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(advantages::token_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(loss::policy_loss_core, m)?)?;
+    m.add_function(wrap_pyfunction!(text::split_steps, m)?)?;
+    m.add_function(wrap_pyfunction!(text::step_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(text::split_steps_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(text::parse_verdict, m)?)?;
+    m.add_function(wrap_pyfunction!(text::parse_verdict_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(text::first_error_from_scores, m)?)?;
     Ok(())
 }
