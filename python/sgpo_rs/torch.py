@@ -1,0 +1,300 @@
+"""PyTorch autograd over the fused GRPO-family loss (``sgpo_rs.policy_loss``).
+
+    from sgpo_rs.torch import sgpo_loss
+
+    loss, metrics = sgpo_loss(per_token_logps, old_per_token_logps, advantages, completion_mask,
+                              loss_type="grpo", beta=0.04, ref_logp=ref_per_token_logps,
+                              gradient_accumulation_steps=steps)
+    loss.backward()                      # per_token_logps.grad = dL/dlogp
+
+This module needs torch and is only imported on request (``import sgpo_rs`` never imports torch).
+One Rust call computes the loss, ``dL/dlogp`` and the metrics in a single pass (with the GIL
+released); the backward is one multiplication by ``grad_output``.
+
+CPU tensors only for now: the CUDA path of sgpo-rs is not built yet, and a CUDA tensor raises a
+``RuntimeError`` that names the argument (nothing is copied to the CPU behind your back).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _arrays, _core
+from .loss import policy_loss
+
+__all__ = ["SGPOLoss", "sgpo_loss"]
+
+# Loss types whose TRL aggregation divides by `num_items` instead of dividing by the
+# gradient-accumulation steps (TRL folds the steps into that normaliser).
+_NUM_ITEMS_LOSS_TYPES = ("dapo", "cispo", "vespo")
+
+# The option names and defaults of `sgpo_rs.policy_loss` (the single source of truth), and how each
+# option is checked before it reaches the core (the same helpers `policy_loss` uses).
+_POLICY_LOSS_SIGNATURE = inspect.signature(policy_loss)
+_DEFAULTS: Dict[str, Any] = {
+    name: p.default
+    for name, p in _POLICY_LOSS_SIGNATURE.parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "ref_logp"
+}
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "beta": _arrays.real,
+    "epsilon_low": _arrays.real,
+    "epsilon_high": _arrays.optional_real,
+    "delta": _arrays.optional_real,
+    "loss_type": _arrays.choice,
+    "importance_sampling_level": _arrays.choice,
+    "kl_estimator": _arrays.choice,
+    "kl_bias_correction": _arrays.flag,
+    "max_completion_length": _optional(_arrays.integer),
+    "num_items": _arrays.optional_real,
+    "grad_scale": _arrays.real,
+    "loss_agg_mode": _optional(_arrays.choice),
+    "loss_scale_factor": _arrays.optional_real,
+    "clip_ratio_c": _arrays.real,
+    "sapo_temperature_pos": _arrays.real,
+    "sapo_temperature_neg": _arrays.real,
+    "vespo_k_pos": _arrays.real,
+    "vespo_lambda_pos": _arrays.real,
+    "vespo_k_neg": _arrays.real,
+    "vespo_lambda_neg": _arrays.real,
+}
+assert set(_CHECKS) == set(_DEFAULTS), "sgpo_rs.torch is out of date with sgpo_rs.policy_loss"
+
+_LOGP_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_HALF_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64)
+
+
+def _options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """`options` with the defaults of `sgpo_rs.policy_loss` filled in, each checked."""
+    unknown = sorted(set(options) - set(_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"sgpo_loss: unexpected option {unknown[0]!r}; the options are those of "
+            f"sgpo_rs.policy_loss: {', '.join(_DEFAULTS)}"
+        )
+    merged = {**_DEFAULTS, **options}
+    return {name: _CHECKS[name](name, value) for name, value in merged.items()}
+
+
+def _check_device(name: str, tensor: torch.Tensor) -> None:
+    if tensor.device.type == "cpu":
+        return
+    if tensor.device.type == "cuda":
+        raise RuntimeError(
+            f"{name}: is a CUDA tensor ({tensor.device}); the CUDA path of sgpo-rs is not built yet. "
+            f"Pass CPU tensors (sgpo_loss does not copy between devices for you)."
+        )
+    raise RuntimeError(f"{name}: expected a CPU tensor, got a tensor on {tensor.device}")
+
+
+def _tensor(name: str, value: Any) -> torch.Tensor:
+    """A detached tensor on the CPU (numpy arrays and lists are wrapped, without a copy if possible)."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except Exception as error:
+            raise TypeError(f"{name}: expected a tensor, got {type(value).__name__} ({error})") from None
+    _check_device(name, value)
+    return value.detach()
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor: no copy when contiguous, else one copy (`.contiguous()`)."""
+    return tensor.contiguous().numpy()
+
+
+def _logprobs(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """float32/float64 as they are; bfloat16/float16 as their int16 bits (the core reads the
+    dtype from `half_dtype`). A companion of another dtype is cast to logp's (one copy)."""
+    if tensor.dtype not in _LOGP_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32, float64, float16 or bfloat16, got {tensor.dtype}")
+    tensor = tensor.detach()
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    if dtype in _HALF_NAMES:
+        tensor = tensor.contiguous().view(torch.int16)
+    return _numpy(tensor)
+
+
+def _mask(tensor: torch.Tensor) -> np.ndarray:
+    """bool, uint8, int32, int64, float32, float64 as they are; other integers as int64 and
+    float16/bfloat16 as float32 (one copy)."""
+    if tensor.dtype not in _MASK_DTYPES:
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.to(torch.float32)
+        elif not tensor.dtype.is_floating_point and not tensor.dtype.is_complex:
+            tensor = tensor.to(torch.int64)
+        else:
+            raise TypeError(f"mask: expected bool, integer or float values, got dtype {tensor.dtype}")
+    return _numpy(tensor)
+
+
+def _advantages(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"advantages: expected real numbers, got dtype {tensor.dtype}")
+    return _numpy(tensor.to(torch.float32))
+
+
+def _gas_divisor(gradient_accumulation_steps: Any, options: Dict[str, Any]) -> int:
+    """What the loss and the gradient are divided by for gradient accumulation (TRL's rule)."""
+    steps = _arrays.integer("gradient_accumulation_steps", gradient_accumulation_steps)
+    if options["loss_agg_mode"] is None and options["loss_type"] in _NUM_ITEMS_LOSS_TYPES:
+        if steps > 1 and options["num_items"] is None:
+            raise ValueError(
+                f"gradient_accumulation_steps: with loss_type={options['loss_type']!r} TRL does not divide "
+                f"the loss by the accumulation steps but folds them into num_items (num_items_in_batch / "
+                f"num_processes * gradient_accumulation_steps / steps_per_generation); pass num_items "
+                f"(tokens of the accumulation window on this process), or gradient_accumulation_steps=1"
+            )
+        return 1
+    return steps
+
+
+def _forward(
+    logp: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
+    ref_logp: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    options: Dict[str, Any],
+    divisor: int,
+) -> Tuple[float, np.ndarray, Dict[str, float]]:
+    """One call of the Rust core; `options` already checked. Returns `(loss, grad, metrics)`, the
+    loss and the float32 gradient already divided by `divisor`."""
+    dtype = logp.dtype
+    lp = _logprobs("logp", logp, dtype)
+    old = None if old_logp is None else _logprobs("old_logp", old_logp, dtype)
+    ref = None if ref_logp is None else _logprobs("ref_logp", ref_logp, dtype)
+    kwargs = dict(options)
+    kwargs["grad_scale"] = options["grad_scale"] / divisor
+    loss, grad, metrics = _core.policy_loss_core(
+        lp,
+        old,
+        ref,
+        _advantages(advantages),
+        _mask(mask),
+        half_dtype=_HALF_NAMES.get(dtype, "none"),
+        **kwargs,
+    )
+    return float(loss) / divisor, grad, dict(metrics)
+
+
+class SGPOLoss(torch.autograd.Function):
+    """``loss = SGPOLoss.apply(logp, old_logp, ref_logp, advantages, mask, options, divisor, metrics)``.
+
+    The low-level autograd node behind :func:`sgpo_loss` (use that instead): ``options`` is the
+    full, checked option dict of ``sgpo_rs.policy_loss``, ``divisor`` the gradient-accumulation
+    divisor, and ``metrics`` a dict that the forward fills. Only ``logp`` gets a gradient.
+
+    The forward computes ``dL/dlogp`` together with the loss (float32, from ``torch.from_numpy``
+    over the core's output, no copy) and saves it; the backward returns
+    ``(grad * grad_output).to(logp.dtype)``. It is once differentiable (no double backward).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logp: torch.Tensor,
+        old_logp: Optional[torch.Tensor],
+        ref_logp: Optional[torch.Tensor],
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        options: Dict[str, Any],
+        divisor: int,
+        metrics: Dict[str, float],
+    ) -> torch.Tensor:
+        loss, grad, values = _forward(logp, old_logp, ref_logp, advantages, mask, options, divisor)
+        metrics.update(values)
+        ctx.save_for_backward(torch.from_numpy(grad))
+        ctx.logp_dtype = logp.dtype
+        return torch.tensor(loss, dtype=torch.float32, device=logp.device)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        dlogp = (grad * grad_output).to(ctx.logp_dtype)
+        return dlogp, None, None, None, None, None, None, None
+
+
+@torch.compiler.disable
+def sgpo_loss(
+    logp: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: Optional[torch.Tensor] = None,
+    gradient_accumulation_steps: int = 1,
+    **options: Any,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """TRL 1.16's ``_compute_loss`` (and verl's vanilla loss) as one autograd op on CPU tensors.
+
+    Returns ``(loss, metrics)``: ``loss`` is a 0-dim float32 tensor on ``logp``'s device whose
+    backward gives ``logp.grad = grad_output * dL/dlogp`` (cast to ``logp.dtype``); ``metrics`` is
+    the dict of ``sgpo_rs.policy_loss`` (``clip_ratio/low_mean``, ..., ``kl`` when ``beta != 0``).
+
+    Arguments are those of :func:`sgpo_rs.policy_loss`, as tensors: ``logp``, ``old_logp``
+    (``None``: on-policy, ratio 1 with gradient, TRL's ``per_token_logps.detach()``) and
+    ``ref_logp`` are ``(B, T)``; ``advantages`` is ``(B,)`` or ``(B, T)``; ``mask`` is ``(B, T)``
+    bool, integer or float weights. ``**options`` are the keyword options of
+    ``sgpo_rs.policy_loss`` with its defaults (``loss_type="dapo"``, ``beta=0.0``,
+    ``epsilon_low=0.2``, ``epsilon_high=None`` (= ``epsilon_low``), ``delta=None``,
+    ``importance_sampling_level="token"``, ``kl_estimator="k3"``, ``kl_bias_correction=True``,
+    ``max_completion_length=None`` (= ``T``), ``num_items=None`` (= ``max(sum M, 1)``),
+    ``grad_scale=1.0`` (multiplies the gradient only), ...); see that docstring for every loss
+    formula, aggregation and the gradient's tie rules. Only ``logp`` is differentiated:
+    ``old_logp``, ``ref_logp``, ``advantages`` and ``mask`` never receive gradients (TRL detaches
+    them too).
+
+    ``gradient_accumulation_steps`` (TRL's ``current_gradient_accumulation_steps``, default 1)
+    divides the loss and the gradient, as TRL does in training mode, for grpo, sapo, bnpo,
+    dr_grpo, luspo, verl's vanilla and any ``loss_agg_mode`` (verl divides by its accumulation
+    count). For dapo, cispo and vespo TRL does not divide: it folds the steps into the
+    normaliser, ``num_items = num_items_in_batch / num_processes * gradient_accumulation_steps /
+    steps_per_generation``, so there the steps are not applied and ``num_items`` must be passed
+    when they exceed 1 (a ``ValueError`` otherwise: each micro-batch's own token mean would add
+    up to ``steps`` times the window's loss). Use 1 for evaluation (TRL does not divide there).
+
+    Dtypes and copies: float32/float64 tensors reach the Rust core through ``.numpy()`` (shared
+    memory, no copy); bfloat16/float16 as their bits (``.view(torch.int16)``, no copy) and are
+    upcast in registers. ``old_logp``/``ref_logp`` of another dtype than ``logp`` are cast to it
+    (one copy). Masks of dtype bool, uint8, int32, int64, float32, float64 are read as they are
+    (other integers: int64, half floats: float32, one copy); advantages are float32 (a copy unless
+    they already are). A non-contiguous tensor is made contiguous first (one copy). The gradient
+    is float32 (``torch.from_numpy`` over the core's output, no copy), multiplied by
+    ``grad_output`` and cast to ``logp.dtype`` in the backward, so a float64 ``logp`` gets a
+    float32-accurate gradient. All math runs in float64.
+
+    Works under ``torch.no_grad()`` and with a ``logp`` that does not require grad (the loss has
+    no graph then), and inside ``torch.compile``: the call is excluded from tracing
+    (``torch.compiler.disable``), so dynamo graph-breaks around it (``fullgraph=True`` cannot
+    hold it) and the op runs eagerly. CUDA tensors raise a ``RuntimeError`` naming the argument
+    (the CUDA path of sgpo-rs is not built yet).
+    """
+    if not isinstance(logp, torch.Tensor):
+        raise TypeError(f"logp: expected a torch.Tensor, got {type(logp).__name__}")
+    _check_device("logp", logp)
+    checked = _options(options)
+    divisor = _gas_divisor(gradient_accumulation_steps, checked)
+    old = None if old_logp is None else _tensor("old_logp", old_logp)
+    ref = None if ref_logp is None else _tensor("ref_logp", ref_logp)
+    adv = _tensor("advantages", advantages)
+    m = _tensor("mask", mask)
+    if logp.dtype not in _LOGP_DTYPES:
+        raise TypeError(f"logp: expected dtype float32, float64, float16 or bfloat16, got {logp.dtype}")
+    metrics: Dict[str, float] = {}
+    loss = SGPOLoss.apply(logp, old, ref, adv, m, checked, divisor, metrics)
+    return loss, metrics
