@@ -3,7 +3,7 @@ in a dtype the core reads, with errors that name the argument."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -92,8 +92,9 @@ def real(name: str, value: Any) -> float:
     return float(value)
 
 
-def optional_real(name: str, value: Any) -> Optional[float]:
-    return None if value is None else real(name, value)
+def optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """`check` that lets `None` through."""
+    return lambda name, value: None if value is None else check(name, value)
 
 
 def choice(name: str, value: Any) -> str:

@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
 from . import _arrays, _core
+
+# Every scalar option of `policy_loss` and the check it gets before it reaches the core (types
+# here, ranges in the core). `sgpo_rs.torch` validates its options with the same table.
+OPTION_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "beta": _arrays.real,
+    "epsilon_low": _arrays.real,
+    "epsilon_high": _arrays.optional(_arrays.real),
+    "delta": _arrays.optional(_arrays.real),
+    "loss_type": _arrays.choice,
+    "importance_sampling_level": _arrays.choice,
+    "kl_estimator": _arrays.choice,
+    "kl_bias_correction": _arrays.flag,
+    "max_completion_length": _arrays.optional(_arrays.integer),
+    "num_items": _arrays.optional(_arrays.real),
+    "grad_scale": _arrays.real,
+    "loss_agg_mode": _arrays.optional(_arrays.choice),
+    "loss_scale_factor": _arrays.optional(_arrays.real),
+    "clip_ratio_c": _arrays.real,
+    "sapo_temperature_pos": _arrays.real,
+    "sapo_temperature_neg": _arrays.real,
+    "vespo_k_pos": _arrays.real,
+    "vespo_lambda_pos": _arrays.real,
+    "vespo_k_neg": _arrays.real,
+    "vespo_lambda_neg": _arrays.real,
+}
+
+
+def checked_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """`options` (names of `policy_loss`'s keyword options) with each value checked and normalised."""
+    return {name: OPTION_CHECKS[name](name, value) for name, value in options.items()}
 
 
 @dataclass(frozen=True)
@@ -97,35 +127,29 @@ def policy_loss(
     ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
     m = _arrays.mask(mask, lp.shape)
     adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
-    real, opt_real, choice = _arrays.real, _arrays.optional_real, _arrays.choice
-    loss, grad, metrics = _core.policy_loss_core(
-        lp,
-        old,
-        ref,
-        adv,
-        m,
-        half_dtype=half,
-        beta=real("beta", beta),
-        epsilon_low=real("epsilon_low", epsilon_low),
-        epsilon_high=opt_real("epsilon_high", epsilon_high),
-        delta=opt_real("delta", delta),
-        loss_type=choice("loss_type", loss_type),
-        importance_sampling_level=choice("importance_sampling_level", importance_sampling_level),
-        kl_estimator=choice("kl_estimator", kl_estimator),
-        kl_bias_correction=_arrays.flag("kl_bias_correction", kl_bias_correction),
-        max_completion_length=None
-        if max_completion_length is None
-        else _arrays.integer("max_completion_length", max_completion_length),
-        num_items=opt_real("num_items", num_items),
-        grad_scale=real("grad_scale", grad_scale),
-        loss_agg_mode=None if loss_agg_mode is None else choice("loss_agg_mode", loss_agg_mode),
-        loss_scale_factor=opt_real("loss_scale_factor", loss_scale_factor),
-        clip_ratio_c=real("clip_ratio_c", clip_ratio_c),
-        sapo_temperature_pos=real("sapo_temperature_pos", sapo_temperature_pos),
-        sapo_temperature_neg=real("sapo_temperature_neg", sapo_temperature_neg),
-        vespo_k_pos=real("vespo_k_pos", vespo_k_pos),
-        vespo_lambda_pos=real("vespo_lambda_pos", vespo_lambda_pos),
-        vespo_k_neg=real("vespo_k_neg", vespo_k_neg),
-        vespo_lambda_neg=real("vespo_lambda_neg", vespo_lambda_neg),
+    options = checked_options(
+        dict(
+            beta=beta,
+            epsilon_low=epsilon_low,
+            epsilon_high=epsilon_high,
+            delta=delta,
+            loss_type=loss_type,
+            importance_sampling_level=importance_sampling_level,
+            kl_estimator=kl_estimator,
+            kl_bias_correction=kl_bias_correction,
+            max_completion_length=max_completion_length,
+            num_items=num_items,
+            grad_scale=grad_scale,
+            loss_agg_mode=loss_agg_mode,
+            loss_scale_factor=loss_scale_factor,
+            clip_ratio_c=clip_ratio_c,
+            sapo_temperature_pos=sapo_temperature_pos,
+            sapo_temperature_neg=sapo_temperature_neg,
+            vespo_k_pos=vespo_k_pos,
+            vespo_lambda_pos=vespo_lambda_pos,
+            vespo_k_neg=vespo_k_neg,
+            vespo_lambda_neg=vespo_lambda_neg,
+        )
     )
+    loss, grad, metrics = _core.policy_loss_core(lp, old, ref, adv, m, half_dtype=half, **options)
     return LossOutput(float(loss), grad, dict(metrics))

@@ -18,14 +18,14 @@ CPU tensors only for now: the CUDA path of sgpo-rs is not built yet, and a CUDA 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import _arrays, _core
-from .loss import policy_loss
+from .loss import OPTION_CHECKS, checked_options, policy_loss
 
 __all__ = ["SGPOLoss", "sgpo_loss"]
 
@@ -33,8 +33,8 @@ __all__ = ["SGPOLoss", "sgpo_loss"]
 # gradient-accumulation steps (TRL folds the steps into that normaliser).
 _NUM_ITEMS_LOSS_TYPES = ("dapo", "cispo", "vespo")
 
-# The option names and defaults of `sgpo_rs.policy_loss` (the single source of truth), and how each
-# option is checked before it reaches the core (the same helpers `policy_loss` uses).
+# The option names and defaults of `sgpo_rs.policy_loss` (the single source of truth); each option
+# is checked by `sgpo_rs.loss.checked_options`, as `policy_loss` checks it.
 _POLICY_LOSS_SIGNATURE = inspect.signature(policy_loss)
 _DEFAULTS: Dict[str, Any] = {
     name: p.default
@@ -43,33 +43,7 @@ _DEFAULTS: Dict[str, Any] = {
 }
 
 
-def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    return lambda name, value: None if value is None else check(name, value)
-
-
-_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
-    "beta": _arrays.real,
-    "epsilon_low": _arrays.real,
-    "epsilon_high": _arrays.optional_real,
-    "delta": _arrays.optional_real,
-    "loss_type": _arrays.choice,
-    "importance_sampling_level": _arrays.choice,
-    "kl_estimator": _arrays.choice,
-    "kl_bias_correction": _arrays.flag,
-    "max_completion_length": _optional(_arrays.integer),
-    "num_items": _arrays.optional_real,
-    "grad_scale": _arrays.real,
-    "loss_agg_mode": _optional(_arrays.choice),
-    "loss_scale_factor": _arrays.optional_real,
-    "clip_ratio_c": _arrays.real,
-    "sapo_temperature_pos": _arrays.real,
-    "sapo_temperature_neg": _arrays.real,
-    "vespo_k_pos": _arrays.real,
-    "vespo_lambda_pos": _arrays.real,
-    "vespo_k_neg": _arrays.real,
-    "vespo_lambda_neg": _arrays.real,
-}
-assert set(_CHECKS) == set(_DEFAULTS), "sgpo_rs.torch is out of date with sgpo_rs.policy_loss"
+assert set(OPTION_CHECKS) == set(_DEFAULTS), "sgpo_rs.torch is out of date with sgpo_rs.policy_loss"
 
 _LOGP_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _HALF_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -85,7 +59,7 @@ def _options(options: Dict[str, Any]) -> Dict[str, Any]:
             f"sgpo_rs.policy_loss: {', '.join(_DEFAULTS)}"
         )
     merged = {**_DEFAULTS, **options}
-    return {name: _CHECKS[name](name, value) for name, value in merged.items()}
+    return checked_options(merged)
 
 
 def _check_device(name: str, tensor: torch.Tensor) -> None:
