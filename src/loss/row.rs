@@ -11,7 +11,7 @@
 // hide the formulas.
 #![allow(clippy::needless_range_loop)]
 
-use super::options::{ImportanceSamplingLevel, LossOptions, LossType};
+use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
 use super::terms::{self, Policy};
 use super::{AdvantageView, LossInputs};
 use crate::elem::{is_valid_weight, FloatElem, MaskElem};
@@ -57,6 +57,7 @@ impl Lanes {
 
 /// Sum of a row's mask weights (lanes for speed, fixed order); errors on a negative or
 /// non-finite weight.
+#[inline(always)]
 pub(crate) fn weight_sum<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
     let mut lanes = Lanes::ZERO;
     let mut valid = true;
@@ -550,30 +551,32 @@ struct RowSlices<'s, T, M> {
 }
 
 /// Fills `kl`, `d_kl` and `kl_plus_d` from the gap `ref - lp` held in `d_kl`.
+#[inline(always)]
 fn kl_chunk(opt: &LossOptions, buf: &mut Buffers, m: usize) {
-    let estimator = opt.kl_estimator;
-    match terms::kl_exp_range(estimator) {
-        Some((lo, hi)) => {
-            let mut e = [0.0f64; CHUNK];
-            let mut gap = [0.0f64; CHUNK];
-            for k in 0..m {
-                gap[k] = terms::clamp(buf.d_kl[k], lo, hi);
-            }
-            exp::exp_slice(&gap[..m], &mut e[..m]);
-            for k in 0..m {
-                let (kl, d, sum) = terms::kl(estimator, buf.d_kl[k], e[k]);
-                buf.kl[k] = kl;
-                buf.d_kl[k] = d;
-                buf.kl_plus_d[k] = sum;
-            }
+    let mut e = [1.0f64; CHUNK];
+    if let Some((lo, hi)) = terms::kl_exp_range(opt.kl_estimator) {
+        let mut gap = [0.0f64; CHUNK];
+        for k in 0..m {
+            gap[k] = terms::clamp(buf.d_kl[k], lo, hi);
         }
-        None => {
-            for k in 0..m {
-                let (kl, d, sum) = terms::kl(estimator, buf.d_kl[k], 1.0);
-                buf.kl[k] = kl;
-                buf.d_kl[k] = d;
-                buf.kl_plus_d[k] = sum;
-            }
-        }
+        exp::exp_slice(&gap[..m], &mut e[..m]);
+    }
+    // One inlined loop per estimator: the estimator is a constant in each, so the loop vectorises.
+    match opt.kl_estimator {
+        KlEstimator::K1 => fill_kl(KlEstimator::K1, buf, &e, m),
+        KlEstimator::Abs => fill_kl(KlEstimator::Abs, buf, &e, m),
+        KlEstimator::K2 => fill_kl(KlEstimator::K2, buf, &e, m),
+        KlEstimator::K3 => fill_kl(KlEstimator::K3, buf, &e, m),
+        KlEstimator::LowVarKl => fill_kl(KlEstimator::LowVarKl, buf, &e, m),
+    }
+}
+
+#[inline(always)]
+fn fill_kl(estimator: KlEstimator, buf: &mut Buffers, e: &[f64; CHUNK], m: usize) {
+    for k in 0..m {
+        let (kl, d, sum) = terms::kl(estimator, buf.d_kl[k], e[k]);
+        buf.kl[k] = kl;
+        buf.d_kl[k] = d;
+        buf.kl_plus_d[k] = sum;
     }
 }
