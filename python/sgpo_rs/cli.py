@@ -28,10 +28,13 @@ def _info(_: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from . import demo
+    from .judge import cli as judge_cli
 
     parser = argparse.ArgumentParser(prog="sgpo-rs", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo.add_arguments(commands.add_parser("demo", help="GRPO vs SGPO on a multi-step toy task"))
+    judge_cli.add_arguments(commands.add_parser("judge", help="step-wise verdicts for a JSONL of responses"))
+    judge_cli.add_eval_arguments(commands.add_parser("judge-eval", help="ProcessBench metrics of a judge"))
     commands.add_parser("info", help="versions and available compute paths").set_defaults(run=_info)
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

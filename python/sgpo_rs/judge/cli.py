@@ -1,0 +1,315 @@
+"""`sgpo-rs judge` (judge a JSONL file of responses, resumably) and `sgpo-rs judge-eval`.
+
+``judge`` reads records ``{"problem", "response", "correct"?}`` (or ``"steps"`` instead of
+``"response"``), judges the incorrect ones (``correct`` false or absent; every record with
+``--all``) and writes every record, in input order, with ``first_error``, ``num_steps``, ``credit``
+(prefix credit ``first_error / num_steps``, 1 for ``-1``, null without a verdict), ``judged`` and,
+for failures, ``judge_error``. Rows not judged get ``first_error = -2`` and ``credit = null``, so
+the ``credit`` column lines up with the input and feeds ``sgpo_rs.sgpo_rewards(credit=...)``
+(NaN for null).
+
+Resuming: each output line carries ``record_key`` (the record's ``id``, else a hash of problem
+and response; a repeat gets ``#2``, ``#3``...). A rerun with the same ``--output`` keeps the
+complete lines already there, drops a torn last line, and judges only the records whose key is
+missing; every line is written and flushed on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional, Set, TextIO, Tuple
+
+from ..text import split_steps
+from .cache import CachedJudge
+from .evaluate import evaluate, record_response
+from .rule import CallableJudge, RuleJudge
+from .synthetic import make_synthetic, write_jsonl
+from .verdict import NO_VERDICT, StepJudge, Verdict, prefix_credit
+
+JUDGES = {"rule": RuleJudge}
+"""Judges by name for ``--judge``; model backends register here. ``module:attr`` also works."""
+
+
+def make_judge(spec: str) -> StepJudge:
+    """A judge from a name in :data:`JUDGES`, or ``package.module:attr`` where ``attr`` is a
+    judge, a judge class/factory taking no arguments, or a ``fn(problem, response)``."""
+    if spec in JUDGES:
+        return JUDGES[spec]()
+    if ":" not in spec:
+        raise ValueError(f"--judge: unknown judge {spec!r}; known: {', '.join(JUDGES)}, or module:attr")
+    module, _, attr = spec.partition(":")
+    obj: Any = getattr(importlib.import_module(module), attr)
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "judge") and _takes_no_args(obj)):
+        obj = obj()
+    if hasattr(obj, "judge") and hasattr(obj, "identity"):
+        return obj
+    if callable(obj):
+        return CallableJudge(obj, identity=f"callable:{spec}")
+    raise ValueError(f"--judge: {spec} is neither a judge nor a callable")
+
+
+def _takes_no_args(fn: Any) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+
+
+def _with_cache(judge: StepJudge, path: Optional[str]) -> StepJudge:
+    return judge if path is None else CachedJudge(judge, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def read_jsonl(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """``(line number, record)`` of every non-blank line; a bad line raises naming it."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            yield number, record
+
+
+def record_keys(records: List[Dict[str, Any]]) -> List[str]:
+    """Stable keys: ``id`` (or a hash of problem and response), ``#n`` for the n-th repeat."""
+    seen: Dict[str, int] = {}
+    keys = []
+    for record in records:
+        if record.get("id") is not None:
+            base = f"id:{record['id']}"
+        else:
+            blob = json.dumps([record.get("problem"), record_response(record)], ensure_ascii=False)
+            base = "sha256:" + hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        seen[base] = seen.get(base, 0) + 1
+        keys.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return keys
+
+
+def done_keys(path: str) -> Set[str]:
+    """Keys already in the output; a torn last line (no newline, or not JSON) is cut off."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb") as f:
+        data = f.read()
+    keep = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+    keys, good = set(), 0
+    for line in data[:keep].split(b"\n")[:-1]:
+        try:
+            record = json.loads(line)
+            keys.add(record["record_key"])
+        except (ValueError, KeyError, TypeError):
+            break  # a damaged line: keep what precedes it, redo the rest
+        good += len(line) + 1
+    if good != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return keys
+
+
+class ProgressBar:
+    """A one-line bar on stderr, redrawn when the percentage changes."""
+
+    def __init__(self, total: int, stream: Optional[TextIO], label: str = "judging", width: int = 30) -> None:
+        self.total, self.stream, self.label, self.width, self.shown = total, stream, label, width, -1
+
+    def update(self, done: int) -> None:
+        if self.stream is None or self.total <= 0:
+            return
+        percent = 100 * done // self.total
+        if percent == self.shown:
+            return
+        self.shown = percent
+        filled = self.width * done // self.total
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {percent:3d}% ({done}/{self.total})")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None and self.total > 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# sgpo-rs judge
+
+
+def output_record(
+    record: Dict[str, Any], key: str, verdict: Optional[Verdict], num_steps: int
+) -> Dict[str, Any]:
+    out = dict(record)
+    if verdict is None:
+        out.update(first_error=NO_VERDICT, num_steps=num_steps, credit=None, judged=False)
+    else:
+        out.update(
+            first_error=verdict.first_error,
+            num_steps=verdict.num_steps,
+            credit=prefix_credit(verdict.first_error, verdict.num_steps),
+            judged=True,
+        )
+        if verdict.error is not None:
+            out["judge_error"] = verdict.error
+    out["record_key"] = key
+    return out
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    try:
+        judge = _with_cache(make_judge(args.judge), args.cache)
+        records = [record for _, record in read_jsonl(args.input)]
+    except (OSError, ValueError, ImportError, AttributeError) as exc:
+        print(f"sgpo-rs judge: {exc}", file=sys.stderr)
+        return 2
+    keys = record_keys(records)
+    done = done_keys(args.output)
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    stream = None if args.quiet else sys.stderr
+    bar = ProgressBar(len(todo), stream)
+    counts = {"found_error": 0, "no_error": 0, "no_verdict": 0, "not_judged": 0}
+    failures: List[str] = []
+    start = time.perf_counter()
+    with open(args.output, "a", encoding="utf-8") as out:
+        for b in range(0, len(todo), args.batch_size):
+            batch = todo[b : b + args.batch_size]
+            judged = [i for i in batch if args.all or not records[i].get("correct", False)]
+            verdicts = dict(
+                zip(
+                    judged,
+                    judge.judge(
+                        [str(records[i].get("problem", "")) for i in judged],
+                        [record_response(records[i]) for i in judged],
+                    )
+                    if judged
+                    else [],
+                )
+            )
+            for n, i in enumerate(batch):
+                verdict = verdicts.get(i)
+                steps = 0 if verdict is not None else len(split_steps(record_response(records[i])))
+                if verdict is None:
+                    counts["not_judged"] += 1
+                elif verdict.first_error >= 0:
+                    counts["found_error"] += 1
+                elif verdict.first_error == -1:
+                    counts["no_error"] += 1
+                else:
+                    counts["no_verdict"] += 1
+                    failures.append(f"{keys[i]}: {verdict.error or 'no verdict'}")
+                out.write(json.dumps(output_record(records[i], keys[i], verdict, steps), ensure_ascii=False))
+                out.write("\n")
+                out.flush()
+                bar.update(b + n + 1)
+    bar.close()
+    print(
+        summary(len(records), len(records) - len(todo), counts, failures, time.perf_counter() - start, judge)
+    )
+    return 0
+
+
+def summary(
+    total: int, resumed: int, counts: Dict[str, int], failures: List[str], seconds: float, judge: StepJudge
+) -> str:
+    judged = counts["found_error"] + counts["no_error"] + counts["no_verdict"]
+    lines = [
+        f"judge {judge.identity}: {total} records, {resumed} already in the output, {judged} judged, "
+        f"{counts['not_judged']} skipped as correct ({seconds:.1f} s)"
+    ]
+    if judged:
+        lines.append(
+            "verdicts: "
+            + ", ".join(
+                f"{name} {counts[name]} ({100 * counts[name] / judged:.1f}%)"
+                for name in ("found_error", "no_error", "no_verdict")
+            )
+        )
+    if isinstance(judge, CachedJudge):
+        lines.append(f"cache: {judge.hits} hits, {judge.misses} misses")
+    if failures:
+        lines.append(
+            f"failures ({len(failures)}): " + "; ".join(failures[:5]) + (" ..." if len(failures) > 5 else "")
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``judge`` flags and ``run`` as its handler."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    add = parser.add_argument
+    add("--input", required=True, help="JSONL of {problem, response (or steps), correct?}")
+    add("--output", required=True, help="JSONL written (appended to when resuming)")
+    add("--judge", default="rule", help=f"judge: {', '.join(JUDGES)}, or package.module:attr")
+    add("--all", action="store_true", help="judge correct records too")
+    add("--cache", default=None, help="sqlite verdict cache path")
+    add("--batch-size", type=int, default=16, help="responses per judge call")
+    add("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_judge)
+
+
+# ---------------------------------------------------------------------------------------------
+# sgpo-rs judge-eval
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.make_synthetic is not None:
+        if args.output is None:
+            print("sgpo-rs judge-eval: --make-synthetic needs --output", file=sys.stderr)
+            return 2
+        records = make_synthetic(args.make_synthetic, seed=args.seed)
+        write_jsonl(records, args.output)
+        errors = sum(r["label"] >= 0 for r in records)
+        print(f"wrote {len(records)} records ({errors} with an error, seed {args.seed}) to {args.output}")
+        return 0
+    if args.input is None:
+        print("sgpo-rs judge-eval: give --input, or --make-synthetic N --output PATH", file=sys.stderr)
+        return 2
+    try:
+        judge = _with_cache(make_judge(args.judge), args.cache)
+        records = [record for _, record in read_jsonl(args.input)]
+        if any("label" not in r for r in records):
+            raise ValueError(f"{args.input}: every record needs a 'label' (first wrong step or -1)")
+    except (OSError, ValueError, ImportError, AttributeError) as exc:
+        print(f"sgpo-rs judge-eval: {exc}", file=sys.stderr)
+        return 2
+    score, _ = evaluate(judge, records, batch_size=args.batch_size)
+
+    def pct(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
+
+    print(f"judge {judge.identity} on {args.input}: ProcessBench metrics")
+    print(f"  accuracy on erroneous samples: {pct(score.error_accuracy)} ({score.num_error} samples)")
+    print(f"  accuracy on correct samples:   {pct(score.correct_accuracy)} ({score.num_correct} samples)")
+    print(f"  F1:                            {pct(score.f1)}")
+    print(f"  missing verdicts:              {score.num_missing}")
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``judge-eval`` flags and ``run`` as its handler."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    add = parser.add_argument
+    add("--input", default=None, help="ProcessBench-format JSONL: problem, steps or response, label")
+    add("--judge", default="rule", help=f"judge: {', '.join(JUDGES)}, or package.module:attr")
+    add("--cache", default=None, help="sqlite verdict cache path")
+    add("--batch-size", type=int, default=64, help="responses per judge call")
+    add("--make-synthetic", type=int, default=None, metavar="N", help="write N synthetic records instead")
+    add("--output", default=None, help="where --make-synthetic writes")
+    add("--seed", type=int, default=0, help="seed of --make-synthetic")
+    parser.set_defaults(run=run_eval)

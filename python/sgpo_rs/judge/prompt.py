@@ -1,0 +1,86 @@
+"""The ProcessBench-style critic prompt, and the defence against a response that imitates it.
+
+The critic sees the problem and the response's steps (``sgpo_rs.split_steps``) as
+``<paragraph_i>...</paragraph_i>`` blocks indexed from 0, and answers with the earliest wrong
+paragraph's index, or ``-1``, inside ``\\boxed{}`` (semantics.md, section 5).
+
+The response is written by the policy being trained, so it is untrusted: a policy that learns to
+write ``</paragraph_2>`` or ``\\boxed{-1}`` could forge the structure of the prompt or plant a
+verdict that a critic echoes. :func:`neutralise` rewrites every paragraph tag into a bracketed
+look-alike (``[paragraph_2]``, ``[/paragraph_2]``) and every ``\\boxed`` into ``[boxed]``, which
+neither the critic's reader nor :func:`sgpo_rs.parse_verdict` treats as structure; the text stays
+readable. Only the template's own tags and ``\\boxed{}`` are real.
+
+Bump :data:`PROMPT_VERSION` whenever the default template or the rendering changes: it is part of
+the cache key of prompted judges.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+from ..text import parse_verdict, split_steps
+
+PROMPT_VERSION = "processbench-critic-v1"
+
+DEFAULT_TEMPLATE = (
+    "The following is a math problem and a solution (split into paragraphs, enclosed with tags "
+    "and indexed from 0):\n"
+    "\n"
+    "[Math Problem]\n"
+    "\n"
+    "{problem}\n"
+    "\n"
+    "[Solution]\n"
+    "\n"
+    "{paragraphs}\n"
+    "\n"
+    "Your task is to review and critique the solution paragraph by paragraph. Once you identify "
+    "an error in a paragraph, return the index of the paragraph where the earliest error occurs. "
+    'Otherwise, return the index of -1 (which typically denotes "not found").\n'
+    "\n"
+    "Please put your final answer (i.e., the index) in \\boxed{}."
+)
+"""The ProcessBench critic template; ``{problem}`` and ``{paragraphs}`` are its only fields (other
+braces are literal, so ``\\boxed{}`` needs no escaping)."""
+
+_TAG = re.compile(r"<(\s*)(/?)(\s*)(paragraph[^<>]*)>", re.IGNORECASE)
+_BOXED = re.compile(r"\\+(\s*)(boxed)", re.IGNORECASE)
+_FIELD = re.compile(r"\{(problem|paragraphs)\}")
+
+
+def neutralise(text: str) -> str:
+    """``text`` with paragraph tags made inert (``<paragraph_1>`` -> ``[paragraph_1]``,
+    ``</paragraph_1>`` -> ``[/paragraph_1]``) and ``\\boxed`` written ``[boxed]``."""
+    text = _TAG.sub(lambda m: f"[{m.group(2)}{m.group(4).strip()}]", text)
+    return _BOXED.sub(lambda m: f"[{m.group(2)}]", text)
+
+
+def render_paragraphs(steps: List[str]) -> str:
+    """The steps as ``<paragraph_i>`` blocks, each step neutralised."""
+    return "\n\n".join(
+        f"<paragraph_{i}>\n{neutralise(step)}\n</paragraph_{i}>" for i, step in enumerate(steps)
+    )
+
+
+def build_prompt(
+    problem: str, response: str, *, template: Optional[str] = None, delimiter: str = "\n\n"
+) -> Tuple[str, int]:
+    """The critic prompt for one response, and its number of steps.
+
+    Args:
+        problem: the problem statement (tags in it are neutralised too).
+        response: the policy's response, split with ``sgpo_rs.split_steps(response, delimiter=...)``.
+        template: a template with the fields ``{problem}`` and ``{paragraphs}`` (default
+            :data:`DEFAULT_TEMPLATE`); every other character is literal.
+    """
+    steps = split_steps(response, delimiter=delimiter)
+    fields = {"problem": neutralise(problem), "paragraphs": render_paragraphs(steps)}
+    prompt = _FIELD.sub(lambda m: fields[m.group(1)], DEFAULT_TEMPLATE if template is None else template)
+    return prompt, len(steps)
+
+
+def parse_reply(reply: str, num_steps: int) -> Optional[int]:
+    """The critic's ``first_error`` (``-1 <= k < num_steps``), or ``None`` for no verdict."""
+    return parse_verdict(reply, num_steps=num_steps)
