@@ -165,3 +165,35 @@ def test_judge_from_module_attr(tmp_path, capsys):
     spec = "sgpo_rs.judge.rule:RuleJudge"
     assert cli.main(["judge", "--input", str(src), "--output", str(out), "--quiet", "--judge", spec]) == 0
     assert read(out)[0]["first_error"] == 0  # "a" is not an arithmetic step
+
+
+class ExplodingJudge:
+    """A rule judge whose third call fails, as a model server going down mid-run."""
+
+    identity = "rule:arithmetic-chain-v1"
+
+    def __init__(self):
+        from sgpo_rs.judge import RuleJudge
+
+        self.inner, self.calls = RuleJudge(), 0
+
+    def judge(self, problems, responses):
+        self.calls += 1
+        if self.calls == 3:
+            raise ConnectionError("server went away")
+        return self.inner.judge(problems, responses)
+
+
+def test_judge_failure_stops_cleanly_and_resumes(tmp_path, synthetic, monkeypatch, capsys):
+    from sgpo_rs.judge import cli as judge_cli
+
+    monkeypatch.setitem(judge_cli.JUDGES, "explode", ExplodingJudge)
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    args = ["judge", "--input", str(synthetic), "--all", "--quiet", "--batch-size", "7"]
+    assert cli.main([*args, "--output", str(full)]) == 0
+    assert cli.main([*args, "--output", str(part), "--judge", "explode"]) == 1
+    assert "server went away" in capsys.readouterr().err
+    assert len(read(part)) == 14
+    assert cli.main([*args, "--output", str(part)]) == 0
+    assert part.read_bytes() == full.read_bytes()
+    assert cli.main([*args, "--output", str(part), "--batch-size", "0"]) == 2

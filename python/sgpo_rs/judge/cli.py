@@ -171,7 +171,22 @@ def output_record(
     return out
 
 
+def judge_batch(judge: StepJudge, records: List[Dict[str, Any]], rows: List[int]) -> Dict[int, Verdict]:
+    """The verdicts of ``records[i]`` for ``i`` in ``rows``, by row."""
+    if not rows:
+        return {}
+    verdicts = judge.judge(
+        [str(records[i].get("problem", "")) for i in rows], [record_response(records[i]) for i in rows]
+    )
+    if len(verdicts) != len(rows):
+        raise RuntimeError(f"{judge.identity} returned {len(verdicts)} verdicts for {len(rows)} responses")
+    return dict(zip(rows, verdicts))
+
+
 def run_judge(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        print("sgpo-rs judge: --batch-size must be >= 1", file=sys.stderr)
+        return 2
     try:
         judge = _with_cache(make_judge(args.judge), args.cache)
         records = [record for _, record in read_jsonl(args.input)]
@@ -190,17 +205,16 @@ def run_judge(args: argparse.Namespace) -> int:
         for b in range(0, len(todo), args.batch_size):
             batch = todo[b : b + args.batch_size]
             judged = [i for i in batch if args.all or not records[i].get("correct", False)]
-            verdicts = dict(
-                zip(
-                    judged,
-                    judge.judge(
-                        [str(records[i].get("problem", "")) for i in judged],
-                        [record_response(records[i]) for i in judged],
-                    )
-                    if judged
-                    else [],
+            try:
+                verdicts = judge_batch(judge, records, judged)
+            except Exception as exc:  # noqa: BLE001 - stop cleanly; what was written stays
+                bar.close()
+                print(
+                    f"sgpo-rs judge: the judge failed ({type(exc).__name__}: {exc}); {b} of {len(todo)} "
+                    "records written; rerun the same command to resume",
+                    file=sys.stderr,
                 )
-            )
+                return 1
             for n, i in enumerate(batch):
                 verdict = verdicts.get(i)
                 steps = 0 if verdict is not None else len(split_steps(record_response(records[i])))
@@ -287,6 +301,9 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input}: every record needs a 'label' (first wrong step or -1)")
     except (OSError, ValueError, ImportError, AttributeError) as exc:
         print(f"sgpo-rs judge-eval: {exc}", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print("sgpo-rs judge-eval: --batch-size must be >= 1", file=sys.stderr)
         return 2
     score, _ = evaluate(judge, records, batch_size=args.batch_size)
 
