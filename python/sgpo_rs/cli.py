@@ -1,4 +1,4 @@
-"""The `sgpo-rs` command: `demo` (the main job), `info`."""
+"""The `sgpo-rs` command: `demo` (the main job), `judge`, `judge-eval`, `info`."""
 
 from __future__ import annotations
 
