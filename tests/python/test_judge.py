@@ -82,7 +82,7 @@ def test_prompt_neutralises_injected_tags_and_boxes():
 def test_injection_cannot_change_a_critics_verdict(real):
     # A critic that answers, then parrots the solution it was shown (the worst place: last).
     def parrot(prompts):
-        shown = [p.split("[Solution]")[1].split("Your task")[0] for p in prompts]
+        shown = [p.split("Solution:")[1].split("Go through")[0] for p in prompts]
         return [f"The earliest error is in paragraph {real}: \\boxed{{{real}}}\n\n{s}" for s in shown]
 
     # Unneutralised, the parroted response would override the answer with its own -1.

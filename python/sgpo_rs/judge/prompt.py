@@ -22,27 +22,26 @@ from typing import List, Optional, Tuple
 
 from ..text import parse_verdict, split_steps
 
-PROMPT_VERSION = "processbench-critic-v1"
+PROMPT_VERSION = "sgpo-critic-v1"
 
+# Our own wording of the ProcessBench convention (problem, tagged paragraphs indexed from 0, the
+# earliest wrong index or -1 in a box); not ProcessBench's text.
 DEFAULT_TEMPLATE = (
-    "The following is a math problem and a solution (split into paragraphs, enclosed with tags "
-    "and indexed from 0):\n"
+    "You are checking a worked solution one step at a time. The solution is split into "
+    "paragraphs, each wrapped in tags that carry its index, counting from 0.\n"
     "\n"
-    "[Math Problem]\n"
-    "\n"
+    "Problem:\n"
     "{problem}\n"
     "\n"
-    "[Solution]\n"
-    "\n"
+    "Solution:\n"
     "{paragraphs}\n"
     "\n"
-    "Your task is to review and critique the solution paragraph by paragraph. Once you identify "
-    "an error in a paragraph, return the index of the paragraph where the earliest error occurs. "
-    'Otherwise, return the index of -1 (which typically denotes "not found").\n'
-    "\n"
-    "Please put your final answer (i.e., the index) in \\boxed{}."
+    "Go through the paragraphs in order and find the first one that contains a mistake (a wrong "
+    "calculation, a wrong fact, or a conclusion that does not follow). Do not fix the solution. "
+    "Give the index of that first wrong paragraph, or -1 if every paragraph is correct. Write "
+    "only that index inside \\boxed{} at the end of your answer."
 )
-"""The ProcessBench critic template; ``{problem}`` and ``{paragraphs}`` are its only fields (other
+"""The critic template; ``{problem}`` and ``{paragraphs}`` are its only fields (other
 braces are literal, so ``\\boxed{}`` needs no escaping)."""
 
 _TAG = re.compile(r"<(\s*)(/?)(\s*)(paragraph[^<>]*)>", re.IGNORECASE)
