@@ -9,6 +9,7 @@ pub mod elem;
 pub mod error;
 mod exp;
 pub mod groups;
+pub mod logprob;
 pub mod loss;
 pub mod rewards;
 pub mod text;

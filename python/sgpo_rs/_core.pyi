@@ -67,6 +67,23 @@ def policy_loss_core(
     vespo_k_neg: float,
     vespo_lambda_neg: float,
 ) -> Tuple[float, npt.NDArray[np.float32], Dict[str, float]]: ...
+def selective_logprobs_core(
+    logits: npt.NDArray[Any],
+    targets: npt.NDArray[np.int64],
+    *,
+    half_dtype: str,
+    temperature: float,
+    entropy: bool,
+) -> Tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]]: ...
+def selective_logprobs_backward_core(
+    logits: npt.NDArray[Any],
+    targets: npt.NDArray[np.int64],
+    grad_logp: npt.NDArray[np.float32],
+    grad_entropy: Optional[npt.NDArray[np.float32]],
+    *,
+    half_dtype: str,
+    temperature: float,
+) -> npt.NDArray[np.float32]: ...
 def split_steps(text: str, delimiter: str) -> List[str]: ...
 def step_spans(text: str, delimiter: str) -> List[Tuple[int, int]]: ...
 def split_steps_batch(texts: Sequence[str], delimiter: str) -> List[List[str]]: ...

@@ -272,3 +272,120 @@ def sgpo_loss(
     metrics: Dict[str, float] = {}
     loss = SGPOLoss.apply(logp, old, ref, adv, m, checked, divisor, metrics)
     return loss, metrics
+
+
+# --- Fused selective log-softmax (``sgpo_rs.selective_logprobs``) -------------------------------
+
+__all__ += ["SelectiveLogSoftmax", "selective_log_softmax"]
+
+_LOGITS_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _logits_numpy(logits: torch.Tensor) -> Tuple[np.ndarray, str]:
+    """``(N, V)`` logits as numpy without a copy when contiguous: float32/float64 as they are,
+    bfloat16/float16 as their int16 bits, plus the half dtype the core reads them as."""
+    x = logits.detach().reshape(-1, logits.shape[-1])
+    if x.dtype in _HALF_NAMES:
+        return _numpy(x.contiguous().view(torch.int16)), _HALF_NAMES[x.dtype]
+    return _numpy(x), "none"
+
+
+def _targets_numpy(targets: torch.Tensor, lead: Tuple[int, ...]) -> np.ndarray:
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets: expected integer token ids, got dtype {targets.dtype}")
+    if tuple(targets.shape) != lead:
+        raise ValueError(
+            f"targets: expected shape {lead} (the leading shape of logits), got {tuple(targets.shape)}"
+        )
+    return _numpy(targets.detach().reshape(-1).to(torch.int64))
+
+
+def _grad_numpy(grad: torch.Tensor) -> np.ndarray:
+    return _numpy(grad.detach().reshape(-1).to(torch.float32))
+
+
+class SelectiveLogSoftmax(torch.autograd.Function):
+    """``logp[, entropy] = SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy)``.
+
+    The autograd node behind :func:`selective_log_softmax` (use that instead). The forward saves
+    ``logits`` (a reference, no copy) and returns float32 outputs; the backward recomputes each
+    row's log-sum-exp in Rust and writes ``dlogits`` once into a new float32 tensor, cast to the
+    logits' dtype. Once differentiable (no double backward).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        return_entropy: bool,
+    ) -> Any:
+        lead = tuple(logits.shape[:-1])
+        x, half = _logits_numpy(logits)
+        t = _targets_numpy(targets, lead)
+        logp, ent = _core.selective_logprobs_core(
+            x, t, half_dtype=half, temperature=temperature, entropy=return_entropy
+        )
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature = temperature
+        ctx.return_entropy = return_entropy
+        logp_t = torch.from_numpy(logp).reshape(lead)
+        if return_entropy:
+            return logp_t, torch.from_numpy(ent).reshape(lead)
+        return logp_t
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor):  # type: ignore[override]
+        logits, targets = ctx.saved_tensors
+        lead = tuple(logits.shape[:-1])
+        x, half = _logits_numpy(logits)
+        t = _targets_numpy(targets, lead)
+        g = _grad_numpy(grads[0])
+        gh = _grad_numpy(grads[1]) if ctx.return_entropy and grads[1] is not None else None
+        dlogits = _core.selective_logprobs_backward_core(
+            x, t, g, gh, half_dtype=half, temperature=ctx.temperature
+        )
+        return torch.from_numpy(dlogits).reshape(logits.shape).to(logits.dtype), None, None, None
+
+
+@torch.compiler.disable
+def selective_log_softmax(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> Any:
+    """``log_softmax(logits / temperature, -1).gather(-1, targets[..., None])[..., 0]`` fused, as
+    an autograd op on CPU tensors (TRL's ``selective_log_softmax`` with the temperature folded in).
+
+    ``logits`` is ``(N, V)`` or ``(B, T, V)`` float32, float64, bfloat16 or float16; ``targets`` is
+    an integer tensor of the leading shape. Returns the float32 log-probabilities of the leading
+    shape, or ``(logp, entropy)`` with ``return_entropy=True`` (both differentiable). Nothing of
+    size ``(N, V)`` is allocated in the forward; the backward allocates only the gradient (float32,
+    cast to the logits' dtype).
+
+    Copies: contiguous CPU tensors reach the Rust core without a copy (bfloat16/float16 as their
+    bits via ``.view(torch.int16)``); a non-contiguous one is made contiguous first. A ``-inf``
+    logit is a token of probability 0; NaN/``+inf`` logits, targets outside ``[0, V)`` and a
+    ``temperature`` that is not finite and > 0 raise ``ValueError``. CUDA tensors raise a
+    ``RuntimeError`` naming the argument (the CUDA path of sgpo-rs is not built yet).
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    _check_device("logits", logits)
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+    _check_device("targets", targets)
+    if logits.dtype not in _LOGITS_DTYPES:
+        raise TypeError(f"logits: expected dtype float32, float64, float16 or bfloat16, got {logits.dtype}")
+    if logits.dim() not in (2, 3):
+        raise ValueError(
+            f"logits: expected a 2-D (N, V) or 3-D (B, T, V) tensor, got shape {tuple(logits.shape)}"
+        )
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits: expected a vocabulary of at least 1, got shape {tuple(logits.shape)}")
+    temperature = _arrays.real("temperature", temperature)
+    return_entropy = _arrays.flag("return_entropy", return_entropy)
+    return SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy)

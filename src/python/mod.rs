@@ -5,6 +5,7 @@
 mod advantages;
 mod arrays;
 mod errors;
+mod logprob;
 mod loss;
 mod rewards;
 mod text;
@@ -18,6 +19,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(advantages::group_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(advantages::token_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(loss::policy_loss_core, m)?)?;
+    m.add_function(wrap_pyfunction!(logprob::selective_logprobs_core, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        logprob::selective_logprobs_backward_core,
+        m
+    )?)?;
     m.add_function(wrap_pyfunction!(text::split_steps, m)?)?;
     m.add_function(wrap_pyfunction!(text::step_spans, m)?)?;
     m.add_function(wrap_pyfunction!(text::split_steps_batch, m)?)?;

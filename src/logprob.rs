@@ -1,0 +1,591 @@
+//! Fused selective log-softmax: the log-probability of one target token per row of logits, and
+//! optionally the row's entropy, without materialising the `(N, V)` log-softmax.
+//!
+//! With `z = logits / T`: `logp_y = z_y - lse(z)`, `H = lse - sum_j p_j z_j`. The forward makes one
+//! pass over each row in chunks of [`CHUNK`] logits (the chunk is upcast to f64 in L1, its max
+//! taken, then its exponentials summed): an online log-sum-exp keeps the running max `m`,
+//! `s = sum e^(z - m)` and `t = sum e^(z - m) (z - m)` (shifted, so `H = ln s - t / s` has no
+//! cancellation even for logits of 1e4), rescaling `s` and `t` when the max grows. Sums are kept
+//! in [`LANES`] fixed f64 lanes, so results are the same for any thread count.
+//!
+//! The backward recomputes `m` and `s` (one more pass) and writes each `dlogits` element once:
+//! `dz_j = g (1[j=y] - p_j) - g_H p_j (log p_j + H)`, `dlogits_j = dz_j / T`.
+//!
+//! A logit of `-inf` is allowed and means probability 0 (a banned token): it adds nothing to the
+//! sums, its gradient is `g 1[j=y] / T` (the entropy part's limit `p log p -> 0`), and as a target
+//! it gives `logp = -inf`. A row whose logits are all `-inf`, NaN and `+inf` are errors.
+
+// The chunk loops walk the chunk buffers with one index.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use crate::elem::FloatElem;
+use crate::error::{Error, Result};
+use crate::exp::exp;
+
+/// Logits per chunk: the chunk's f64 buffer (4 KiB) stays in L1.
+const CHUNK: usize = 512;
+/// Independent accumulators per sum (a multiple of the widest f64 vector).
+const LANES: usize = 8;
+
+/// Checks the shapes and options shared by the forward and the backward; returns the row count.
+fn check_common<T>(logits: &[T], vocab: usize, targets: &[i64], temperature: f64) -> Result<usize> {
+    if vocab == 0 {
+        return Err(Error::value(
+            "logits",
+            "expected a vocabulary of at least 1 (the last dimension is 0)",
+        ));
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::value(
+            "temperature",
+            format!("expected a finite value > 0, got {temperature}"),
+        ));
+    }
+    let rows = targets.len();
+    if Some(logits.len()) != rows.checked_mul(vocab) {
+        return Err(Error::shape(
+            "logits",
+            format!("({rows}, {vocab}) (one row per target)"),
+            format!("{} elements", logits.len()),
+        ));
+    }
+    Ok(rows)
+}
+
+fn check_len(arg: &'static str, len: usize, rows: usize) -> Result<()> {
+    if len != rows {
+        return Err(Error::shape(arg, format!("({rows},)"), format!("({len},)")));
+    }
+    Ok(())
+}
+
+/// The row's target index, checked against the vocabulary.
+fn target(targets: &[i64], i: usize, vocab: usize) -> Result<usize> {
+    let y = targets.get(i).copied().unwrap_or(-1);
+    usize::try_from(y)
+        .ok()
+        .filter(|&y| y < vocab)
+        .ok_or_else(|| {
+            Error::value(
+                "targets",
+                format!("expected token ids in [0, {vocab}), got {y} at row {i}"),
+            )
+        })
+}
+
+/// What one pass over a row gives: the max `m` of `z`, `s = sum e^(z - m)`,
+/// `t = sum e^(z - m) (z - m)`.
+#[derive(Clone, Copy, Debug)]
+struct RowStats {
+    m: f64,
+    s: f64,
+    t: f64,
+}
+
+impl RowStats {
+    fn ln_s(&self) -> f64 {
+        self.s.ln()
+    }
+
+    /// `H = ln s - t / s`.
+    fn entropy(&self) -> f64 {
+        self.ln_s() - self.t / self.s
+    }
+}
+
+/// The first invalid logit (NaN or `+inf`) of a row as an error.
+fn bad_logit<T: FloatElem>(row: &[T], i: usize) -> Error {
+    let (j, value) = row
+        .iter()
+        .map(|x| x.to_f64())
+        .enumerate()
+        .find(|(_, x)| x.is_nan() || *x == f64::INFINITY)
+        .unwrap_or((0, f64::NAN));
+    Error::NonFinite {
+        arg: "logits",
+        value,
+        at: format!("({i}, {j}) (a logit may be -inf, never NaN or +inf)"),
+    }
+}
+
+fn row_stats<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { row_stats_avx2(row, i, inv_t) };
+        }
+    }
+    row_stats_portable(row, i, inv_t)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_stats_avx2<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
+    row_stats_portable(row, i, inv_t)
+}
+
+#[inline(always)]
+fn row_stats_portable<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
+    let mut z = [0.0f64; CHUNK];
+    let mut m = f64::NEG_INFINITY;
+    let mut s = [0.0f64; LANES];
+    let mut t = [0.0f64; LANES];
+    let mut valid = true;
+    for chunk in row.chunks(CHUNK) {
+        let n = chunk.len();
+        let mut cm = [f64::NEG_INFINITY; LANES];
+        for k in 0..n {
+            let x = chunk[k].to_f64();
+            // NaN and +inf are invalid; -inf is a banned token.
+            valid &= x < f64::INFINITY;
+            let v = x * inv_t;
+            z[k] = v;
+            let lane = k % LANES;
+            cm[lane] = if v > cm[lane] { v } else { cm[lane] };
+        }
+        let cm = cm
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        if cm == f64::NEG_INFINITY {
+            // Only banned tokens (or NaNs, reported below): nothing to add.
+            continue;
+        }
+        if cm > m {
+            if m > f64::NEG_INFINITY {
+                let scale = (m - cm).exp();
+                let shift = m - cm;
+                for lane in 0..LANES {
+                    // sum e^(z - cm) (z - cm) = e^(m - cm) (t + s (m - cm)).
+                    t[lane] = scale * (t[lane] + s[lane] * shift);
+                    s[lane] *= scale;
+                }
+            }
+            m = cm;
+        }
+        for k in 0..n {
+            let d = z[k] - m;
+            let banned = z[k] == f64::NEG_INFINITY;
+            let e = if banned { 0.0 } else { exp(d) };
+            let d = if banned { 0.0 } else { d };
+            let lane = k % LANES;
+            s[lane] += e;
+            t[lane] += e * d;
+        }
+    }
+    if !valid {
+        return Err(bad_logit(row, i));
+    }
+    if m == f64::NEG_INFINITY {
+        return Err(Error::value(
+            "logits",
+            format!("row {i} has no token of non-zero probability (every logit is -inf)"),
+        ));
+    }
+    if !m.is_finite() {
+        return Err(Error::Overflow {
+            arg: "logits",
+            detail: format!("row {i}: logits / temperature exceeds float64's range"),
+        });
+    }
+    Ok(RowStats {
+        m,
+        s: s.iter().sum(),
+        t: t.iter().sum(),
+    })
+}
+
+fn to_f32(arg: &'static str, value: f64, i: usize) -> Result<f32> {
+    let out = value as f32;
+    if value.is_finite() && !out.is_finite() {
+        return Err(Error::Overflow {
+            arg,
+            detail: format!("row {i}: {value:e}"),
+        });
+    }
+    Ok(out)
+}
+
+/// `log softmax(logits / T)[y]` per row and, if `entropy_out` is given, the entropy of
+/// `softmax(logits / T)`, over `N = targets.len()` rows of `vocab` logits.
+///
+/// `logp_out` (and `entropy_out`) hold `N` values. Errors: `targets` outside `[0, vocab)`,
+/// `temperature` not finite and > 0, a NaN or `+inf` logit (a `-inf` logit is a token of
+/// probability 0; a row of only `-inf` is an error), mismatched lengths.
+pub fn selective_logprobs<T: FloatElem>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[i64],
+    temperature: f64,
+    logp_out: &mut [f32],
+    entropy_out: Option<&mut [f32]>,
+) -> Result<()> {
+    let rows = check_common(logits, vocab, targets, temperature)?;
+    check_len("logp_out", logp_out.len(), rows)?;
+    if let Some(h) = &entropy_out {
+        check_len("entropy_out", h.len(), rows)?;
+    }
+    let want_entropy = entropy_out.is_some();
+    let inv_t = 1.0 / temperature;
+    let results: Vec<Result<(f32, f32)>> = logits
+        .par_chunks(vocab)
+        .enumerate()
+        .map(|(i, row)| {
+            let y = target(targets, i, vocab)?;
+            let stats = row_stats(row, i, inv_t)?;
+            let z_y = row[y].to_f64() * inv_t;
+            let logp = (z_y - stats.m) - stats.ln_s();
+            let h = if want_entropy { stats.entropy() } else { 0.0 };
+            Ok((to_f32("logp", logp, i)?, h as f32))
+        })
+        .collect();
+    let mut entropy_out = entropy_out;
+    for (i, result) in results.into_iter().enumerate() {
+        let (logp, h) = result?;
+        logp_out[i] = logp;
+        if let Some(out) = entropy_out.as_deref_mut() {
+            out[i] = h;
+        }
+    }
+    Ok(())
+}
+
+/// Gradient of `sum_i grad_logp[i] * logp_i + grad_entropy[i] * H_i` with respect to the logits,
+/// written once per element into `dlogits_out` (`N * vocab` float32).
+///
+/// `grad_logp` (and `grad_entropy`) hold `N` finite values. Same checks as the forward.
+pub fn selective_logprobs_backward<T: FloatElem>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[i64],
+    temperature: f64,
+    grad_logp: &[f32],
+    grad_entropy: Option<&[f32]>,
+    dlogits_out: &mut [f32],
+) -> Result<()> {
+    let rows = check_common(logits, vocab, targets, temperature)?;
+    check_len("grad_logp", grad_logp.len(), rows)?;
+    if let Some(g) = grad_entropy {
+        check_len("grad_entropy", g.len(), rows)?;
+    }
+    if dlogits_out.len() != logits.len() {
+        return Err(Error::shape(
+            "dlogits_out",
+            format!("({rows}, {vocab})"),
+            format!("{} elements", dlogits_out.len()),
+        ));
+    }
+    let check_grad = |arg: &'static str, g: &[f32]| -> Result<()> {
+        match g.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::NonFinite {
+                arg,
+                value: g[i] as f64,
+                at: format!("row {i}"),
+            }),
+            None => Ok(()),
+        }
+    };
+    check_grad("grad_logp", grad_logp)?;
+    if let Some(g) = grad_entropy {
+        check_grad("grad_entropy", g)?;
+    }
+    let inv_t = 1.0 / temperature;
+    let results: Vec<Result<()>> = logits
+        .par_chunks(vocab)
+        .zip(dlogits_out.par_chunks_mut(vocab))
+        .enumerate()
+        .map(|(i, (row, out))| {
+            let y = target(targets, i, vocab)?;
+            let stats = row_stats(row, i, inv_t)?;
+            let g = grad_logp[i] as f64;
+            let g_h = grad_entropy.map_or(0.0, |gh| gh[i] as f64);
+            let h = stats.entropy();
+            // log p_j = (z_j - m) - ln s.
+            let offset = stats.m + stats.ln_s();
+            row_backward(row, out, inv_t, offset, g, g_h, h);
+            // The target's element again with its `g 1[j=y]` term, in f64 (so `1 - p_y` is exact
+            // to f64 rounding, e.g. 0 for a one-token vocabulary).
+            let z_y = row[y].to_f64() * inv_t;
+            out[y] = if z_y == f64::NEG_INFINITY {
+                (g * inv_t) as f32
+            } else {
+                let log_p = z_y - offset;
+                let p = exp(log_p);
+                ((g * (1.0 - p) - g_h * p * (log_p + h)) * inv_t) as f32
+            };
+            Ok(())
+        })
+        .collect();
+    results.into_iter().collect()
+}
+
+fn row_backward<T: FloatElem>(
+    row: &[T],
+    out: &mut [f32],
+    inv_t: f64,
+    offset: f64,
+    g: f64,
+    g_h: f64,
+    h: f64,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            unsafe { row_backward_avx2(row, out, inv_t, offset, g, g_h, h) };
+            return;
+        }
+    }
+    row_backward_portable(row, out, inv_t, offset, g, g_h, h);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_backward_avx2<T: FloatElem>(
+    row: &[T],
+    out: &mut [f32],
+    inv_t: f64,
+    offset: f64,
+    g: f64,
+    g_h: f64,
+    h: f64,
+) {
+    row_backward_portable(row, out, inv_t, offset, g, g_h, h);
+}
+
+/// `out_j = (-g p_j - g_H p_j (log p_j + H)) / T` (the target's `+g / T` is added by the caller).
+#[inline(always)]
+fn row_backward_portable<T: FloatElem>(
+    row: &[T],
+    out: &mut [f32],
+    inv_t: f64,
+    offset: f64,
+    g: f64,
+    g_h: f64,
+    h: f64,
+) {
+    for (o, x) in out.iter_mut().zip(row) {
+        let z = x.to_f64() * inv_t;
+        let banned = z == f64::NEG_INFINITY;
+        let log_p = if banned { 0.0 } else { z - offset };
+        let p = if banned { 0.0 } else { exp(log_p) };
+        *o = ((-g * p - g_h * p * (log_p + h)) * inv_t) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    /// Plain two-pass float64 reference: `(logp_y, H, dlogits)`.
+    fn reference(row: &[f64], y: usize, temp: f64, g: f64, g_h: f64) -> (f64, f64, Vec<f64>) {
+        let z: Vec<f64> = row.iter().map(|x| x / temp).collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        let logp: Vec<f64> = z.iter().map(|v| v - lse).collect();
+        let p: Vec<f64> = logp.iter().map(|l| l.exp()).collect();
+        let h = -p
+            .iter()
+            .zip(&logp)
+            .map(|(p, l)| if *p == 0.0 { 0.0 } else { p * l })
+            .sum::<f64>();
+        let grad = (0..row.len())
+            .map(|j| {
+                let pl = if p[j] == 0.0 {
+                    0.0
+                } else {
+                    p[j] * (logp[j] + h)
+                };
+                (g * ((j == y) as u8 as f64 - p[j]) - g_h * pl) / temp
+            })
+            .collect();
+        (logp[y], h, grad)
+    }
+
+    fn pseudo_logits(n: usize, v: usize, scale: f64) -> Vec<f64> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n * v)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    fn check_against_reference(n: usize, v: usize, scale: f64, temp: f64) {
+        let x64 = pseudo_logits(n, v, scale);
+        let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+        let xr: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let targets: Vec<i64> = (0..n).map(|i| ((i * 7919) % v) as i64).collect();
+        let mut logp = vec![0.0f32; n];
+        let mut ent = vec![0.0f32; n];
+        selective_logprobs(&x, v, &targets, temp, &mut logp, Some(&mut ent)).unwrap();
+        let g: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
+        let gh: Vec<f32> = (0..n).map(|i| -0.25 * i as f32).collect();
+        let mut d = vec![0.0f32; n * v];
+        selective_logprobs_backward(&x, v, &targets, temp, &g, Some(&gh), &mut d).unwrap();
+        for i in 0..n {
+            let (lp, h, grad) = reference(
+                &xr[i * v..(i + 1) * v],
+                targets[i] as usize,
+                temp,
+                g[i] as f64,
+                gh[i] as f64,
+            );
+            assert!(close(logp[i] as f64, lp, 1e-6), "logp {} vs {lp}", logp[i]);
+            assert!(close(ent[i] as f64, h, 1e-6), "entropy {} vs {h}", ent[i]);
+            let gmax = grad.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            for j in 0..v {
+                let got = d[i * v + j] as f64;
+                assert!(
+                    (got - grad[j]).abs() <= 1e-6 * gmax.max(1e-30) + 1e-6 * grad[j].abs(),
+                    "grad ({i}, {j}): {got} vs {}",
+                    grad[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_float64_reference() {
+        check_against_reference(3, 1, 4.0, 1.0);
+        check_against_reference(5, 7, 4.0, 0.7);
+        check_against_reference(4, 1000, 20.0, 1.3);
+        check_against_reference(2, 2 * CHUNK + 3, 8.0, 1.0);
+        check_against_reference(2, 5000, 2e4, 0.7);
+    }
+
+    #[test]
+    fn large_vocabulary_accuracy() {
+        check_against_reference(2, 152_064, 30.0, 1.0);
+    }
+
+    #[test]
+    fn half_types_read_like_their_f32_values() {
+        let v = 300;
+        let x = pseudo_logits(2, v, 10.0);
+        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f64(v)).collect();
+        let xh: Vec<f16> = x.iter().map(|&v| f16::from_f64(v)).collect();
+        let xbf: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
+        let xhf: Vec<f32> = xh.iter().map(|v| v.to_f32()).collect();
+        let t = [3i64, 299];
+        let run = |f: &dyn Fn(&mut [f32])| {
+            let mut out = vec![0.0f32; 2];
+            f(&mut out);
+            out
+        };
+        let a = run(&|o| selective_logprobs(&xb, v, &t, 1.0, o, None).unwrap());
+        let b = run(&|o| selective_logprobs(&xbf, v, &t, 1.0, o, None).unwrap());
+        assert_eq!(a, b);
+        let a = run(&|o| selective_logprobs(&xh, v, &t, 1.0, o, None).unwrap());
+        let b = run(&|o| selective_logprobs(&xhf, v, &t, 1.0, o, None).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn negative_infinity_is_a_banned_token() {
+        let x = [0.0f32, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY];
+        let mut lp = [0.0f32; 2];
+        let mut h = [0.0f32; 2];
+        let x2: Vec<f32> = x.iter().chain(x.iter()).cloned().collect();
+        selective_logprobs(&x2, 4, &[2, 1], 1.0, &mut lp, Some(&mut h)).unwrap();
+        let (r, hr, _) = reference(&[0.0, 1.0], 1, 1.0, 1.0, 0.0);
+        assert!(close(lp[0] as f64, r, 1e-7));
+        assert_eq!(lp[1], f32::NEG_INFINITY);
+        assert!(close(h[0] as f64, hr, 1e-7));
+        let mut d = vec![0.0f32; 8];
+        selective_logprobs_backward(&x2, 4, &[2, 1], 1.0, &[1.0, 1.0], Some(&[1.0, 1.0]), &mut d)
+            .unwrap();
+        assert!(d.iter().all(|v| v.is_finite()));
+        assert_eq!(d[1], 0.0);
+        assert_eq!(d[5], 1.0);
+        // A whole chunk of banned tokens before the first real one.
+        let mut row = vec![f32::NEG_INFINITY; CHUNK + 5];
+        row[CHUNK + 2] = 3.0;
+        let mut lp = [0.0f32; 1];
+        selective_logprobs(&row, CHUNK + 5, &[(CHUNK + 2) as i64], 1.0, &mut lp, None).unwrap();
+        assert_eq!(lp[0], 0.0);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_naming_the_argument() {
+        let x = [0.0f32; 6];
+        let mut lp = [0.0f32; 2];
+        let arg = |e: Error| match e {
+            Error::Value { arg, .. }
+            | Error::Shape { arg, .. }
+            | Error::NonFinite { arg, .. }
+            | Error::Overflow { arg, .. } => arg,
+            other => panic!("unexpected {other:?}"),
+        };
+        let err = |t: &[i64], temp: f64, x: &[f32], lp: &mut [f32]| {
+            arg(selective_logprobs(x, 3, t, temp, lp, None).unwrap_err())
+        };
+        assert_eq!(err(&[0, 3], 1.0, &x, &mut lp), "targets");
+        assert_eq!(err(&[0, -1], 1.0, &x, &mut lp), "targets");
+        assert_eq!(err(&[0, 1], 0.0, &x, &mut lp), "temperature");
+        assert_eq!(err(&[0, 1], f64::NAN, &x, &mut lp), "temperature");
+        assert_eq!(err(&[0, 1, 2], 1.0, &x, &mut [0.0; 3]), "logits");
+        assert_eq!(err(&[0, 1], 1.0, &x, &mut [0.0; 3]), "logp_out");
+        let mut bad = x;
+        bad[4] = f32::NAN;
+        let e = selective_logprobs(&bad, 3, &[0, 1], 1.0, &mut lp, None).unwrap_err();
+        assert!(e.to_string().contains("(1, 1)"), "{e}");
+        bad[4] = f32::INFINITY;
+        assert_eq!(err(&[0, 1], 1.0, &bad, &mut lp), "logits");
+        let banned = [f32::NEG_INFINITY; 6];
+        assert_eq!(err(&[0, 1], 1.0, &banned, &mut lp), "logits");
+        assert_eq!(
+            arg(selective_logprobs(&x, 0, &[], 1.0, &mut [], None).unwrap_err()),
+            "logits"
+        );
+        let mut d = [0.0f32; 6];
+        let e = selective_logprobs_backward(&x, 3, &[0, 1], 1.0, &[1.0, f32::NAN], None, &mut d);
+        assert_eq!(arg(e.unwrap_err()), "grad_logp");
+        let e = selective_logprobs_backward(&x, 3, &[0, 1], 1.0, &[1.0], None, &mut d);
+        assert_eq!(arg(e.unwrap_err()), "grad_logp");
+        let e = selective_logprobs_backward(&x, 3, &[0, 1], 1.0, &[1.0; 2], Some(&[1.0]), &mut d);
+        assert_eq!(arg(e.unwrap_err()), "grad_entropy");
+        // Overflow of logits / temperature in float64.
+        let big = [f32::MAX; 2];
+        let e = selective_logprobs(&big, 2, &[0], 1e-300, &mut [0.0], None);
+        assert!(matches!(e, Err(Error::Overflow { .. })), "{e:?}");
+        // No rows: nothing to do.
+        selective_logprobs::<f32>(&[], 3, &[], 1.0, &mut [], None).unwrap();
+    }
+
+    #[test]
+    fn deterministic_across_thread_counts() {
+        let x: Vec<f32> = pseudo_logits(16, 3000, 10.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let t: Vec<i64> = (0..16).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut lp = vec![0.0f32; 16];
+                let mut h = vec![0.0f32; 16];
+                selective_logprobs(&x, 3000, &t, 0.9, &mut lp, Some(&mut h)).unwrap();
+                let mut d = vec![0.0f32; x.len()];
+                selective_logprobs_backward(&x, 3000, &t, 0.9, &lp, Some(&h), &mut d).unwrap();
+                (lp, h, d)
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}

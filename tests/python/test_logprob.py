@@ -1,0 +1,254 @@
+"""The fused selective log-softmax against torch in float64: values, entropy and gradients.
+
+Tolerance: outputs are float32 computed from float64 sums, so they sit within a float32 rounding
+(6e-8 relative) of the float64 reference; we allow rtol 1e-6 and atol 1e-6 * max|ref| (the atol
+covers gradient elements that are tiny next to the row's largest). Half-precision logits are
+compared against the reference on their exact float64 upcast, so the same tolerance holds; only
+gradients cast back to bfloat16/float16 by the torch op are compared at the half's rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sgpo_rs as sg
+from sgpo_rs.logprob import selective_logprobs_backward
+
+torch = pytest.importorskip("torch")
+from sgpo_rs.torch import selective_log_softmax  # noqa: E402
+
+RTOL = 1e-6
+
+
+def assert_close(got, ref, rtol=RTOL):
+    got = torch.as_tensor(np.asarray(got)).double() if not isinstance(got, torch.Tensor) else got.double()
+    ref = ref.double()
+    finite = torch.isfinite(ref)
+    assert torch.equal(finite, torch.isfinite(got)), "non-finite values differ"
+    assert torch.equal(got[~finite], ref[~finite])
+    if finite.any():
+        scale = ref[finite].abs().max().item()
+        torch.testing.assert_close(got[finite], ref[finite], rtol=rtol, atol=rtol * max(scale, 1e-30))
+
+
+def reference(logits, targets, temperature, g=None, g_h=None):
+    """torch float64: logp, entropy and (if g given) dlogits of sum(g * logp + g_h * H)."""
+    x = logits.detach().double().requires_grad_(g is not None)
+    logsm = torch.log_softmax(x / temperature, dim=-1)
+    logp = logsm.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    p = logsm.exp()
+    entropy = -(p * logsm.masked_fill(p == 0, 0.0)).sum(-1)
+    grad = None
+    if g is not None:
+        total = (g.double() * logp).sum()
+        if g_h is not None:
+            total = total + (g_h.double() * entropy).sum()
+        (grad,) = torch.autograd.grad(total, x)
+    return logp.detach(), entropy.detach(), grad
+
+
+def make(shape, dtype, scale=5.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    targets = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+    return logits, targets
+
+
+def numpy_logits(logits):
+    if logits.dtype == torch.bfloat16:
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        return logits.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return logits.numpy()
+
+
+SHAPES = [(3, 1), (5, 7), (2, 3, 7), (4, 1000), (3, 32000), (2, 152064)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+def test_numpy_values_and_gradient(shape, temperature):
+    logits, targets = make(shape, torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(shape[:-1], generator=gen)
+    g_h = torch.randn(shape[:-1], generator=gen)
+    ref_lp, ref_h, ref_grad = reference(logits, targets, temperature, g, g_h)
+    logp, entropy = sg.selective_logprobs(
+        logits.numpy(), targets.numpy(), temperature=temperature, entropy=True
+    )
+    assert logp.dtype == np.float32 and logp.shape == shape[:-1] and entropy.shape == shape[:-1]
+    assert_close(logp, ref_lp)
+    assert_close(entropy, ref_h)
+    dlogits = selective_logprobs_backward(
+        logits.numpy(), targets.numpy(), g.numpy(), g_h.numpy(), temperature=temperature
+    )
+    assert dlogits.dtype == np.float32 and dlogits.shape == shape
+    assert_close(dlogits, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(6, 7), (2, 3, 500), (2, 32000)], ids=str)
+def test_dtypes_against_their_float64_upcast(dtype, shape):
+    logits, targets = make(shape, dtype, scale=3.0)
+    ref_lp, ref_h, ref_grad = reference(logits, targets, 1.3, torch.ones(shape[:-1]), None)
+    logp, entropy = sg.selective_logprobs(
+        numpy_logits(logits), targets.numpy(), temperature=1.3, entropy=True
+    )
+    assert_close(logp, ref_lp)
+    assert_close(entropy, ref_h)
+    dlogits = selective_logprobs_backward(
+        numpy_logits(logits), targets.numpy(), np.ones(shape[:-1], np.float32), temperature=1.3
+    )
+    assert_close(dlogits, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_torch_op_values_and_gradients(dtype, temperature):
+    shape = (2, 4, 3000)
+    logits, targets = make(shape, dtype, scale=4.0, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(shape[:-1], generator=gen)
+    g_h = torch.randn(shape[:-1], generator=gen)
+    ref_lp, ref_h, ref_grad = reference(logits, targets, temperature, g, g_h)
+
+    x = logits.clone().requires_grad_(True)
+    logp, entropy = selective_log_softmax(x, targets, temperature, return_entropy=True)
+    assert logp.dtype == torch.float32 and entropy.dtype == torch.float32
+    assert_close(logp, ref_lp)
+    assert_close(entropy, ref_h)
+    ((logp * g).sum() + (entropy * g_h).sum()).backward()
+    assert x.grad.dtype == dtype
+    if dtype in (torch.float32, torch.float64):
+        assert_close(x.grad, ref_grad)
+    else:  # the float32 gradient rounded to the logits' half dtype
+        assert_close(x.grad, ref_grad.to(dtype), rtol=1e-2)
+
+    x = logits.clone().requires_grad_(True)
+    logp = selective_log_softmax(x, targets, temperature)
+    (logp * g).sum().backward()
+    _, _, ref_grad = reference(logits, targets, temperature, g, None)
+    if dtype in (torch.float32, torch.float64):
+        assert_close(x.grad, ref_grad)
+
+
+def test_torch_matches_trl_selective_log_softmax():
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    logits, targets = make((3, 50, 1000), torch.float32)
+    ours = selective_log_softmax(logits, targets)
+    theirs = trl_utils.selective_log_softmax(logits, targets)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+def test_extreme_logits(temperature):
+    logits, targets = make((4, 2000), torch.float32, scale=1.0)
+    logits[:, ::2] = 1e4
+    logits[:, 1::2] = -1e4
+    logits[0, 5] = 1e4 - 3.0
+    logits[1] = torch.linspace(-1e4, 1e4, 2000)
+    targets[0] = 5
+    g = torch.ones(4)
+    ref_lp, ref_h, ref_grad = reference(logits, targets, temperature, g, g)
+    logp, entropy = sg.selective_logprobs(
+        logits.numpy(), targets.numpy(), temperature=temperature, entropy=True
+    )
+    assert_close(logp, ref_lp)
+    assert_close(entropy, ref_h)
+    dlogits = selective_logprobs_backward(
+        logits.numpy(), targets.numpy(), g.numpy(), g.numpy(), temperature=temperature
+    )
+    assert_close(dlogits, ref_grad)
+
+
+def test_negative_infinity_is_a_token_of_probability_zero():
+    logits, targets = make((3, 100), torch.float32)
+    logits[:, :50] = -float("inf")
+    targets[0] = 10  # a banned target: logp = -inf
+    targets[1] = 60
+    ref_lp, ref_h, _ = reference(logits, targets, 1.0)
+    logp, entropy = sg.selective_logprobs(logits.numpy(), targets.numpy(), entropy=True)
+    assert logp[0] == -np.inf
+    assert_close(logp, ref_lp)
+    assert_close(entropy, ref_h)
+    g = torch.ones(3)
+    _, _, ref_grad = reference(logits, targets, 1.0, g)
+    dlogits = selective_logprobs_backward(logits.numpy(), targets.numpy(), g.numpy(), g.numpy())
+    assert np.all(np.isfinite(dlogits))
+    assert_close(dlogits[:, :50], torch.zeros(3, 50) + ref_grad[:, :50])
+    assert dlogits[0, 10] == 1.0
+
+
+def test_bad_inputs_name_the_argument():
+    logits = np.zeros((2, 5), np.float32)
+    targets = np.array([0, 4])
+    with pytest.raises(ValueError, match="targets"):
+        sg.selective_logprobs(logits, np.array([0, 5]))
+    with pytest.raises(ValueError, match="targets"):
+        sg.selective_logprobs(logits, np.array([-1, 0]))
+    with pytest.raises(ValueError, match="targets"):
+        sg.selective_logprobs(logits, np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="targets"):
+        sg.selective_logprobs(logits, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="logits"):
+        sg.selective_logprobs(np.zeros(5, np.float32), np.array(0))
+    with pytest.raises(ValueError, match="logits"):
+        sg.selective_logprobs(np.zeros((2, 0), np.float32), targets)
+    with pytest.raises(TypeError, match="logits"):
+        sg.selective_logprobs(np.zeros((2, 5), np.int64), targets)
+    bad = logits.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"logits.*\(1, 3\)"):
+        sg.selective_logprobs(bad, targets)
+    bad[1, 3] = np.inf
+    with pytest.raises(ValueError, match="logits"):
+        sg.selective_logprobs(bad, targets)
+    with pytest.raises(ValueError, match="logits"):
+        sg.selective_logprobs(np.full((2, 5), -np.inf, np.float32), targets)
+    for temperature in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            sg.selective_logprobs(logits, targets, temperature=temperature)
+    with pytest.raises(TypeError, match="temperature"):
+        sg.selective_logprobs(logits, targets, temperature="1")
+    with pytest.raises(ValueError, match="grad_logp"):
+        selective_logprobs_backward(logits, targets, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="grad_logp"):
+        selective_logprobs_backward(logits, targets, np.array([1.0, np.nan], np.float32))
+    with pytest.raises(ValueError, match="grad_entropy"):
+        selective_logprobs_backward(logits, targets, np.ones(2), np.ones((2, 1)))
+
+    t_logits = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="targets"):
+        selective_log_softmax(t_logits, torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="targets"):
+        selective_log_softmax(t_logits, torch.tensor([[0, 1]]))
+    with pytest.raises(TypeError, match="targets"):
+        selective_log_softmax(t_logits, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="temperature"):
+        selective_log_softmax(t_logits, torch.tensor([0, 1]), temperature=0.0)
+    with pytest.raises(ValueError, match="logits"):
+        selective_log_softmax(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="logits"):
+        selective_log_softmax(torch.zeros(5), torch.tensor(0))
+    with pytest.raises(TypeError, match="logits"):
+        selective_log_softmax(torch.zeros(2, 5, dtype=torch.int32), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="logits"):
+        selective_log_softmax(torch.zeros(2, 0), torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="logits"):
+        selective_log_softmax(torch.zeros(2, 5, device="meta"), torch.tensor([0, 1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_raise_naming_logits():
+    with pytest.raises(RuntimeError, match="logits"):
+        selective_log_softmax(torch.zeros(2, 5, device="cuda"), torch.tensor([0, 1], device="cuda"))
+
+
+def test_non_contiguous_and_no_grad():
+    logits, targets = make((8, 300), torch.float32)
+    view = logits.t().contiguous().t()  # non-contiguous, same values
+    assert not view.is_contiguous()
+    with torch.no_grad():
+        logp = selective_log_softmax(view, targets)
+    ref_lp, _, _ = reference(logits, targets, 1.0)
+    assert_close(logp, ref_lp)
