@@ -24,7 +24,7 @@ use crate::elem::FloatElem;
 use crate::error::{Error, Result};
 use crate::exp::exp;
 
-/// Logits per chunk: the chunk's f64 buffer (4 KiB) stays in L1.
+/// Logits per chunk: the chunk's three f64 buffers (12 KiB) stay in L1.
 const CHUNK: usize = 512;
 /// Independent accumulators per sum (a multiple of the widest f64 vector).
 const LANES: usize = 8;
@@ -130,22 +130,32 @@ unsafe fn row_stats_avx2<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Resul
 
 #[inline(always)]
 fn row_stats_portable<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
-    let mut z = [0.0f64; CHUNK];
+    // Padded with -inf (probability 0) to whole blocks of LANES, so the block loops below have
+    // a fixed trip count and vectorise.
+    let mut z = [f64::NEG_INFINITY; CHUNK];
+    let mut d = [0.0f64; CHUNK];
+    let mut e = [0.0f64; CHUNK];
     let mut m = f64::NEG_INFINITY;
     let mut s = [0.0f64; LANES];
     let mut t = [0.0f64; LANES];
     let mut valid = true;
     for chunk in row.chunks(CHUNK) {
         let n = chunk.len();
-        let mut cm = [f64::NEG_INFINITY; LANES];
-        for k in 0..n {
-            let x = chunk[k].to_f64();
+        let padded = n.div_ceil(LANES) * LANES;
+        for (dst, x) in z[..n].iter_mut().zip(chunk) {
+            let x = x.to_f64();
             // NaN and +inf are invalid; -inf is a banned token.
             valid &= x < f64::INFINITY;
-            let v = x * inv_t;
-            z[k] = v;
-            let lane = k % LANES;
-            cm[lane] = if v > cm[lane] { v } else { cm[lane] };
+            *dst = x * inv_t;
+        }
+        for dst in &mut z[n..padded] {
+            *dst = f64::NEG_INFINITY;
+        }
+        let mut cm = [f64::NEG_INFINITY; LANES];
+        for block in z[..padded].chunks_exact(LANES) {
+            for j in 0..LANES {
+                cm[j] = if block[j] > cm[j] { block[j] } else { cm[j] };
+            }
         }
         let cm = cm
             .iter()
@@ -166,14 +176,27 @@ fn row_stats_portable<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<R
             }
             m = cm;
         }
-        for k in 0..n {
-            let d = z[k] - m;
-            let banned = z[k] == f64::NEG_INFINITY;
-            let e = if banned { 0.0 } else { exp(d) };
-            let d = if banned { 0.0 } else { d };
-            let lane = k % LANES;
-            s[lane] += e;
-            t[lane] += e * d;
+        // Three simple loops (shift, exp, sums) vectorise where one fused loop does not.
+        for (dk, &zk) in d[..padded].iter_mut().zip(&z[..padded]) {
+            *dk = if zk == f64::NEG_INFINITY { 0.0 } else { zk - m };
+        }
+        for (ek, &dk) in e[..padded].iter_mut().zip(&d[..padded]) {
+            *ek = exp(dk);
+        }
+        let blocks = z[..padded]
+            .chunks_exact(LANES)
+            .zip(d[..padded].chunks_exact(LANES))
+            .zip(e[..padded].chunks_exact(LANES));
+        for ((zb, db), eb) in blocks {
+            for j in 0..LANES {
+                let e = if zb[j] == f64::NEG_INFINITY {
+                    0.0
+                } else {
+                    eb[j]
+                };
+                s[j] += e;
+                t[j] += e * db[j];
+            }
         }
     }
     if !valid {
@@ -368,12 +391,27 @@ fn row_backward_portable<T: FloatElem>(
     g_h: f64,
     h: f64,
 ) {
-    for (o, x) in out.iter_mut().zip(row) {
-        let z = x.to_f64() * inv_t;
-        let banned = z == f64::NEG_INFINITY;
-        let log_p = if banned { 0.0 } else { z - offset };
-        let p = if banned { 0.0 } else { exp(log_p) };
-        *o = ((-g * p - g_h * p * (log_p + h)) * inv_t) as f32;
+    // Chunked into simple loops (shift, exp, write) so each vectorises.
+    let mut z = [0.0f64; CHUNK];
+    let mut log_p = [0.0f64; CHUNK];
+    let mut p = [0.0f64; CHUNK];
+    for (xc, oc) in row.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let n = xc.len();
+        for ((zk, lk), x) in z[..n].iter_mut().zip(&mut log_p[..n]).zip(xc) {
+            *zk = x.to_f64() * inv_t;
+            *lk = if *zk == f64::NEG_INFINITY {
+                0.0
+            } else {
+                *zk - offset
+            };
+        }
+        for (pk, &lk) in p[..n].iter_mut().zip(&log_p[..n]) {
+            *pk = exp(lk);
+        }
+        for k in 0..n.min(oc.len()) {
+            let pk = if z[k] == f64::NEG_INFINITY { 0.0 } else { p[k] };
+            oc[k] = ((-g * pk - g_h * pk * (log_p[k] + h)) * inv_t) as f32;
+        }
     }
 }
 
