@@ -57,8 +57,7 @@ pub(crate) fn exp(x: f64) -> f64 {
 pub(crate) fn exp_slice(x: &[f64], out: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function was compiled for.
             unsafe { exp_slice_avx2(x, out) };
             return;

@@ -5,6 +5,7 @@
 //! errors for the `sgpo_rs` Python package.
 
 pub mod advantages;
+mod cpu;
 pub mod elem;
 pub mod error;
 mod exp;

@@ -113,8 +113,7 @@ fn bad_logit<T: FloatElem>(row: &[T], i: usize) -> Error {
 fn row_stats<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function was compiled for.
             return unsafe { row_stats_avx2(row, i, inv_t) };
         }
@@ -356,8 +355,7 @@ fn row_backward<T: FloatElem>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function was compiled for.
             unsafe { row_backward_avx2(row, out, inv_t, offset, g, g_h, h) };
             return;
