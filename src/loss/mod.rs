@@ -79,16 +79,23 @@ pub fn policy_loss<T: FloatElem, M: MaskElem>(
             options.num_items,
         )
     });
-    let (tokens, valid_rows) = if aggregation.needs_batch_counts() {
-        batch_counts(inputs.mask, len)?
+    // Aggregations normalised by batch counts need every row's token weight first; the rows
+    // then reuse those sums instead of summing their masks again.
+    let row_tokens = if aggregation.needs_batch_counts() {
+        Some(row_token_weights(inputs.mask, len)?)
     } else {
-        (0.0, 0)
+        None
     };
+    let (tokens, valid_rows) = row_tokens.as_deref().map_or((0.0, 0), |counts| {
+        let tokens = counts.iter().sum::<f64>();
+        (tokens, counts.iter().filter(|&&n| n > 0.0).count())
+    });
     let row_weight = |n: f64| aggregation.row_weight(n, batch, tokens, valid_rows);
     let row = Row {
         inputs,
         options,
         row_weight: &row_weight,
+        row_tokens: row_tokens.as_deref(),
     };
     let rows: Vec<Result<RowSums>> = grad
         .par_chunks_mut(len)
@@ -159,18 +166,12 @@ fn check_shapes<T, M>(inputs: &LossInputs<'_, T, M>, grad_len: usize) -> Result<
     }
 }
 
-/// Total token weight and number of rows with any weight; validates the mask on the way.
-fn batch_counts<M: MaskElem>(mask: &[M], len: usize) -> Result<(f64, usize)> {
+/// Every row's token weight (mask sum), in row order; validates the mask on the way.
+fn row_token_weights<M: MaskElem>(mask: &[M], len: usize) -> Result<Vec<f64>> {
     let per_row: Vec<Result<f64>> = mask
         .par_chunks(len)
         .enumerate()
         .map(|(i, row)| weight_sum(row, i))
         .collect();
-    let (mut tokens, mut valid_rows) = (0.0, 0);
-    for n in per_row {
-        let n = n?;
-        tokens += n;
-        valid_rows += usize::from(n > 0.0);
-    }
-    Ok((tokens, valid_rows))
+    per_row.into_iter().collect()
 }

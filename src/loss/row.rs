@@ -104,6 +104,8 @@ pub(crate) struct Row<'k, 'a, T, M> {
     pub options: &'k LossOptions,
     /// `rho_i` as a function of the row's token weight.
     pub row_weight: &'k (dyn Fn(f64) -> f64 + Sync),
+    /// Each row's token weight, when the batch pass already summed (and validated) the mask.
+    pub row_tokens: Option<&'k [f64]>,
 }
 
 fn non_finite(arg: &'static str, value: f64, i: usize, t: usize) -> Error {
@@ -305,9 +307,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
     fn run_with<P: Policy>(&self, i: usize, grad: &mut [f32], policy: &P) -> Result<RowSums> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if crate::cpu::has_avx2_fma() {
                 // SAFETY: the CPU supports the features the function was compiled for.
                 return unsafe { self.run_with_avx2(i, grad, policy) };
             }
@@ -337,7 +337,10 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         let opt = self.options;
         let s = self.slices(i);
         let len = s.lp.len();
-        let n = weight_sum(s.mask, i)?;
+        let n = match self.row_tokens {
+            Some(counts) => counts[i],
+            None => weight_sum(s.mask, i)?,
+        };
         let sequence = opt.importance_sampling_level == ImportanceSamplingLevel::Sequence;
         let vanilla = opt.loss_type == LossType::Vanilla;
         // verl clamps the log ratio to +-20 before exponentiating; TRL does not.
