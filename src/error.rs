@@ -42,6 +42,9 @@ pub enum Error {
     /// A result that does not fit the float32 output (the inputs were finite but extreme).
     #[error("{arg}: result overflows float32 ({detail})")]
     Overflow { arg: &'static str, detail: String },
+    /// The CUDA path cannot run: no driver or NVRTC library, a compile or launch failure.
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 impl Error {

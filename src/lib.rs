@@ -6,6 +6,8 @@
 
 pub mod advantages;
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod elem;
 pub mod error;
 mod exp;

@@ -535,6 +535,7 @@ fn invalid_inputs_name_their_argument() {
             | Error::Choice { arg, .. }
             | Error::Dtype { arg, .. }
             | Error::Overflow { arg, .. } => *arg,
+            Error::Cuda(message) => panic!("{what}: the CPU rule raised a CUDA error: {message}"),
         };
         assert_eq!(got, arg, "{what}: {err}");
     }

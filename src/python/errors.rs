@@ -1,7 +1,8 @@
 //! Maps engine errors onto Python exceptions: wrong dtypes are `TypeError`, everything else the
-//! caller can fix by passing other values is `ValueError`. Messages name the argument.
+//! caller can fix by passing other values is `ValueError`; a CUDA path that cannot run is
+//! `RuntimeError`. Messages name the argument.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 use crate::error::Error;
@@ -15,6 +16,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         | Error::NonFinite { .. }
         | Error::Choice { .. }
         | Error::Overflow { .. } => PyValueError::new_err(message),
+        Error::Cuda(_) => PyRuntimeError::new_err(message),
     }
 }
 

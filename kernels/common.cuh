@@ -1,0 +1,111 @@
+// Shared by every kernel source: element loads, the status word, fixed-order block reductions.
+// Prepended to each .cu file by src/cuda/source.rs (NVRTC gets no include path), so it uses no
+// CUDA headers: half and bfloat16 are converted from their bits here.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+// No <math.h> under NVRTC: the IEEE special values from their bits.
+#define INFINITY __int_as_float(0x7f800000)
+#define NAN __int_as_float(0x7fffffff)
+
+// Element types by their bits: the kernels read torch storage as raw memory.
+struct bf16_t { u16 bits; };
+struct f16_t { u16 bits; };
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16_t x) { return __uint_as_float(((u32)x.bits) << 16); }
+__device__ __forceinline__ float to_f32(f16_t x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+__device__ __forceinline__ float to_f32(u8 x) { return x ? 1.0f : 0.0f; }
+
+// Round to nearest even, as torch's .to(bfloat16) does; NaN stays a quiet NaN.
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store(bf16_t* p, float x) {
+    u32 u = __float_as_uint(x);
+    u16 bits;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        bits = (u16)((u >> 16) | 0x40u);
+    } else {
+        bits = (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    p->bits = bits;
+}
+__device__ __forceinline__ void store(f16_t* p, float x) {
+    u16 bits;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
+    p->bits = bits;
+}
+
+// The status word every launch sequence writes its input errors into; the host reads it after
+// the launches (one 8-byte copy) and raises the error the CPU path would raise. Bits say what
+// went wrong; the second word keeps the smallest offending flat index (atomicMin: deterministic).
+#define STATUS_NONFINITE_INPUT 1u
+#define STATUS_BAD_MASK 2u
+#define STATUS_BAD_TARGET 4u
+#define STATUS_EMPTY_ROW 8u
+#define STATUS_OVERFLOW 16u
+#define STATUS_BAD_VERDICT 32u
+#define STATUS_BAD_CREDIT 64u
+#define STATUS_NONFINITE_REWARD 128u
+
+__device__ __forceinline__ void report(u32* status, u32 bit, i64 where) {
+    atomicOr(status, bit);
+    // Indices fit 63 bits; the slot starts at all ones.
+    atomicMin((u64*)(status + 2), (u64)where);
+}
+
+// Fixed-order block reductions: thread t holds a partial; the tree's shape depends only on
+// blockDim, so the result is the same on every run (no atomics on floating-point values).
+template <int BLOCK>
+__device__ __forceinline__ double block_sum(double v, double* scratch) {
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+#pragma unroll
+    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+        __syncthreads();
+    }
+    double total = scratch[0];
+    __syncthreads();
+    return total;
+}
+
+template <int BLOCK>
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+#pragma unroll
+    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) scratch[threadIdx.x] = fmaxf(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
+        __syncthreads();
+    }
+    float total = scratch[0];
+    __syncthreads();
+    return total;
+}
+
+template <int BLOCK>
+__device__ __forceinline__ double block_max_d(double v, double* scratch) {
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+#pragma unroll
+    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) scratch[threadIdx.x] = fmax(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
+        __syncthreads();
+    }
+    double total = scratch[0];
+    __syncthreads();
+    return total;
+}
+
+__device__ __forceinline__ double clampd(double x, double lo, double hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+__device__ __forceinline__ double flagd(bool c) { return c ? 1.0 : 0.0; }

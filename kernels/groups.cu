@@ -1,0 +1,219 @@
+// Group-level kernels: SGPO reward diversification and group-normalised advantages (the GPU twins
+// of src/rewards.rs and src/advantages.rs), and the token broadcast of advantages.
+//
+// Groups are either contiguous (row r in group r / group_size) or given as CSR: `order` lists
+// the rows group by group and `starts[g]..starts[g+1]` are group g's entries (the host builds
+// them from group ids with a stable sort, so members keep row order). One thread owns one group
+// and walks its members in order, so every sum has a fixed order. Batches are thousands of rows:
+// these kernels are about keeping the data on the device, not about bandwidth.
+
+#define GROUP_BLOCK 256
+#define GROUP_STATS 5
+
+struct Groups {
+    i64 num_groups;
+    i64 group_size;      // > 0: contiguous groups; 0: CSR through order/starts
+    const i64* order;
+    const i64* starts;
+};
+
+__device__ __forceinline__ i64 group_count(const Groups& g, i64 group) {
+    return g.group_size > 0 ? g.group_size : g.starts[group + 1] - g.starts[group];
+}
+
+__device__ __forceinline__ i64 group_member(const Groups& g, i64 group, i64 k) {
+    return g.group_size > 0 ? group * g.group_size + k : g.order[g.starts[group] + k];
+}
+
+// A row's credit, or -1 for "not judged"; reports an invalid verdict.
+__device__ double row_credit(const i64* first_error, const i64* num_steps, const double* credit, i64 row,
+                             u32* status) {
+    if (first_error) {
+        i64 k = first_error[row], n = num_steps[row];
+        if (n < 0 || k < -2 || (k != -2 && (n == 0 || k >= n))) {
+            report(status, STATUS_BAD_VERDICT, row);
+            return -1.0;
+        }
+        if (k == -2) return -1.0;
+        return k == -1 ? 1.0 : (double)k / (double)n;
+    }
+    double c = credit[row];
+    if (isnan(c)) return -1.0;
+    if (c >= 0.0 && c <= 1.0) return c;
+    report(status, STATUS_BAD_CREDIT, row);
+    return -1.0;
+}
+
+// mode: 0 all_negative, 1 all_incorrect. group_stats[g * 5 ..]: all_negative, diversified,
+// judge_missing, credit sum, credited rows.
+extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_groups(
+    Groups groups, const double* rewards, const i64* first_error, const i64* num_steps, const double* credit,
+    const u8* correct, double credit_scale, int mode, float* out_rewards, float* out_credit, u8* out_all_negative,
+    u8* out_diversified, double* group_stats, u32* status) {
+    i64 g = (i64)blockIdx.x * GROUP_BLOCK + threadIdx.x;
+    if (g >= groups.num_groups) return;
+    i64 count = group_count(groups, g);
+    bool any_scorable = false, any_correct = false;
+    for (i64 k = 0; k < count; k++) {
+        i64 row = group_member(groups, g, k);
+        double r = rewards[row];
+        if (isinf(r)) report(status, STATUS_NONFINITE_REWARD, row);
+        double c = row_credit(first_error, num_steps, credit, row, status);
+        out_credit[row] = c < 0.0 ? 0.0f : (float)c;
+        out_rewards[row] = (float)r;
+        out_diversified[row] = 0;
+        bool scorable = !isnan(r);
+        bool is_correct = correct ? correct[row] != 0 : r > 0.0;
+        any_scorable |= scorable;
+        any_correct |= scorable && is_correct;
+    }
+    bool all_negative = any_scorable && !any_correct;
+    for (i64 k = 0; k < count; k++) out_all_negative[group_member(groups, g, k)] = all_negative ? 1 : 0;
+    bool eligible = mode == 0 ? all_negative : true;
+    // Rows to credit: scorable and incorrect. Any of them without a verdict keeps the group GRPO.
+    i64 to_credit = 0;
+    bool missing = false;
+    for (i64 k = 0; k < count; k++) {
+        i64 row = group_member(groups, g, k);
+        double r = rewards[row];
+        bool is_correct = correct ? correct[row] != 0 : r > 0.0;
+        if (isnan(r) || is_correct) continue;
+        to_credit++;
+        if (row_credit(first_error, num_steps, credit, row, status) < 0.0) missing = true;
+    }
+    double credit_sum = 0.0, credited = 0.0;
+    bool diversified = eligible && to_credit > 0 && !missing;
+    if (diversified) {
+        for (i64 k = 0; k < count; k++) {
+            i64 row = group_member(groups, g, k);
+            double r = rewards[row];
+            bool is_correct = correct ? correct[row] != 0 : r > 0.0;
+            if (isnan(r) || is_correct) continue;
+            double c = row_credit(first_error, num_steps, credit, row, status);
+            float value = (float)(r + credit_scale * c);
+            if (isinf(value)) report(status, STATUS_OVERFLOW, row);
+            out_rewards[row] = value;
+            out_diversified[row] = 1;
+            credit_sum += c;
+            credited += 1.0;
+        }
+    }
+    double* stats = group_stats + g * GROUP_STATS;
+    stats[0] = all_negative ? 1.0 : 0.0;
+    stats[1] = diversified ? 1.0 : 0.0;
+    stats[2] = (eligible && to_credit > 0 && missing) ? 1.0 : 0.0;
+    stats[3] = credit_sum;
+    stats[4] = credited;
+}
+
+// Sums the groups' stats in a fixed order: out = all_negative, diversified, judge_missing groups,
+// credit sum, credited rows.
+extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_stats(i64 num_groups, const double* group_stats,
+                                                                           double* out) {
+    __shared__ double scratch[GROUP_BLOCK];
+    for (int k = 0; k < GROUP_STATS; k++) {
+        double acc = 0.0;
+        for (i64 g = threadIdx.x; g < num_groups; g += GROUP_BLOCK) acc += group_stats[g * GROUP_STATS + k];
+        acc = block_sum<GROUP_BLOCK>(acc, scratch);
+        if (threadIdx.x == 0) out[k] = acc;
+    }
+}
+
+// Sample standard deviation of the non-NaN rewards (two passes), NaN below two values.
+extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) batch_std(const double* rewards, i64 rows, double* out) {
+    __shared__ double scratch[GROUP_BLOCK];
+    double n = 0.0, sum = 0.0;
+    for (i64 i = threadIdx.x; i < rows; i += GROUP_BLOCK) {
+        double r = rewards[i];
+        if (!isnan(r)) {
+            n += 1.0;
+            sum += r;
+        }
+    }
+    n = block_sum<GROUP_BLOCK>(n, scratch);
+    sum = block_sum<GROUP_BLOCK>(sum, scratch);
+    double mean = sum / n;
+    double centred = 0.0;
+    for (i64 i = threadIdx.x; i < rows; i += GROUP_BLOCK) {
+        double r = rewards[i];
+        if (!isnan(r)) centred += (r - mean) * (r - mean);
+    }
+    centred = block_sum<GROUP_BLOCK>(centred, scratch);
+    if (threadIdx.x == 0) out[0] = n < 2.0 ? NAN : sqrt(centred / (n - 1.0));
+}
+
+// scale: 0 group, 1 batch, 2 none; singleton: 0 zero, 1 unit.
+extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) group_advantages(Groups groups, const double* rewards,
+                                                                         int scale, double eps, int singleton,
+                                                                         const double* batch_std, float* out,
+                                                                         u32* status) {
+    i64 g = (i64)blockIdx.x * GROUP_BLOCK + threadIdx.x;
+    if (g >= groups.num_groups) return;
+    i64 count = group_count(groups, g);
+    double n = 0.0, sum = 0.0;
+    for (i64 k = 0; k < count; k++) {
+        i64 row = group_member(groups, g, k);
+        double r = rewards[row];
+        if (isinf(r)) report(status, STATUS_NONFINITE_REWARD, row);
+        if (!isnan(r)) {
+            n += 1.0;
+            sum += r;
+        }
+    }
+    double mean = n > 0.0 ? sum / n : NAN;
+    double std = NAN;
+    if (n >= 2.0) {
+        double centred = 0.0;
+        for (i64 k = 0; k < count; k++) {
+            double r = rewards[group_member(groups, g, k)];
+            if (!isnan(r)) centred += (r - mean) * (r - mean);
+        }
+        std = sqrt(centred / (n - 1.0));
+    }
+    double divisor;
+    if (n == 1.0 && singleton == 1) {
+        mean = 0.0;
+        divisor = scale == 2 ? 1.0 : 1.0 + eps;
+    } else {
+        divisor = scale == 0 ? std + eps : (scale == 1 ? batch_std[0] + eps : 1.0);
+    }
+    for (i64 k = 0; k < count; k++) {
+        i64 row = group_member(groups, g, k);
+        double a = (rewards[row] - mean) / divisor;
+        if (isnan(a)) {
+            out[row] = 0.0f;
+            continue;
+        }
+        float a32 = (float)a;
+        if (isinf(a32)) report(status, STATUS_OVERFLOW, row);
+        out[row] = a32;
+    }
+}
+
+template <typename M>
+__device__ void token_advantages(const float* advantages, const M* mask, i64 rows, i64 len, float* out,
+                                 u32* status) {
+    i64 total = rows * len;
+    for (i64 at = (i64)blockIdx.x * GROUP_BLOCK + threadIdx.x; at < total; at += (i64)gridDim.x * GROUP_BLOCK) {
+        i64 row = at / len;
+        float a = advantages[row];
+        float w = to_f32(mask[at]);
+        if (!(fabsf(a) < INFINITY)) report(status, STATUS_NONFINITE_INPUT, row);
+        if (!(w >= 0.0f && w < INFINITY)) report(status, STATUS_BAD_MASK, at);
+        float value = a * w;
+        if (isinf(value)) report(status, STATUS_OVERFLOW, at);
+        out[at] = value;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) token_advantages_u8(const float* advantages, const u8* mask,
+                                                                            i64 rows, i64 len, float* out,
+                                                                            u32* status) {
+    token_advantages<u8>(advantages, mask, rows, len, out, status);
+}
+
+extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) token_advantages_f32(const float* advantages,
+                                                                             const float* mask, i64 rows, i64 len,
+                                                                             float* out, u32* status) {
+    token_advantages<float>(advantages, mask, rows, len, out, status);
+}

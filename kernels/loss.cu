@@ -1,0 +1,459 @@
+// The fused GRPO-family policy loss: the GPU twin of src/loss/ (same formulas, same torch
+// tie rules; per-token math in f64, as the CPU path, so both agree to float32 rounding).
+//
+// Launch sequence for a (B, T) batch (src/cuda/loss.rs):
+//   1. loss_rows    one block per row: mask sum n_i (validated), and the row's log-ratio sums
+//                   GSPO and VESPO need;
+//   2. loss_batch   one block: the batch's token count and rows with tokens (aggregations that
+//                   normalise by them);
+//   3. loss_tokens  one block per (row, chunk of LOSS_TOKENS tokens): every token's loss terms
+//                   and dL/dlogp, written once, plus the chunk's weighted partial sums;
+//   4. loss_finalize one block: rows' partials summed in index order into the loss and the
+//                   metrics (and, for sequence-level importance sampling, each row's ratio
+//                   gradient, after which loss_tokens runs again to write the gradient).
+// Every reduction has a fixed shape, so results are bit-identical from run to run.
+
+#define LOSS_BLOCK 256
+#define LOSS_ITEMS 4
+#define LOSS_TOKENS (LOSS_BLOCK * LOSS_ITEMS)
+#define LOSS_PARTIALS 6
+#define LOSS_METRICS 12
+
+// Loss types, in the order of LossType in src/loss/options.rs.
+#define LT_GRPO 0
+#define LT_BNPO 1
+#define LT_DR_GRPO 2
+#define LT_DAPO 3
+#define LT_CISPO 4
+#define LT_SAPO 5
+#define LT_LUSPO 6
+#define LT_VESPO 7
+#define LT_VANILLA 8
+
+#define KL_K1 0
+#define KL_ABS 1
+#define KL_K2 2
+#define KL_K3 3
+#define KL_LOW_VAR 4
+
+#define AGG_ROW_MEAN_OF_TOKEN_MEANS 0
+#define AGG_TOKEN_MEAN 1
+#define AGG_VERL_TOKEN_MEAN 2
+#define AGG_DIVISOR 3
+#define AGG_ROW_MEAN_OF_TOKEN_SUMS 4
+#define AGG_VALID_ROW_MEAN_OF_TOKEN_SUMS 5
+#define AGG_VALID_ROW_MEAN_OF_TOKEN_MEANS 6
+
+// Everything about the loss that is not an array, passed by value.
+struct LossParams {
+    i64 rows, len;
+    int chunks;           // chunks of LOSS_TOKENS per row
+    int loss_type, sequence, kl_estimator, bias_correction, advantages_per_token, has_old, has_ref;
+    int aggregation;
+    int reserved;         // keeps the doubles 8-byte aligned with no implicit padding
+    double divisor;       // AGG_DIVISOR
+    double beta, lo, hi, delta, epsilon_high, clip_ratio_c;
+    double tau_pos, tau_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg;
+    double grad_scale;
+};
+
+__device__ __forceinline__ bool is_clipped(int t) {
+    return t == LT_GRPO || t == LT_BNPO || t == LT_DR_GRPO || t == LT_DAPO || t == LT_LUSPO;
+}
+
+__device__ __forceinline__ double clamp_slope(double x, double lo, double hi) { return flagd(x > lo && x < hi); }
+
+// torch's backward weight of u in min(u, v).
+__device__ __forceinline__ double min_weight(double u, double v) { return u < v ? 1.0 : (u == v ? 0.5 : 0.0); }
+
+// rho_i: the row's share of the batch loss (Aggregation::row_weight).
+__device__ double row_weight(const LossParams& p, double n, double tokens, double valid_rows) {
+    double valid = fmax(valid_rows, 1.0);
+    switch (p.aggregation) {
+        case AGG_ROW_MEAN_OF_TOKEN_MEANS: return 1.0 / ((double)p.rows * fmax(n, 1.0));
+        case AGG_TOKEN_MEAN: return 1.0 / fmax(tokens, 1.0);
+        case AGG_VERL_TOKEN_MEAN: return tokens > 0.0 ? 1.0 / tokens : 0.0;
+        case AGG_DIVISOR: return 1.0 / p.divisor;
+        case AGG_ROW_MEAN_OF_TOKEN_SUMS: return 1.0 / (double)p.rows;
+        case AGG_VALID_ROW_MEAN_OF_TOKEN_SUMS: return n > 0.0 ? 1.0 / valid : 0.0;
+        default: return n > 0.0 ? 1.0 / (valid * (n + 1e-8)) : 0.0;
+    }
+}
+
+__device__ double vespo_phi(double log_w, double k, double lam) {
+    lam = fmax(lam, 1e-4);
+    double phi = exp(lam + k * log_w - lam * exp(log_w));
+    return isfinite(phi) ? phi : 0.0;
+}
+
+// The row-level quantities every token of row i needs (cheap; each thread derives them).
+struct RowTerms {
+    double n, rho, seq_d, seq_ratio, seq_slope, phi_nonneg, phi_neg;
+};
+
+__device__ RowTerms row_terms(const LossParams& p, const double* row_stats, const double* batch, i64 i) {
+    RowTerms rt;
+    rt.n = row_stats[i * 3];
+    rt.rho = row_weight(p, rt.n, batch[0], batch[1]);
+    bool vanilla = p.loss_type == LT_VANILLA;
+    double ratio_clamp = vanilla ? 20.0 : INFINITY;
+    double seq_log_ratio = (p.sequence && p.has_old) ? row_stats[i * 3 + 1] / fmax(rt.n, 1.0) : 0.0;
+    rt.seq_d = clampd(seq_log_ratio, -ratio_clamp, ratio_clamp);
+    rt.seq_ratio = exp(rt.seq_d);
+    rt.seq_slope = vanilla ? clamp_slope(seq_log_ratio, -20.0, 20.0) : 1.0;
+    double log_w = clampd(row_stats[i * 3 + 2], log(1e-8), 20.0);
+    rt.phi_nonneg = vespo_phi(log_w, p.vespo_k_pos, p.vespo_lambda_pos);
+    rt.phi_neg = vespo_phi(log_w, p.vespo_k_neg, p.vespo_lambda_neg);
+    return rt;
+}
+
+template <typename T, typename M>
+__device__ void loss_rows(const T* logp, const T* old, const float* advantages, const M* mask, LossParams p,
+                          double* row_stats, u32* status) {
+    __shared__ double scratch[LOSS_BLOCK];
+    i64 i = blockIdx.x;
+    if (i >= p.rows) return;
+    double n = 0.0, seq = 0.0, vespo = 0.0;
+    bool bad_mask = false, bad_value = false;
+    for (i64 t = threadIdx.x; t < p.len; t += LOSS_BLOCK) {
+        i64 at = i * p.len + t;
+        float w32 = to_f32(mask[at]);
+        if (!(w32 >= 0.0f && w32 < INFINITY)) {
+            if (!bad_mask) report(status, STATUS_BAD_MASK, at);
+            bad_mask = true;
+            continue;
+        }
+        double w = w32;
+        n += w;
+        if (p.has_old && w != 0.0) {
+            double d = (double)to_f32(logp[at]) - (double)to_f32(old[at]);
+            if (!isfinite(d)) {
+                if (!bad_value) report(status, STATUS_NONFINITE_INPUT, at);
+                bad_value = true;
+                continue;
+            }
+            seq += d * w;
+            vespo += clampd(d, -20.0, 20.0) * w;
+        }
+    }
+    n = block_sum<LOSS_BLOCK>(n, scratch);
+    seq = block_sum<LOSS_BLOCK>(seq, scratch);
+    vespo = block_sum<LOSS_BLOCK>(vespo, scratch);
+    if (threadIdx.x == 0) {
+        row_stats[i * 3] = n;
+        row_stats[i * 3 + 1] = seq;
+        row_stats[i * 3 + 2] = vespo;
+        if (!p.advantages_per_token && !isfinite(advantages[i])) report(status, STATUS_NONFINITE_INPUT, i * p.len);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_batch(LossParams p, const double* row_stats, double* batch) {
+    __shared__ double scratch[LOSS_BLOCK];
+    double tokens = 0.0, valid = 0.0;
+    for (i64 i = threadIdx.x; i < p.rows; i += LOSS_BLOCK) {
+        double n = row_stats[i * 3];
+        tokens += n;
+        valid += n > 0.0 ? 1.0 : 0.0;
+    }
+    tokens = block_sum<LOSS_BLOCK>(tokens, scratch);
+    valid = block_sum<LOSS_BLOCK>(valid, scratch);
+    if (threadIdx.x == 0) {
+        batch[0] = tokens;
+        batch[1] = valid;
+    }
+}
+
+// One token's terms: loss, dL/dr, direct dL/dlp, three metric values.
+struct Term {
+    double loss, d_ratio, d_logp, m0, m1, m2;
+};
+
+__device__ Term policy_term(const LossParams& p, const RowTerms& rt, double r, double a, double lp, double d) {
+    Term out = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    switch (p.loss_type) {
+        case LT_CISPO: {
+            double coef = fmin(r, p.epsilon_high);
+            out.loss = -coef * a * lp;
+            out.d_logp = -coef * a;
+            out.m0 = flagd(r > p.epsilon_high && a > 0.0);
+            break;
+        }
+        case LT_SAPO: {
+            double tau = a > 0.0 ? p.tau_pos : p.tau_neg;
+            double s = 1.0 / (1.0 + exp(-tau * (r - 1.0)));
+            out.loss = -(s * 4.0 / tau) * a;
+            out.d_ratio = -4.0 * a * s * (1.0 - s);
+            break;
+        }
+        case LT_VESPO: {
+            double phi = a >= 0.0 ? rt.phi_nonneg : rt.phi_neg;
+            out.loss = -phi * a * lp;
+            out.d_logp = -phi * a;
+            out.m0 = phi;
+            break;
+        }
+        case LT_VANILLA: {
+            double l1 = -a * r;
+            double l2 = -a * clampd(r, p.lo, p.hi);
+            double w1 = min_weight(-l1, -l2);
+            double lc = fmax(l1, l2);
+            double d_lc = -a * (w1 + (1.0 - w1) * clamp_slope(r, p.lo, p.hi));
+            double l3 = -a * p.clip_ratio_c;
+            bool negative = a < 0.0;
+            double wc = 1.0 - min_weight(l3, lc);
+            out.loss = negative ? fmin(l3, lc) : lc;
+            out.d_ratio = negative ? wc * d_lc : d_lc;
+            out.m0 = flagd(l2 > l1);
+            out.m1 = flagd(lc > l3 && negative);
+            out.m2 = -d;
+            break;
+        }
+        default: {
+            double c1 = fmin(r, p.delta);
+            double dc1 = flagd(r < p.delta);
+            double c2 = clampd(r, p.lo, p.hi);
+            double dc2 = clamp_slope(r, p.lo, p.hi);
+            double u = c1 * a, v = c2 * a;
+            double wu = min_weight(u, v);
+            bool low = c1 < p.lo && a < 0.0;
+            bool high = c1 > p.hi && a > 0.0;
+            out.loss = -fmin(u, v);
+            out.d_ratio = -a * (wu * dc1 + (1.0 - wu) * dc2);
+            out.m0 = flagd(low);
+            out.m1 = flagd(high);
+            out.m2 = flagd(low || high);
+        }
+    }
+    return out;
+}
+
+// KL estimate, its derivative in lp, and kl + d without cancellation, from x = ref - lp.
+__device__ void kl_terms(int estimator, double x, double* kl, double* d, double* sum) {
+    switch (estimator) {
+        case KL_K1: *kl = -x; *d = 1.0; break;
+        case KL_ABS: *kl = fabs(x); *d = flagd(x < 0.0) - flagd(x > 0.0); break;
+        case KL_K2: *kl = 0.5 * x * x; *d = -x; break;
+        case KL_K3: {
+            double e = exp(x);
+            *kl = e - x - 1.0;
+            *d = 1.0 - e;
+            break;
+        }
+        default: {
+            double clamped = clampd(x, -20.0, 20.0);
+            double e = exp(clamped);
+            double y = e - clamped - 1.0;
+            *d = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
+            *kl = clampd(y, -10.0, 10.0);
+        }
+    }
+    *sum = estimator == KL_K3 ? -x : *kl + *d;
+}
+
+// write_grad = 0: only the partial sums (first pass of sequence-level importance sampling);
+// write_grad = 1: also the gradient (token level: the only pass; sequence level: the second,
+// using the row ratio gradients loss_finalize left in row_common, without partial sums).
+template <typename T, typename M>
+__device__ void loss_tokens(const T* logp, const T* old, const T* ref, const float* advantages, const M* mask,
+                            LossParams p, const double* row_stats, const double* batch, const double* row_common,
+                            int write_grad, float* grad, double* partials, u32* status) {
+    __shared__ double scratch[LOSS_BLOCK];
+    i64 i = blockIdx.x / p.chunks;
+    i64 chunk = blockIdx.x % p.chunks;
+    if (i >= p.rows) return;
+    RowTerms rt = row_terms(p, row_stats, batch, i);
+    double scale = rt.rho * p.grad_scale;
+    bool has_kl = p.beta != 0.0 && p.has_ref;
+    double bias = flagd(p.bias_correction != 0);
+    bool vanilla = p.loss_type == LT_VANILLA;
+    double ratio_clamp = vanilla ? 20.0 : INFINITY;
+    double sums[LOSS_PARTIALS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    bool bad_value = false, bad_grad = false;
+    i64 end = min((chunk + 1) * (i64)LOSS_TOKENS, p.len);
+#pragma unroll
+    for (int k = 0; k < LOSS_ITEMS; k++) {
+        i64 t = chunk * LOSS_TOKENS + k * LOSS_BLOCK + threadIdx.x;
+        if (t >= end) break;
+        i64 at = i * p.len + t;
+        float w32 = to_f32(mask[at]);
+        bool on = w32 != 0.0f && w32 >= 0.0f && w32 < INFINITY;
+        if (!on) {
+            if (write_grad) grad[at] = 0.0f;
+            continue;
+        }
+        double w = w32;
+        double lp = to_f32(logp[at]);
+        double a = p.advantages_per_token ? (double)advantages[at] : (double)advantages[i];
+        double o = p.has_old ? (double)to_f32(old[at]) : lp;
+        double rf = has_kl ? (double)to_f32(ref[at]) : 0.0;
+        if (!isfinite(lp) || !isfinite(a) || !isfinite(o) || !isfinite(rf)) {
+            if (!bad_value) report(status, STATUS_NONFINITE_INPUT, at);
+            bad_value = true;
+            if (write_grad) grad[at] = 0.0f;
+            continue;
+        }
+        double d, r, slope;
+        if (p.sequence) {
+            d = rt.seq_d;
+            r = rt.seq_ratio;
+            slope = rt.seq_slope;
+        } else {
+            double raw = lp - o;
+            d = clampd(raw, -ratio_clamp, ratio_clamp);
+            r = exp(d);
+            slope = vanilla ? clamp_slope(raw, -20.0, 20.0) : 1.0;
+        }
+        Term term = policy_term(p, rt, r, a, lp, d);
+        double kl_metric = 0.0;
+        if (has_kl) {
+            double kl, d_kl, kl_plus_d;
+            kl_terms(p.kl_estimator, rf - lp, &kl, &d_kl, &kl_plus_d);
+            double kr = bias * r + (1.0 - bias);
+            term.loss += p.beta * kl * kr;
+            if (p.sequence) {
+                term.d_ratio += bias * p.beta * kl;
+                term.d_logp += p.beta * kr * d_kl;
+            } else {
+                double corrected = r * (slope * kl_plus_d + (1.0 - slope) * d_kl);
+                term.d_logp += p.beta * (bias * corrected + (1.0 - bias) * d_kl);
+            }
+            kl_metric = kl * kr;
+        }
+        if (write_grad) {
+            double g;
+            if (p.sequence) {
+                g = scale * w * term.d_logp + row_common[i] * w;
+            } else {
+                g = scale * w * (term.d_logp + term.d_ratio * r * slope);
+            }
+            float g32 = (float)g;
+            if (!(fabsf(g32) < INFINITY)) {
+                if (!bad_grad) report(status, STATUS_OVERFLOW, at);
+                bad_grad = true;
+            }
+            grad[at] = g32;
+        }
+        sums[0] += w * term.loss;
+        sums[1] += w * kl_metric;
+        sums[2] += w * term.m0;
+        sums[3] += w * term.m1;
+        sums[4] += w * term.m2;
+        sums[5] += w * term.d_ratio;
+    }
+    if (write_grad && p.sequence) return;
+#pragma unroll
+    for (int k = 0; k < LOSS_PARTIALS; k++) {
+        double total = block_sum<LOSS_BLOCK>(sums[k], scratch);
+        if (threadIdx.x == 0) partials[blockIdx.x * LOSS_PARTIALS + k] = total;
+    }
+}
+
+// Metric slots of `out` (src/cuda/loss.rs names them per loss type).
+#define OUT_LOSS 0
+#define OUT_KL 1
+#define OUT_CLIP_LOW_MEAN 2
+#define OUT_CLIP_HIGH_MEAN 3
+#define OUT_CLIP_REGION_MEAN 4
+#define OUT_CLIP_LOW_MIN 5
+#define OUT_CLIP_HIGH_MAX 6
+#define OUT_CISPO 7
+#define OUT_VESPO_PHI 8
+#define OUT_PG_CLIPFRAC 9
+#define OUT_PPO_KL 10
+#define OUT_PG_CLIPFRAC_LOWER 11
+
+#define FIN_SUMS 11
+
+extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParams p, const float* advantages,
+                                                                     const double* row_stats, const double* batch,
+                                                                     const double* partials, double* row_common,
+                                                                     double* out, u32* status) {
+    __shared__ double scratch[LOSS_BLOCK];
+    // Thread sums: loss_weighted, kl, m0, m1, m2, clip_row[3], cispo_row, phi_row, and row count.
+    double acc[FIN_SUMS];
+    for (int k = 0; k < FIN_SUMS; k++) acc[k] = 0.0;
+    double low_min = NAN, high_max = NAN;  // fmin/fmax skip NaN: NaN means "no row yet"
+    bool per_row = !p.advantages_per_token;
+    for (i64 i = threadIdx.x; i < p.rows; i += LOSS_BLOCK) {
+        RowTerms rt = row_terms(p, row_stats, batch, i);
+        double row[LOSS_PARTIALS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        for (int c = 0; c < p.chunks; c++) {
+            for (int k = 0; k < LOSS_PARTIALS; k++) row[k] += partials[(i * p.chunks + c) * LOSS_PARTIALS + k];
+        }
+        acc[0] += rt.rho * row[0];
+        acc[1] += row[1];
+        acc[2] += row[2];
+        acc[3] += row[3];
+        acc[4] += row[4];
+        if (per_row) {
+            double a = advantages[i];
+            double shown = fmin(rt.seq_ratio, p.delta);
+            bool low = shown < p.lo && a < 0.0;
+            bool high = shown > p.hi && a > 0.0;
+            acc[5] += flagd(low);
+            acc[6] += flagd(high);
+            acc[7] += flagd(low || high);
+            acc[8] += flagd(rt.seq_ratio > p.epsilon_high && a > 0.0);
+            acc[9] += a >= 0.0 ? rt.phi_nonneg : rt.phi_neg;
+        }
+        if (p.sequence && per_row) {
+            double a = advantages[i];
+            double shown = fmin(rt.seq_ratio, p.delta);
+            low_min = fmin(low_min, flagd(shown < p.lo && a < 0.0));
+            high_max = fmax(high_max, flagd(shown > p.hi && a > 0.0));
+        } else if (rt.n > 0.0) {
+            low_min = fmin(low_min, row[2] / rt.n);
+            high_max = fmax(high_max, row[3] / rt.n);
+        }
+        if (p.sequence) {
+            // d log w_i / d lp_t = M_t / max(n, 1): the row's ratio gradient, spread over its tokens.
+            row_common[i] = rt.rho * p.grad_scale * row[5] * rt.seq_ratio * rt.seq_slope / fmax(rt.n, 1.0);
+        }
+    }
+    for (int k = 0; k < FIN_SUMS; k++) acc[k] = block_sum<LOSS_BLOCK>(acc[k], scratch);
+    // min/max: NaN-skipping folds, reduced with +-inf standing for "no row".
+    double lm = isnan(low_min) ? INFINITY : low_min;
+    double hm = isnan(high_max) ? -INFINITY : high_max;
+    lm = -block_max_d<LOSS_BLOCK>(-lm, scratch);
+    hm = block_max_d<LOSS_BLOCK>(hm, scratch);
+    if (threadIdx.x != 0) return;
+    double tokens = batch[0];
+    double rows = (double)p.rows;
+    double token_mean_div = fmax(tokens, 1.0);
+    double loss = acc[0];
+    out[OUT_LOSS] = loss;
+    if (!isfinite(loss) || fabs(loss) > 3.4028234663852886e38) report(status, STATUS_OVERFLOW, -1);
+    out[OUT_KL] = acc[1] / token_mean_div;
+    bool seq_rows = p.sequence && per_row;
+    out[OUT_CLIP_LOW_MEAN] = seq_rows ? acc[5] / rows : acc[2] / token_mean_div;
+    out[OUT_CLIP_HIGH_MEAN] = seq_rows ? acc[6] / rows : acc[3] / token_mean_div;
+    out[OUT_CLIP_REGION_MEAN] = seq_rows ? acc[7] / rows : acc[4] / token_mean_div;
+    out[OUT_CLIP_LOW_MIN] = lm == INFINITY ? NAN : lm;
+    out[OUT_CLIP_HIGH_MAX] = hm == -INFINITY ? NAN : hm;
+    out[OUT_CISPO] = seq_rows ? acc[8] / rows : acc[2] / token_mean_div;
+    out[OUT_VESPO_PHI] = per_row ? acc[9] / rows : acc[2] / token_mean_div;
+    out[OUT_PG_CLIPFRAC] = tokens > 0.0 ? acc[2] / tokens : 0.0;
+    out[OUT_PPO_KL] = tokens > 0.0 ? acc[4] / tokens : 0.0;
+    out[OUT_PG_CLIPFRAC_LOWER] = tokens > 0.0 ? acc[3] / tokens : 0.0;
+}
+
+#define LOSS_KERNELS(NAME, T, M)                                                                          \
+    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_rows_##NAME(                            \
+        const T* logp, const T* old, const float* advantages, const M* mask, LossParams p, double* row_stats, \
+        u32* status) {                                                                                    \
+        loss_rows<T, M>(logp, old, advantages, mask, p, row_stats, status);                               \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens_##NAME(                          \
+        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
+        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
+        float* grad, double* partials, u32* status) {                                                     \
+        loss_tokens<T, M>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common, write_grad,  \
+                          grad, partials, status);                                                        \
+    }
+
+LOSS_KERNELS(f32_u8, float, u8)
+LOSS_KERNELS(f32_f32, float, float)
+LOSS_KERNELS(bf16_u8, bf16_t, u8)
+LOSS_KERNELS(bf16_f32, bf16_t, float)
+LOSS_KERNELS(f16_u8, f16_t, u8)
+LOSS_KERNELS(f16_f32, f16_t, float)

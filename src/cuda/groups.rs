@@ -1,0 +1,266 @@
+//! Host side of `kernels/groups.cu`: SGPO rewards, group advantages and the token broadcast on
+//! device pointers.
+
+use super::args::Arg;
+use super::device::{launch, Shape, Stream};
+use super::source::GROUPS;
+use super::MaskDtype;
+use crate::advantages::{AdvantageOptions, Scale, Singleton};
+use crate::error::{Error, Result};
+use crate::rewards::{DiversifyMode, RewardOptions};
+
+const BLOCK: u32 = 256;
+/// float64 stats per group (`GROUP_STATS`).
+const GROUP_STATS: usize = 5;
+/// float64 elements of the rewards' `stats` output: all-negative, diversified and judge-missing
+/// groups, credit sum, credited rows.
+pub const REWARD_STATS_LEN: usize = 5;
+
+/// The groups of a batch on the device: contiguous (`group_size > 0`), or CSR (`order`: the rows
+/// group by group, int64; `starts`: `num_groups + 1` int64 offsets into `order`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceGroups {
+    pub rows: usize,
+    pub num_groups: usize,
+    pub group_size: usize,
+    pub order: u64,
+    pub starts: u64,
+}
+
+impl DeviceGroups {
+    fn arg(&self) -> Result<Arg> {
+        if self.group_size > 0 {
+            if self.rows % self.group_size != 0 || self.num_groups * self.group_size != self.rows {
+                return Err(Error::value(
+                    "group_size",
+                    format!(
+                        "expected a divisor of the row count {}, got {}",
+                        self.rows, self.group_size
+                    ),
+                ));
+            }
+        } else if self.order == 0 || self.starts == 0 {
+            return Err(Error::value(
+                "group_ids",
+                "expected group_size or group ids (order and starts)",
+            ));
+        }
+        let mut bytes = Vec::with_capacity(32);
+        bytes.extend_from_slice(&(self.num_groups as i64).to_le_bytes());
+        bytes.extend_from_slice(&(self.group_size as i64).to_le_bytes());
+        bytes.extend_from_slice(&self.order.to_le_bytes());
+        bytes.extend_from_slice(&self.starts.to_le_bytes());
+        Ok(Arg::Struct(bytes))
+    }
+
+    fn per_group(&self) -> Shape {
+        Shape {
+            grid: ((self.num_groups as u32).div_ceil(BLOCK).max(1), 1, 1),
+            block: BLOCK,
+            shared_bytes: 0,
+        }
+    }
+}
+
+fn single() -> Shape {
+    Shape {
+        grid: (1, 1, 1),
+        block: BLOCK,
+        shared_bytes: 0,
+    }
+}
+
+/// Verdicts on the device: int64 `first_error` and `num_steps`, or a float64 `credit` (NaN = not
+/// judged).
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceVerdicts {
+    Steps { first_error: u64, num_steps: u64 },
+    Credit(u64),
+}
+
+/// Outputs of [`sgpo_rewards`]: float32 rewards and credit, uint8 flags per row, float64
+/// `stats` ([`REWARD_STATS_LEN`]), a float64 scratch of `5 * num_groups`, and the status.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRewardOutputs {
+    pub rewards: u64,
+    pub credit: u64,
+    pub all_negative: u64,
+    pub diversified: u64,
+    pub stats: u64,
+    pub scratch: u64,
+    pub status: u64,
+}
+
+/// float64 elements of [`DeviceRewardOutputs::scratch`].
+pub fn reward_scratch_len(num_groups: usize) -> usize {
+    num_groups.max(1) * GROUP_STATS
+}
+
+/// The SGPO reward rule (`crate::rewards::sgpo_rewards`) on float64 rewards; `correct` is a
+/// uint8 array or 0 (then `reward > 0`).
+pub fn sgpo_rewards(
+    stream: &Stream,
+    groups: &DeviceGroups,
+    rewards: u64,
+    verdicts: DeviceVerdicts,
+    correct: u64,
+    options: RewardOptions,
+    out: &DeviceRewardOutputs,
+) -> Result<()> {
+    if !options.credit_scale.is_finite() || options.credit_scale < 0.0 {
+        return Err(Error::value(
+            "credit_scale",
+            format!("expected a finite value >= 0, got {}", options.credit_scale),
+        ));
+    }
+    let groups_arg = groups.arg()?;
+    if groups.rows == 0 {
+        return Ok(());
+    }
+    let (first_error, num_steps, credit) = match verdicts {
+        DeviceVerdicts::Steps {
+            first_error,
+            num_steps,
+        } => (first_error, num_steps, 0),
+        DeviceVerdicts::Credit(c) => (0, 0, c),
+    };
+    let mode = match options.mode {
+        DiversifyMode::AllNegative => 0,
+        DiversifyMode::AllIncorrect => 1,
+    };
+    launch(
+        stream,
+        &GROUPS,
+        "sgpo_rewards_groups",
+        groups.per_group(),
+        &[
+            groups_arg,
+            Arg::Ptr(rewards),
+            Arg::Ptr(first_error),
+            Arg::Ptr(num_steps),
+            Arg::Ptr(credit),
+            Arg::Ptr(correct),
+            Arg::F64(options.credit_scale),
+            Arg::I32(mode),
+            Arg::Ptr(out.rewards),
+            Arg::Ptr(out.credit),
+            Arg::Ptr(out.all_negative),
+            Arg::Ptr(out.diversified),
+            Arg::Ptr(out.scratch),
+            Arg::Ptr(out.status),
+        ],
+    )?;
+    launch(
+        stream,
+        &GROUPS,
+        "sgpo_rewards_stats",
+        single(),
+        &[
+            Arg::I64(groups.num_groups as i64),
+            Arg::Ptr(out.scratch),
+            Arg::Ptr(out.stats),
+        ],
+    )
+}
+
+/// Group-normalised advantages (`crate::advantages::group_advantages`) of float64 rewards into
+/// float32 `out`; `scratch` is one float64 (the batch standard deviation).
+#[allow(clippy::too_many_arguments)]
+pub fn group_advantages(
+    stream: &Stream,
+    groups: &DeviceGroups,
+    rewards: u64,
+    options: AdvantageOptions,
+    out: u64,
+    scratch: u64,
+    status: u64,
+) -> Result<()> {
+    if !options.eps.is_finite() || options.eps < 0.0 {
+        return Err(Error::value(
+            "eps",
+            format!("expected a finite value >= 0, got {}", options.eps),
+        ));
+    }
+    let groups_arg = groups.arg()?;
+    if groups.rows == 0 {
+        return Ok(());
+    }
+    let scale = match options.scale {
+        Scale::Group => 0,
+        Scale::Batch => 1,
+        Scale::None => 2,
+    };
+    if options.scale == Scale::Batch {
+        launch(
+            stream,
+            &GROUPS,
+            "batch_std",
+            single(),
+            &[
+                Arg::Ptr(rewards),
+                Arg::I64(groups.rows as i64),
+                Arg::Ptr(scratch),
+            ],
+        )?;
+    }
+    launch(
+        stream,
+        &GROUPS,
+        "group_advantages",
+        groups.per_group(),
+        &[
+            groups_arg,
+            Arg::Ptr(rewards),
+            Arg::I32(scale),
+            Arg::F64(options.eps),
+            Arg::I32(i32::from(options.singleton == Singleton::Unit)),
+            Arg::Ptr(scratch),
+            Arg::Ptr(out),
+            Arg::Ptr(status),
+        ],
+    )
+}
+
+/// `out[i, t] = advantages[i] * mask[i, t]` (float32 `(rows, len)`).
+#[allow(clippy::too_many_arguments)]
+pub fn token_advantages(
+    stream: &Stream,
+    advantages: u64,
+    mask: u64,
+    mask_dtype: MaskDtype,
+    rows: usize,
+    len: usize,
+    out: u64,
+    status: u64,
+) -> Result<()> {
+    let total = rows.checked_mul(len).ok_or_else(|| {
+        Error::shape(
+            "mask",
+            "(N, L) with N * L addressable",
+            format!("({rows}, {len})"),
+        )
+    })?;
+    if total == 0 {
+        return Ok(());
+    }
+    // A grid-stride loop: enough blocks to fill any current GPU, never more than the work.
+    let blocks = total.div_ceil(BLOCK as usize).min(65_536) as u32;
+    launch(
+        stream,
+        &GROUPS,
+        &format!("token_advantages_{}", mask_dtype.suffix()),
+        Shape {
+            grid: (blocks, 1, 1),
+            block: BLOCK,
+            shared_bytes: 0,
+        },
+        &[
+            Arg::Ptr(advantages),
+            Arg::Ptr(mask),
+            Arg::I64(rows as i64),
+            Arg::I64(len as i64),
+            Arg::Ptr(out),
+            Arg::Ptr(status),
+        ],
+    )
+}

@@ -1,0 +1,146 @@
+//! Compiling a kernel source with NVRTC into a CUBIN for one architecture.
+//!
+//! The CUBIN is built for the device's own `sm_XY` (not PTX left to the driver's JIT): it loads
+//! on drivers older than the NVRTC that built it, and the ptxas stage runs here, so its warnings
+//! and register counts are visible. Results are cached per architecture for the process.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::nvrtc::{result, sys};
+
+use super::guarded;
+use super::library::require_nvrtc;
+use super::source::{KernelSource, COMMON};
+use crate::error::{Error, Result};
+
+/// A compiled source: the CUBIN and everything NVRTC and ptxas said about it.
+#[derive(Debug, Clone)]
+pub struct CompiledKernel {
+    pub source: &'static str,
+    /// Compute capability as `major * 10 + minor` (90 for sm_90).
+    pub arch: u32,
+    pub cubin: Vec<u8>,
+    /// NVRTC's log: warnings, and with `verbose` ptxas's registers and spills per kernel.
+    pub log: String,
+}
+
+type Cache = Mutex<HashMap<(u32, &'static str), Arc<CompiledKernel>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Compiles `source` for `sm_{arch}`; `verbose` asks ptxas for its resource report. A compile
+/// error is [`Error::Cuda`] carrying NVRTC's log.
+pub fn compile(source: &KernelSource, arch: u32, verbose: bool) -> Result<CompiledKernel> {
+    require_nvrtc()?;
+    guarded(|| compile_unguarded(source, arch, verbose))
+}
+
+/// The process-wide compiled copy of `source` for `arch` (compiled on first use).
+pub(crate) fn compiled(source: &KernelSource, arch: u32) -> Result<Arc<CompiledKernel>> {
+    let key = (arch, source.name);
+    if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let built = Arc::new(compile(source, arch, false)?);
+    if let Ok(mut c) = cache().lock() {
+        c.insert(key, built.clone());
+    }
+    Ok(built)
+}
+
+fn text(chars: &[c_char]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+fn compile_unguarded(source: &KernelSource, arch: u32, verbose: bool) -> Result<CompiledKernel> {
+    let code = format!("{COMMON}\n#line 1 \"{}\"\n{}", source.name, source.code);
+    let code = CString::new(code)
+        .map_err(|_| Error::Cuda(format!("{}: the source contains a NUL byte", source.name)))?;
+    let name = CString::new(source.name).unwrap_or_default();
+    let fail = |what: &str, e: result::NvrtcError| {
+        Error::Cuda(format!("{}: {what} failed: {e:?}", source.name))
+    };
+    let program =
+        result::create_program(&code, Some(&name)).map_err(|e| fail("nvrtcCreateProgram", e))?;
+    let mut options = vec![
+        format!("--gpu-architecture=sm_{arch}"),
+        "--std=c++17".to_string(),
+        // Kernels are checked against f64 references: keep IEEE division and square roots.
+        "--prec-div=true".to_string(),
+        "--prec-sqrt=true".to_string(),
+        "--ftz=false".to_string(),
+    ];
+    if verbose {
+        options.push("--ptxas-options=-v".to_string());
+    }
+    // SAFETY: `program` was just created and is destroyed below on every path.
+    let outcome = unsafe { result::compile_program(program, &options) };
+    // SAFETY: as above.
+    let log = unsafe { result::get_program_log(program) }
+        .map(|chars| text(&chars))
+        .unwrap_or_default();
+    let cubin = outcome
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "{} does not compile for sm_{arch} ({e:?}):\n{log}",
+                source.name
+            ))
+        })
+        .and_then(|()| {
+            let mut size = 0usize;
+            // SAFETY: the program compiled; the buffers have the size NVRTC reports.
+            unsafe { sys::nvrtcGetCUBINSize(program, &mut size) }
+                .result()
+                .map_err(|e| fail("nvrtcGetCUBINSize", e))?;
+            let mut cubin = vec![0 as c_char; size];
+            unsafe { sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr()) }
+                .result()
+                .map_err(|e| fail("nvrtcGetCUBIN", e))?;
+            Ok(cubin.into_iter().map(|c| c as u8).collect::<Vec<u8>>())
+        });
+    // SAFETY: created above and not destroyed yet.
+    let _ = unsafe { result::destroy_program(program) };
+    Ok(CompiledKernel {
+        source: source.name,
+        arch,
+        cubin: cubin?,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compile check relies on NVRTC putting warnings into the log it returns.
+    #[test]
+    fn warnings_reach_the_log() {
+        if require_nvrtc().is_err() {
+            eprintln!("skipped: no libnvrtc");
+            return;
+        }
+        let source = KernelSource {
+            name: "warn.cu",
+            code: "extern \"C\" __global__ void k(int* p) { int unused = 3; p[0] = 1; }",
+            kernels: &["k"],
+        };
+        let built = compile(&source, 80, false).expect("compiles");
+        assert!(built.log.contains("warning"), "log: {}", built.log);
+        let broken = KernelSource {
+            code: "extern \"C\" __global__ void k(int* p) { p[0] = undefined; }",
+            ..source
+        };
+        let err = compile(&broken, 80, false).expect_err("does not compile");
+        assert!(err.to_string().contains("undefined"), "{err}");
+    }
+}
