@@ -9,13 +9,18 @@
 Any object with ``identity`` and ``judge(problems, responses) -> list[Verdict]`` is a judge
 (:class:`StepJudge`). Backends here: :class:`RuleJudge` (exact, for arithmetic chains),
 :class:`CallableJudge` (any Python function), :class:`CriticJudge` (a prompted critic model over any
-``generate(prompts) -> replies`` function: the plug-in point for model servers). Model backends
-(OpenAI-compatible, Hugging Face, PRMs) plug in through the same protocol.
+``generate(prompts) -> replies`` function), and the model backends :class:`OpenAIJudge` (any
+OpenAI-compatible chat-completions server), :class:`HFJudge` (a local transformers causal LM) and
+:class:`PRMJudge` (a process reward model: Qwen2.5-Math-PRM or Math-Shepherd style). The model
+backends import ``openai`` / ``torch`` / ``transformers`` only when constructed.
 """
 
 from .cache import CachedJudge, VerdictCache, cache_key
 from .critic import CriticJudge
 from .evaluate import ProcessBenchScore, evaluate, processbench_score
+from .hf import HFJudge
+from .openai_judge import OpenAIJudge
+from .prm import PRMJudge
 from .prompt import DEFAULT_TEMPLATE, PROMPT_VERSION, build_prompt, neutralise, parse_reply
 from .rule import CallableJudge, RuleJudge
 from .synthetic import make_synthetic
@@ -29,6 +34,9 @@ __all__ = [
     "CachedJudge",
     "CallableJudge",
     "CriticJudge",
+    "HFJudge",
+    "OpenAIJudge",
+    "PRMJudge",
     "ProcessBenchScore",
     "RuleJudge",
     "StepJudge",

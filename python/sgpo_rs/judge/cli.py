@@ -34,16 +34,73 @@ from .synthetic import make_synthetic, write_jsonl
 from .verdict import NO_VERDICT, StepJudge, Verdict, prefix_credit
 
 JUDGES = {"rule": RuleJudge}
-"""Judges by name for ``--judge``; model backends register here. ``module:attr`` also works."""
+"""Judges by name for ``--judge`` that take no options. ``module:attr`` also works."""
 
 
-def make_judge(spec: str) -> StepJudge:
-    """A judge from a name in :data:`JUDGES`, or ``package.module:attr`` where ``attr`` is a
-    judge, a judge class/factory taking no arguments, or a ``fn(problem, response)``."""
+def _openai(args: argparse.Namespace) -> StepJudge:
+    from .openai_judge import OpenAIJudge
+
+    options: Dict[str, Any] = {}
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    return OpenAIJudge(
+        _model(args),
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        max_concurrency=args.max_concurrency,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        temperature=args.temperature,
+        stream=args.stream,
+        **options,
+    )
+
+
+def _hf(args: argparse.Namespace) -> StepJudge:
+    from .hf import HFJudge
+
+    options: Dict[str, Any] = {}
+    if args.max_tokens is not None:
+        options["max_new_tokens"] = args.max_tokens
+    if args.temperature > 0:
+        options.update(do_sample=True, temperature=args.temperature)
+    return HFJudge(_model(args), batch_size=args.model_batch_size, device=args.device, **options)
+
+
+def _prm(args: argparse.Namespace) -> StepJudge:
+    from .prm import PRMJudge
+
+    return PRMJudge(
+        _model(args),
+        style=args.prm_style,
+        threshold=args.threshold,
+        batch_size=args.model_batch_size,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _model(args: argparse.Namespace) -> str:
+    if not args.model:
+        raise ValueError(f"--backend {args.judge} needs --model")
+    return str(args.model)
+
+
+BACKENDS = {"openai": _openai, "hf": _hf, "prm": _prm}
+"""Model backends by name for ``--judge``/``--backend``; each is built from the model flags."""
+
+
+def make_judge(spec: str, args: Optional[argparse.Namespace] = None) -> StepJudge:
+    """A judge from a name in :data:`JUDGES` or :data:`BACKENDS` (built from ``args``' model
+    flags), or ``package.module:attr`` where ``attr`` is a judge, a judge class/factory taking no
+    arguments, or a ``fn(problem, response)``."""
     if spec in JUDGES:
         return JUDGES[spec]()
+    if spec in BACKENDS:
+        return BACKENDS[spec](args if args is not None else _backend_defaults(spec))
     if ":" not in spec:
-        raise ValueError(f"--judge: unknown judge {spec!r}; known: {', '.join(JUDGES)}, or module:attr")
+        known = ", ".join([*JUDGES, *BACKENDS])
+        raise ValueError(f"--judge: unknown judge {spec!r}; known: {known}, or module:attr")
     module, _, attr = spec.partition(":")
     obj: Any = getattr(importlib.import_module(module), attr)
     if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "judge") and _takes_no_args(obj)):
@@ -188,7 +245,7 @@ def run_judge(args: argparse.Namespace) -> int:
         print("sgpo-rs judge: --batch-size must be >= 1", file=sys.stderr)
         return 2
     try:
-        judge = _with_cache(make_judge(args.judge), args.cache)
+        judge = _with_cache(make_judge(args.judge, args), args.cache)
         records = [record for _, record in read_jsonl(args.input)]
     except (OSError, ValueError, ImportError, AttributeError) as exc:
         print(f"sgpo-rs judge: {exc}", file=sys.stderr)
@@ -269,12 +326,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--input", required=True, help="JSONL of {problem, response (or steps), correct?}")
     add("--output", required=True, help="JSONL written (appended to when resuming)")
-    add("--judge", default="rule", help=f"judge: {', '.join(JUDGES)}, or package.module:attr")
+    add_backend_arguments(parser)
     add("--all", action="store_true", help="judge correct records too")
     add("--cache", default=None, help="sqlite verdict cache path")
     add("--batch-size", type=int, default=16, help="responses per judge call")
     add("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_judge)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--judge``/``--backend`` and the flags of the model backends."""
+    add = parser.add_argument
+    names = ", ".join([*JUDGES, *BACKENDS])
+    add("--judge", "--backend", dest="judge", default="rule", help=f"judge: {names}, or package.module:attr")
+    group = parser.add_argument_group("model backends (--backend openai, hf, prm)")
+    add = group.add_argument
+    add("--model", default=None, help="openai: the served model name; hf, prm: a path or hub id")
+    add("--base-url", default=None, help="openai: the server root, e.g. http://127.0.0.1:8000/v1")
+    add("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")
+    add("--max-concurrency", type=int, default=8, help="openai: requests in flight at once")
+    add("--timeout", type=float, default=120.0, help="openai: seconds per request")
+    add("--max-retries", type=int, default=4, help="openai: retries of a failed request")
+    add("--stream", action="store_true", help="openai: stream replies")
+    add("--temperature", type=float, default=0.0, help="openai, hf: sampling temperature (0: greedy)")
+    add("--max-tokens", type=int, default=None, help="openai, hf: reply budget; unset: 4096 / 1024")
+    add("--model-batch-size", type=int, default=8, help="hf, prm: sequences per forward pass")
+    add("--device", default=None, help="hf, prm: torch device; unset: cuda if available")
+    add("--prm-style", choices=("qwen", "math-shepherd"), default="qwen", help="prm: the PRM's interface")
+    add("--threshold", type=float, default=0.5, help="prm: a step scoring below it is wrong")
+    add("--trust-remote-code", action="store_true", help="prm: allow the model's own code (Qwen PRM)")
+
+
+def _backend_defaults(spec: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    return parser.parse_args(["--judge", spec])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +381,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print("sgpo-rs judge-eval: give --input, or --make-synthetic N --output PATH", file=sys.stderr)
         return 2
     try:
-        judge = _with_cache(make_judge(args.judge), args.cache)
+        judge = _with_cache(make_judge(args.judge, args), args.cache)
         records = [record for _, record in read_jsonl(args.input)]
         if any("label" not in r for r in records):
             raise ValueError(f"{args.input}: every record needs a 'label' (first wrong step or -1)")
@@ -323,7 +409,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = parser.add_argument
     add("--input", default=None, help="ProcessBench-format JSONL: problem, steps or response, label")
-    add("--judge", default="rule", help=f"judge: {', '.join(JUDGES)}, or package.module:attr")
+    add_backend_arguments(parser)
     add("--cache", default=None, help="sqlite verdict cache path")
     add("--batch-size", type=int, default=64, help="responses per judge call")
     add("--make-synthetic", type=int, default=None, metavar="N", help="write N synthetic records instead")

@@ -3,19 +3,21 @@
 A model backend (an OpenAI-compatible server, a local Hugging Face model) only has to turn a batch
 of prompts into a batch of replies; :class:`CriticJudge` builds the ProcessBench prompts, calls it,
 and parses each reply's last ``\\boxed{}``. A failed call, or a reply without a valid index, is a
-missing verdict (``-2``), never a guess.
+missing verdict (``-2``), never a guess. A backend that fails for some prompts only returns an
+exception instance in their place (the others keep their verdicts).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 from .prompt import PROMPT_VERSION, build_prompt, parse_reply
 from .verdict import Verdict, missing
 
-Generate = Callable[[List[str]], Sequence[str]]
-"""A batch of prompts -> one reply per prompt, in order."""
+Generate = Callable[[List[str]], Sequence[Union[str, BaseException]]]
+"""A batch of prompts -> one reply per prompt, in order; an exception instance in place of a reply
+marks that prompt as failed (a missing verdict carrying the exception as its error)."""
 
 
 class CriticJudge:
@@ -65,6 +67,9 @@ class CriticJudge:
         latency = (time.perf_counter() - start) / len(todo)
         for i, reply in zip(todo, replies):
             n = built[i][1]
+            if isinstance(reply, BaseException):
+                out[i] = missing(n, f"{type(reply).__name__}: {reply}", latency_s=latency)
+                continue
             k = parse_reply(reply, n) if isinstance(reply, str) else None
             if k is None:
                 out[i] = missing(n, "no valid \\boxed{index} in the reply", raw=str(reply), latency_s=latency)
