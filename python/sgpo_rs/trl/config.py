@@ -1,0 +1,87 @@
+"""``SGPOConfig``: TRL's ``GRPOConfig`` plus the SGPO options."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from trl import GRPOConfig
+
+MODES = ("all_negative", "all_incorrect")
+
+
+@dataclass
+class SGPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the SGPO reward rule and the optional fused loss.
+
+    Every GRPO option keeps its TRL meaning. The SGPO options (``sgpo_rs.sgpo_rewards``):
+
+    - ``sgpo_credit_scale`` (0.5): reward added for full credit; a wrong response whose first
+      error is at step ``k`` of ``n`` gets ``sgpo_credit_scale * k / n`` (``-1``: the full amount).
+    - ``sgpo_mode`` (``"all_negative"``): credit only groups with no correct response (the
+      paper); ``"all_incorrect"`` also credits the wrong responses of mixed groups (keep
+      ``sgpo_credit_scale`` below the correct/incorrect reward margin).
+    - ``sgpo_correctness_reward``: name of the reward function (as TRL names it: the function's
+      ``__name__``, or the reward model's name) whose value decides correctness:
+      ``correct = value > sgpo_correctness_threshold``. May be left unset when there is only one
+      reward function, or when the trainer gets a ``correctness_func``.
+    - ``sgpo_correctness_threshold`` (0.0).
+    - ``sgpo_judge_timeout_s`` (``None``: no limit): seconds one judge call may take on one
+      process; past it the rows of that call get no verdict (their groups stay plain GRPO).
+    - ``sgpo_problem_column``: a dataset column holding the problem text shown to the judge
+      (default: the prompt's text; for conversational prompts the last user message).
+    - ``use_sgpo_loss`` (``False``): compute the policy loss with ``sgpo_rs.torch.sgpo_loss``
+      (same value, gradient and logged metrics as TRL's; CPU tensors only for now).
+    """
+
+    sgpo_credit_scale: float = field(
+        default=0.5,
+        metadata={"help": "SGPO: reward added for full credit (first_error / num_steps, 1 for no error)."},
+    )
+    sgpo_mode: str = field(
+        default="all_negative",
+        metadata={"help": "SGPO: 'all_negative' (groups with no correct response) or 'all_incorrect'."},
+    )
+    sgpo_correctness_reward: Optional[str] = field(
+        default=None,
+        metadata={"help": "SGPO: name of the reward function whose value > threshold means correct."},
+    )
+    sgpo_correctness_threshold: float = field(
+        default=0.0,
+        metadata={"help": "SGPO: a response is correct when its correctness reward exceeds this."},
+    )
+    sgpo_judge_timeout_s: Optional[float] = field(
+        default=None,
+        metadata={"help": "SGPO: seconds a judge call may take; its rows get no verdict past it."},
+    )
+    sgpo_problem_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "SGPO: dataset column with the problem text for the judge (default: prompt)."},
+    )
+    use_sgpo_loss: bool = field(
+        default=False,
+        metadata={"help": "Compute the policy loss with sgpo_rs.torch.sgpo_loss (identical to TRL's)."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.sgpo_credit_scale, (int, float)) and math.isfinite(self.sgpo_credit_scale)):
+            raise ValueError(f"sgpo_credit_scale: expected a finite number, got {self.sgpo_credit_scale!r}")
+        if self.sgpo_credit_scale < 0:
+            raise ValueError(f"sgpo_credit_scale: expected a value >= 0, got {self.sgpo_credit_scale}")
+        if self.sgpo_mode not in MODES:
+            raise ValueError(f"sgpo_mode: expected one of {', '.join(MODES)}, got {self.sgpo_mode!r}")
+        if not math.isfinite(self.sgpo_correctness_threshold):
+            raise ValueError(
+                f"sgpo_correctness_threshold: expected a finite number, got {self.sgpo_correctness_threshold}"
+            )
+        timeout = self.sgpo_judge_timeout_s
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"sgpo_judge_timeout_s: expected None or seconds > 0, got {timeout!r}")
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                f"multi_objective_aggregation={self.multi_objective_aggregation!r}: SGPO credits the summed "
+                f"reward of each response (the reward that is group-normalised), which only "
+                f"'sum_then_normalize' has"
+            )

@@ -1,0 +1,389 @@
+"""sgpo_rs.trl.SGPOTrainer on the real TRL 1.16 GRPOTrainer: the SGPO credit reaching TRL's
+advantages with several weighted reward functions, judging only what needs judging, text from
+conversational data, a failing or slow judge, a few real training steps on the synthetic
+arithmetic-chain task, configuration errors and the TRL version pin."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+trl = pytest.importorskip("trl")
+
+import sgpo_rs as sg  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from sgpo_rs.judge import CallableJudge, Verdict  # noqa: E402
+from sgpo_rs.trl import SGPOConfig, SGPOTrainer  # noqa: E402
+from sgpo_rs.trl.compat import check_version  # noqa: E402
+from sgpo_rs.trl.judging import completion_text, prompt_text  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+from trl_tiny import correct_answer, task, token_steps  # noqa: E402
+
+G = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_lm):
+    return AutoTokenizer.from_pretrained(tiny_lm)
+
+
+def config(tmp_path, **extra):
+    options = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_generations=G,
+        max_completion_length=3,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        gradient_checkpointing=False,
+        logging_steps=1,
+    )
+    options.update(extra)
+    return SGPOConfig(**options)
+
+
+def accuracy(prompts, completions, a, **kwargs):
+    return [None if math.isnan(v) else v for v in a]
+
+
+def style(prompts, completions, b, **kwargs):
+    return [None if math.isnan(v) else v for v in b]
+
+
+class RowJudge:
+    """A plain-callable judge whose verdicts are the rows' `fe`/`ns` columns; records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, problems, responses, rows):
+        self.calls.append({"uids": [r["uid"] for r in rows], "problems": problems, "responses": responses})
+        return [(r["fe"], r["ns"]) for r in rows]
+
+
+def reward_rows():
+    """Four groups of four: all wrong (equal totals), mixed, all wrong with an unscorable row, all
+    wrong with one row the judge cannot judge."""
+    a = [0, 0, 0, 0, 1, 0, 0, 1, 0, 0, math.nan, 0, 0, 0, 0, 0]
+    b = [0.2, 0.2, 0.2, 0.2, 0.1, 0.3, 0.0, 0.2, 0.4, 0.0, math.nan, 0.2, 0.1, 0.1, 0.1, 0.1]
+    fe = [1, 0, -1, 2, 0, 0, 0, 0, 0, 1, 0, 2, 0, -2, 1, 0]
+    ns = [4, 3, 2, 5, 1, 1, 1, 1, 2, 2, 1, 3, 1, 0, 2, 1]
+    return [
+        {"prompt": f"Start from {i} :", "a": float(a[i]), "b": b[i], "fe": fe[i], "ns": ns[i], "uid": i}
+        for i in range(16)
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_reward_trainer(tiny_lm, tokenizer, tmp_path_factory):
+    judge = RowJudge()
+    trainer = SGPOTrainer(
+        model=tiny_lm,
+        reward_funcs=[accuracy, style],
+        args=config(
+            tmp_path_factory.mktemp("two"), reward_weights=[2.0, 0.5], sgpo_correctness_reward="accuracy"
+        ),
+        train_dataset=Dataset.from_list(reward_rows()),
+        processing_class=tokenizer,
+        judge=judge,
+    )
+    trainer.model.train()
+    return trainer, judge
+
+
+def expected_sgpo(rows, weights, credit_scale=0.5):
+    a = np.array([r["a"] for r in rows])
+    b = np.array([r["b"] for r in rows])
+    total = np.nansum(np.stack([weights[0] * a, weights[1] * b]), axis=0)
+    total[np.isnan(a) & np.isnan(b)] = np.nan
+    correct = a > 0
+    groups = correct.reshape(-1, G).any(axis=1)
+    judged = ~np.isnan(total) & ~correct & np.repeat(~groups, G)
+    fe = np.where(judged, [r["fe"] for r in rows], -2)
+    ns = np.where(judged, [r["ns"] for r in rows], 0)
+    out = sg.sgpo_rewards(
+        total.astype(np.float32), fe, ns, group_size=G, correct=correct, credit_scale=credit_scale
+    )
+    return out, judged
+
+
+def test_credit_reaches_trl_advantages_with_weighted_rewards(two_reward_trainer):
+    trainer, judge = two_reward_trainer
+    rows = reward_rows()
+    judge.calls.clear()
+    trainer._metrics["train"].clear()
+    out = trainer._generate_and_score_completions(rows)
+
+    expected, judged = expected_sgpo(rows, (2.0, 0.5))
+    # One judge call, exactly the rows that need a verdict, as text.
+    assert len(judge.calls) == 1
+    assert judge.calls[0]["uids"] == list(np.flatnonzero(judged))
+    assert judge.calls[0]["problems"] == [rows[i]["prompt"] for i in np.flatnonzero(judged)]
+    assert all(isinstance(r, str) for r in judge.calls[0]["responses"])
+    # The reward TRL normalised is the SGPO reward: TRL's advantages are its group advantages.
+    np.testing.assert_allclose(trainer.last_sgpo.rewards, expected.rewards, rtol=0, atol=1e-6)
+    want = sg.group_advantages(expected.rewards, group_size=G)
+    np.testing.assert_allclose(out["advantages"].numpy(), want, rtol=1e-5, atol=1e-6)
+    # Group 0 had equal totals (plain GRPO: zero advantages); SGPO separates it.
+    assert np.abs(want[:4]).max() > 0.5 and np.ptp(want[:4]) > 1.0
+    assert list(expected.diversified.reshape(-1, G).any(axis=1)) == [True, False, True, False]
+    assert np.all(out["advantages"].numpy()[12:16] == 0)  # judge missing: plain GRPO, equal totals
+    # Metrics and TRL's logs.
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    for key, value in expected.metrics().items():
+        assert metrics[key] == pytest.approx(value)
+    assert metrics["sgpo/all_negative_frac"] == 0.75
+    assert metrics["sgpo/diversified_frac"] == 0.5
+    assert metrics["sgpo/judge_missing_frac"] == 0.25
+    assert metrics["reward"] == pytest.approx(np.nanmean(expected.rewards), rel=1e-6)
+    assert metrics["rewards/accuracy/mean"] == pytest.approx(np.nanmean([r["a"] for r in rows]))
+
+
+def test_all_incorrect_mode_credits_mixed_groups(two_reward_trainer):
+    trainer, judge = two_reward_trainer
+    rows = reward_rows()
+    trainer._sgpo["sgpo_mode"] = "all_incorrect"
+    try:
+        judge.calls.clear()
+        trainer._generate_and_score_completions(rows)
+    finally:
+        trainer._sgpo["sgpo_mode"] = "all_negative"
+    a = np.array([r["a"] for r in rows])
+    wrong = ~np.isnan(a) & ~(a > 0)
+    assert judge.calls[0]["uids"] == list(np.flatnonzero(wrong))
+    assert trainer.last_sgpo.diversified[5] and trainer.last_sgpo.diversified[6]  # mixed group 1
+
+
+def test_evaluation_batches_are_not_judged(two_reward_trainer):
+    trainer, judge = two_reward_trainer
+    judge.calls.clear()
+    trainer.model.eval()
+    try:
+        out = trainer._generate_and_score_completions(reward_rows())
+    finally:
+        trainer.model.train()
+    assert judge.calls == []
+    assert np.all(out["advantages"].numpy()[:4] == 0)  # plain GRPO
+
+
+def test_conversational_prompts_and_completions(two_reward_trainer):
+    trainer, judge = two_reward_trainer
+    rows = reward_rows()
+    prompts = [
+        [{"role": "system", "content": "Be exact."}, {"role": "user", "content": r["prompt"]}] for r in rows
+    ]
+    completions = [
+        [{"role": "assistant", "content": [{"type": "text", "text": f"1 + {i} = {i + 1}"}]}]
+        for i in range(16)
+    ]
+    judge.calls.clear()
+    trainer._calculate_rewards(rows, prompts, completions, [[1]] * 16)
+    call = judge.calls[0]
+    assert call["problems"][0] == rows[call["uids"][0]]["prompt"]
+    assert call["responses"] == [f"1 + {i} = {i + 1}" for i in call["uids"]]
+    assert prompt_text("plain") == "plain"
+    assert completion_text(
+        [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+    ) == ("a\n\nb")
+
+
+def sgpo_metrics(trainer):
+    return {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("sgpo/")}
+
+
+@pytest.mark.parametrize("failure", ["raises", "times_out", "wrong_length", "invalid"])
+def test_a_failing_judge_leaves_groups_plain_grpo_with_one_warning(two_reward_trainer, failure):
+    trainer, _ = two_reward_trainer
+
+    def judge(problems, responses, rows):
+        if failure == "raises":
+            raise ConnectionError("judge server down")
+        if failure == "times_out":
+            time.sleep(3.0)
+        if failure == "wrong_length":
+            return [(0, 1)]
+        return [(5, 2)] * len(rows)  # first_error beyond num_steps
+
+    saved = trainer._sgpo_judge_fn, trainer.judge, dict(trainer._sgpo)
+    trainer._sgpo_judge_fn = trainer.judge = judge
+    trainer._sgpo["sgpo_judge_timeout_s"] = 0.3
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = trainer._generate_and_score_completions(reward_rows())
+    finally:
+        trainer._sgpo_judge_fn, trainer.judge = saved[0], saved[1]
+        trainer._sgpo.update(saved[2])
+    sgpo_warnings = [w for w in caught if "SGPO" in str(w.message)]
+    assert len(sgpo_warnings) == 1, [str(w.message) for w in caught]
+    metrics = sgpo_metrics(trainer)
+    assert metrics["sgpo/diversified_frac"] == 0.0
+    assert metrics["sgpo/judge_missing_frac"] == metrics["sgpo/all_negative_frac"] == 0.75
+    assert np.all(out["advantages"].numpy()[:4] == 0)  # plain GRPO
+
+
+def test_step_judge_backend_and_verdict_objects(two_reward_trainer):
+    trainer, _ = two_reward_trainer
+    seen = []
+
+    def fn(problem, response):
+        seen.append(problem)
+        return Verdict(0, 2) if "Start from 1 " in problem else (1, 2)
+
+    saved = trainer._sgpo_judge_fn, trainer.judge
+    judge = CallableJudge(fn, identity="test")
+    from sgpo_rs.trl.judging import as_judge_fn
+
+    trainer._sgpo_judge_fn, trainer.judge = as_judge_fn(judge), judge
+    try:
+        trainer._generate_and_score_completions(reward_rows())
+    finally:
+        trainer._sgpo_judge_fn, trainer.judge = saved
+    assert len(seen) == 11
+    credit = trainer.last_sgpo.credit
+    assert credit[1] == 0.0 and credit[0] == 0.5  # row 1's problem is "Start from 1 :"
+
+
+# --- a few real training steps on the synthetic arithmetic-chain task ------------------------------
+
+
+def test_training_diversifies_all_negative_groups(tiny_lm, tokenizer, tmp_path):
+    rows = task(16, seed=1)
+    calls = []
+
+    def counted(problem, response):
+        calls.append(response)
+        return token_steps(problem, response)
+
+    trainer = SGPOTrainer(
+        model=tiny_lm,
+        reward_funcs=correct_answer,
+        args=config(
+            tmp_path, per_device_train_batch_size=8, max_completion_length=8, max_steps=3, use_sgpo_loss=True
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        judge=CallableJudge(counted, identity="token-steps"),
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "sgpo/diversified_frac" in entry]
+    assert len(logs) == 3 and calls
+    for entry in logs:
+        assert entry["sgpo/all_negative_frac"] > 0
+        assert entry["sgpo/diversified_frac"] == entry["sgpo/all_negative_frac"]
+        assert entry["sgpo/judge_missing_frac"] == 0
+        assert 0 <= entry["sgpo/mean_credit"] <= 1
+    # The last batch: raw rewards are equal inside each diversified group (plain GRPO would give
+    # zero advantages), yet its advantages are non-zero.
+    sgpo = trainer.last_sgpo
+    raw = np.array(trainer._logs["rewards"]["correct_answer"]).reshape(-1, G)
+    advantages = np.array(trainer._logs["advantages"]).reshape(-1, G)
+    groups = sgpo.diversified.reshape(-1, G).all(axis=1)
+    assert groups.any()
+    for g in np.flatnonzero(groups):
+        assert np.all(raw[g] == raw[g][0])
+        if np.ptp(sgpo.credit.reshape(-1, G)[g]) > 0:
+            assert np.abs(advantages[g]).max() > 0.1
+    assert any(np.ptp(sgpo.credit.reshape(-1, G)[g]) > 0 for g in np.flatnonzero(groups))
+
+
+def test_training_continues_when_the_judge_raises(tiny_lm, tokenizer, tmp_path):
+    calls = []
+
+    def broken(problems, responses, rows):
+        calls.append(len(rows))
+        raise RuntimeError("judge crashed")
+
+    trainer = SGPOTrainer(
+        model=tiny_lm,
+        reward_funcs=correct_answer,
+        args=config(tmp_path, per_device_train_batch_size=8, max_completion_length=4, max_steps=2),
+        train_dataset=Dataset.from_list(task(8, seed=2)),
+        processing_class=tokenizer,
+        judge=broken,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert trainer.state.global_step == 2
+    sgpo_warnings = [w for w in caught if "judge crashed" in str(w.message)]
+    assert len(sgpo_warnings) == len(calls) >= 1  # one warning per step that called the judge
+    logs = [e for e in trainer.state.log_history if "sgpo/judge_missing_frac" in e]
+    assert logs and all(e["sgpo/judge_missing_frac"] == e["sgpo/all_negative_frac"] > 0 for e in logs)
+    assert all(e["sgpo/diversified_frac"] == 0 for e in logs)
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def test_configuration_errors(tiny_lm, tokenizer, tmp_path):
+    data = Dataset.from_list(reward_rows())
+
+    row_judge = RowJudge()
+
+    def build(reward_funcs, judge=row_judge, **extra):
+        return SGPOTrainer(
+            model=tiny_lm,
+            reward_funcs=reward_funcs,
+            args=config(tmp_path, **extra),
+            train_dataset=data,
+            processing_class=tokenizer,
+            judge=judge,
+        )
+
+    with pytest.raises(ValueError, match="sgpo_mode"):
+        config(tmp_path, sgpo_mode="sometimes")
+    with pytest.raises(ValueError, match="sum_then_normalize"):
+        config(tmp_path, multi_objective_aggregation="normalize_then_sum")
+    with pytest.raises(ValueError, match="sgpo_judge_timeout_s"):
+        config(tmp_path, sgpo_judge_timeout_s=0)
+    with pytest.raises(ValueError, match="sgpo_correctness_reward"):
+        build([accuracy, style])
+    with pytest.raises(ValueError, match="not one of the reward functions"):
+        build([accuracy, style], sgpo_correctness_reward="correctness")
+    with pytest.raises(TypeError, match="judge is required"):
+        build([accuracy], judge=None)
+    with pytest.raises(TypeError, match="judge"):
+        build([accuracy], judge=42)
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        build([accuracy], use_sgpo_loss=True, top_entropy_quantile=0.5)
+
+
+def test_correctness_func(tiny_lm, tokenizer, tmp_path):
+    judge = RowJudge()
+    trainer = SGPOTrainer(
+        model=tiny_lm,
+        reward_funcs=[accuracy, style],
+        args=config(tmp_path),
+        train_dataset=Dataset.from_list(reward_rows()),
+        processing_class=tokenizer,
+        judge=judge,
+        correctness_func=lambda prompts, completions, uid, **kw: [u in (4, 7) for u in uid],
+    )
+    trainer.model.train()
+    trainer._generate_and_score_completions(reward_rows())
+    # Only group 1 has a correct row now; the unscorable row 10 is never judged.
+    assert judge.calls[0]["uids"] == [0, 1, 2, 3, 8, 9, 11, 12, 13, 14, 15]
+
+
+def test_version_pin():
+    check_version("1.16.0")
+    check_version("1.16.3.dev0")
+    for version in ("1.17.0", "1.15.2", "2.0.0"):
+        with pytest.raises(ImportError, match=rf"TRL {version} is installed.*>=1.16,<1.17"):
+            check_version(version)
