@@ -87,3 +87,8 @@ def token_steps(problem: str, response: str):
         if not token.lstrip("-").isdigit():
             return i, max(len(tokens), 1)
     return -1, max(len(tokens), 1)
+
+
+def token_steps_judge(problems, responses, rows):
+    """:func:`token_steps` as a plain-callable trainer judge."""
+    return [token_steps(p, r) for p, r in zip(problems, responses)]
