@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda
 
 
 def group_advantages(
@@ -35,7 +35,18 @@ def group_advantages(
     Defaults are TRL's; verl's ``compute_grpo_outcome_advantage`` is
     ``group_ids=uid, eps=1e-6, singleton="unit"`` (``scale="none"`` for
     ``norm_adv_by_std_in_grpo=False``). Any other NaN (undefined std) also becomes 0.
+
+    A torch CUDA tensor of ``rewards`` is normalised on its device (a float32 CUDA tensor back).
     """
+    if _cuda.is_cuda(rewards):
+        return _cuda.group_advantages(
+            rewards,
+            _arrays.group_size(group_size),
+            group_ids,
+            _arrays.choice("scale", scale),
+            _arrays.real("eps", eps),
+            _arrays.choice("singleton", singleton),
+        )
     r = _arrays.float64_rows("rewards", rewards)
     return _core.group_advantages_core(
         r,
@@ -54,7 +65,11 @@ def token_advantages(advantages: Any, mask: Any, *, out: Optional[np.ndarray] = 
     float weights must be finite and >= 0. This is verl's ``(N, L)`` advantage tensor.
     ``out``: an optional C-contiguous float32 ``(N, L)`` array to write into (reusing a buffer
     across steps saves the page faults of a fresh allocation) - it is also returned.
+
+    Torch CUDA tensors run on their device (``out``, if given, a float32 CUDA tensor).
     """
+    if _cuda.is_cuda(advantages):
+        return _cuda.token_advantages(advantages, mask, out)
     a = _arrays.float64_rows("advantages", advantages).astype(np.float32)
     m = _arrays.mask(mask)
     if m.shape[0] != a.shape[0]:

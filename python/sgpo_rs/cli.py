@@ -22,7 +22,20 @@ def _info(_: argparse.Namespace) -> int:
         print(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
     except ImportError:
         print("torch not installed (pip install 'sgpo-rs[torch]' for sgpo_rs.torch)")
-    print("cuda path: not built in this version; all kernels run on the CPU (rayon)")
+    from . import _cuda
+
+    found = _cuda.availability()
+    if found["usable"]:
+        devices = ", ".join(f"{i}: {name} (sm_{arch})" for i, (name, arch) in enumerate(found["devices"]))
+        major, minor = found["nvrtc_version"]
+        driver = found["driver_version"]
+        print(f"cuda path: usable - NVRTC {major}.{minor}, driver {driver}, devices {devices}")
+    elif found["built"]:
+        nvrtc = "found" if found["nvrtc"] else "missing"
+        print(f"cuda path: built, not usable here ({found['reason']}); NVRTC {nvrtc}")
+        print("all kernels run on the CPU (rayon)")
+    else:
+        print(f"cuda path: {found['reason']}; all kernels run on the CPU (rayon)")
     return 0
 
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,25 @@ def sgpo_rewards(
 
     A group is diversified only if every row that would be credited has a verdict; otherwise it
     stays plain GRPO and counts in ``stats["judge_missing_groups"]``.
+
+    A torch CUDA tensor of ``rewards`` runs the rule on its device (the verdicts and ``correct``
+    are moved there if they are not): the fields are then CUDA tensors (float32, bool), and the
+    stats are read back once.
     """
+    if _cuda.is_cuda(rewards):
+        out = _cuda.sgpo_rewards(
+            rewards,
+            first_error,
+            num_steps,
+            credit,
+            _arrays.group_size(group_size),
+            group_ids,
+            correct,
+            _arrays.real("credit_scale", credit_scale),
+            _arrays.choice("mode", mode),
+        )
+        fields = ("rewards", "credit", "all_negative", "diversified", "stats")
+        return SGPORewards(*(out[name] for name in fields))
     r = _arrays.float64_rows("rewards", rewards)
     k = None if first_error is None else _arrays.int64_rows("first_error", first_error)
     n = None if num_steps is None else _arrays.int64_rows("num_steps", num_steps)

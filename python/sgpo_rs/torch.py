@@ -11,8 +11,9 @@ This module needs torch and is only imported on request (``import sgpo_rs`` neve
 One Rust call computes the loss, ``dL/dlogp`` and the metrics in a single pass (with the GIL
 released); the backward is one multiplication by ``grad_output``.
 
-CPU tensors only for now: the CUDA path of sgpo-rs is not built yet, and a CUDA tensor raises a
-``RuntimeError`` that names the argument (nothing is copied to the CPU behind your back).
+CPU tensors run the Rust CPU kernels; CUDA tensors run the CUDA kernels (``kernels/*.cu``,
+compiled with NVRTC on first use) on torch's current stream, on the tensors' own memory. Tensors
+are never moved between devices behind your back: mixing devices raises a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda
 from .loss import OPTION_CHECKS, checked_options, policy_loss
 
 __all__ = ["SGPOLoss", "sgpo_loss"]
@@ -62,25 +63,35 @@ def _options(options: Dict[str, Any]) -> Dict[str, Any]:
     return checked_options(merged)
 
 
-def _check_device(name: str, tensor: torch.Tensor) -> None:
+def _check_device(name: str, tensor: torch.Tensor, device: Optional[torch.device] = None) -> None:
+    """CPU, or CUDA when this build has the CUDA path; and ``device`` when given (the first
+    input's: nothing is copied between devices)."""
+    if device is not None and tensor.device != device:
+        raise RuntimeError(
+            f"{name}: expected a tensor on {device} like logp, got one on {tensor.device} "
+            f"(sgpo-rs does not copy between devices for you)"
+        )
     if tensor.device.type == "cpu":
         return
     if tensor.device.type == "cuda":
-        raise RuntimeError(
-            f"{name}: is a CUDA tensor ({tensor.device}); the CUDA path of sgpo-rs is not built yet. "
-            f"Pass CPU tensors (sgpo_loss does not copy between devices for you)."
-        )
-    raise RuntimeError(f"{name}: expected a CPU tensor, got a tensor on {tensor.device}")
+        if not _cuda.built():
+            raise RuntimeError(
+                f"{name}: is a CUDA tensor ({tensor.device}), and this build of sgpo-rs has no CUDA path. "
+                f"Pass CPU tensors (sgpo-rs does not copy between devices for you)."
+            )
+        return
+    raise RuntimeError(f"{name}: expected a CPU or CUDA tensor, got a tensor on {tensor.device}")
 
 
-def _tensor(name: str, value: Any) -> torch.Tensor:
-    """A detached tensor on the CPU (numpy arrays and lists are wrapped, without a copy if possible)."""
+def _tensor(name: str, value: Any, device: torch.device) -> torch.Tensor:
+    """A detached tensor on ``device`` (numpy arrays and lists are wrapped for CPU work, without a
+    copy if possible)."""
     if not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(value)
         except Exception as error:
             raise TypeError(f"{name}: expected a tensor, got {type(value).__name__} ({error})") from None
-    _check_device(name, value)
+    _check_device(name, value, device)
     return value.detach()
 
 
@@ -144,15 +155,19 @@ def _forward(
     mask: torch.Tensor,
     options: Dict[str, Any],
     divisor: int,
-) -> Tuple[float, np.ndarray, Dict[str, float]]:
-    """One call of the Rust core; `options` already checked. Returns `(loss, grad, metrics)`, the
-    loss and the float32 gradient already divided by `divisor`."""
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    """One call of the Rust core; `options` already checked. Returns `(loss, grad, metrics)`: a
+    0-dim float32 loss and the float32 gradient on logp's device, both already divided by
+    `divisor`."""
     dtype = logp.dtype
+    kwargs = dict(options)
+    kwargs["grad_scale"] = options["grad_scale"] / divisor
+    if logp.device.type == "cuda":
+        loss, grad, metrics = _cuda.policy_loss(logp, old_logp, ref_logp, advantages, mask, kwargs)
+        return loss / divisor, grad, metrics
     lp = _logprobs("logp", logp, dtype)
     old = None if old_logp is None else _logprobs("old_logp", old_logp, dtype)
     ref = None if ref_logp is None else _logprobs("ref_logp", ref_logp, dtype)
-    kwargs = dict(options)
-    kwargs["grad_scale"] = options["grad_scale"] / divisor
     loss, grad, metrics = _core.policy_loss_core(
         lp,
         old,
@@ -162,7 +177,8 @@ def _forward(
         half_dtype=_HALF_NAMES.get(dtype, "none"),
         **kwargs,
     )
-    return float(loss) / divisor, grad, dict(metrics)
+    loss_t = torch.tensor(float(loss) / divisor, dtype=torch.float32)
+    return loss_t, torch.from_numpy(grad), dict(metrics)
 
 
 class SGPOLoss(torch.autograd.Function):
@@ -191,9 +207,9 @@ class SGPOLoss(torch.autograd.Function):
     ) -> torch.Tensor:
         loss, grad, values = _forward(logp, old_logp, ref_logp, advantages, mask, options, divisor)
         metrics.update(values)
-        ctx.save_for_backward(torch.from_numpy(grad))
+        ctx.save_for_backward(grad)
         ctx.logp_dtype = logp.dtype
-        return torch.tensor(loss, dtype=torch.float32, device=logp.device)
+        return loss
 
     @staticmethod
     @once_differentiable
@@ -255,18 +271,25 @@ def sgpo_loss(
     Works under ``torch.no_grad()`` and with a ``logp`` that does not require grad (the loss has
     no graph then), and inside ``torch.compile``: the call is excluded from tracing
     (``torch.compiler.disable``), so dynamo graph-breaks around it (``fullgraph=True`` cannot
-    hold it) and the op runs eagerly. CUDA tensors raise a ``RuntimeError`` naming the argument
-    (the CUDA path of sgpo-rs is not built yet).
+    hold it) and the op runs eagerly.
+
+    CUDA tensors (float32, bfloat16 or float16 log-probabilities; bool, uint8 or float32 masks, other
+    masks converted to float32) run the fused CUDA kernel on torch's current stream: the same
+    formulas in float64 per token, deterministic reductions, the gradient written once. Reading
+    the metrics (and checking the inputs: a NaN at an unmasked token raises ``ValueError`` as on
+    the CPU) waits for that stream once per call.
     """
     if not isinstance(logp, torch.Tensor):
         raise TypeError(f"logp: expected a torch.Tensor, got {type(logp).__name__}")
     _check_device("logp", logp)
     checked = _options(options)
     divisor = _gas_divisor(gradient_accumulation_steps, checked)
-    old = None if old_logp is None else _tensor("old_logp", old_logp)
-    ref = None if ref_logp is None else _tensor("ref_logp", ref_logp)
-    adv = _tensor("advantages", advantages)
-    m = _tensor("mask", mask)
+    old = None if old_logp is None else _tensor("old_logp", old_logp, logp.device)
+    ref = None if ref_logp is None else _tensor("ref_logp", ref_logp, logp.device)
+    adv = _tensor("advantages", advantages, logp.device)
+    m = _tensor("mask", mask, logp.device)
+    if logp.device.type == "cuda" and logp.dtype == torch.float64:
+        raise TypeError("logp: expected dtype float32, bfloat16 or float16 on CUDA, got torch.float64")
     if logp.dtype not in _LOGP_DTYPES:
         raise TypeError(f"logp: expected dtype float32, float64, float16 or bfloat16, got {logp.dtype}")
     metrics: Dict[str, float] = {}
@@ -290,13 +313,17 @@ def _logits_numpy(logits: torch.Tensor) -> Tuple[np.ndarray, str]:
     return _numpy(x), "none"
 
 
-def _targets_numpy(targets: torch.Tensor, lead: Tuple[int, ...]) -> np.ndarray:
+def _check_targets(targets: torch.Tensor, lead: Tuple[int, ...]) -> None:
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"targets: expected integer token ids, got dtype {targets.dtype}")
     if tuple(targets.shape) != lead:
         raise ValueError(
             f"targets: expected shape {lead} (the leading shape of logits), got {tuple(targets.shape)}"
         )
+
+
+def _targets_numpy(targets: torch.Tensor, lead: Tuple[int, ...]) -> np.ndarray:
+    _check_targets(targets, lead)
     return _numpy(targets.detach().reshape(-1).to(torch.int64))
 
 
@@ -322,14 +349,18 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         return_entropy: bool,
     ) -> Any:
         lead = tuple(logits.shape[:-1])
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature = temperature
+        ctx.return_entropy = return_entropy
+        if logits.device.type == "cuda":
+            _check_targets(targets, lead)
+            logp_t, ent_t = _cuda.selective_logprobs(logits, targets, temperature, return_entropy)
+            return (logp_t, ent_t) if return_entropy else logp_t
         x, half = _logits_numpy(logits)
         t = _targets_numpy(targets, lead)
         logp, ent = _core.selective_logprobs_core(
             x, t, half_dtype=half, temperature=temperature, entropy=return_entropy
         )
-        ctx.save_for_backward(logits, targets)
-        ctx.temperature = temperature
-        ctx.return_entropy = return_entropy
         logp_t = torch.from_numpy(logp).reshape(lead)
         if return_entropy:
             return logp_t, torch.from_numpy(ent).reshape(lead)
@@ -340,6 +371,10 @@ class SelectiveLogSoftmax(torch.autograd.Function):
     def backward(ctx: Any, *grads: torch.Tensor):  # type: ignore[override]
         logits, targets = ctx.saved_tensors
         lead = tuple(logits.shape[:-1])
+        if logits.device.type == "cuda":
+            gh = grads[1] if ctx.return_entropy else None
+            dlogits = _cuda.selective_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh)
+            return dlogits, None, None, None
         x, half = _logits_numpy(logits)
         t = _targets_numpy(targets, lead)
         g = _grad_numpy(grads[0])
@@ -369,15 +404,21 @@ def selective_log_softmax(
     Copies: contiguous CPU tensors reach the Rust core without a copy (bfloat16/float16 as their
     bits via ``.view(torch.int16)``); a non-contiguous one is made contiguous first. A ``-inf``
     logit is a token of probability 0; NaN/``+inf`` logits, targets outside ``[0, V)`` and a
-    ``temperature`` that is not finite and > 0 raise ``ValueError``. CUDA tensors raise a
-    ``RuntimeError`` naming the argument (the CUDA path of sgpo-rs is not built yet).
+    ``temperature`` that is not finite and > 0 raise ``ValueError``.
+
+    CUDA tensors (float32, bfloat16 or float16 logits) run the fused CUDA kernels on torch's
+    current stream: one block per row, an online log-sum-exp in float32 over 16-byte loads, and a
+    backward that writes ``dlogits`` once, in the logits' dtype. Checking the inputs waits for the
+    stream once per call.
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
     _check_device("logits", logits)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
-    _check_device("targets", targets)
+    _check_device("targets", targets, logits.device)
+    if logits.device.type == "cuda" and logits.dtype == torch.float64:
+        raise TypeError("logits: expected dtype float32, bfloat16 or float16 on CUDA, got torch.float64")
     if logits.dtype not in _LOGITS_DTYPES:
         raise TypeError(f"logits: expected dtype float32, float64, float16 or bfloat16, got {logits.dtype}")
     if logits.dim() not in (2, 3):

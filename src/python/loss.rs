@@ -101,34 +101,20 @@ pub(crate) fn policy_loss_core<'py>(
             ))
         }
     };
-    let max_completion_length = max_completion_length
-        .map(|m| {
-            usize::try_from(m).map_err(|_| {
-                value_error(
-                    "max_completion_length",
-                    format!("expected a value >= 1, got {m}"),
-                )
-            })
-        })
-        .transpose()?;
-    let aggregation = loss_agg_mode
-        .map(|mode| Aggregation::parse_verl(mode, loss_scale_factor, len))
-        .transpose()
-        .map_err(to_py)?;
-    let options = LossOptions {
-        loss_type: LossType::parse(loss_type).map_err(to_py)?,
-        importance_sampling_level: ImportanceSamplingLevel::parse(importance_sampling_level)
-            .map_err(to_py)?,
+    let options = LossOptionArgs {
+        beta,
         epsilon_low,
         epsilon_high,
         delta,
-        beta,
-        kl_estimator: KlEstimator::parse(kl_estimator).map_err(to_py)?,
+        loss_type: loss_type.to_string(),
+        importance_sampling_level: importance_sampling_level.to_string(),
+        kl_estimator: kl_estimator.to_string(),
         kl_bias_correction,
         max_completion_length,
         num_items,
-        aggregation,
         grad_scale,
+        loss_agg_mode: loss_agg_mode.map(str::to_string),
+        loss_scale_factor,
         clip_ratio_c,
         sapo_temperature_pos,
         sapo_temperature_neg,
@@ -136,7 +122,8 @@ pub(crate) fn policy_loss_core<'py>(
         vespo_lambda_pos,
         vespo_k_neg,
         vespo_lambda_neg,
-    };
+    }
+    .resolve(len)?;
 
     // Every gradient element is written by the kernel, so the output starts uninitialised.
     let grad = unsafe { PyArray2::<f32>::new(py, [batch, len], false) };
@@ -204,4 +191,78 @@ fn run_loss<T: FloatElem, M: MaskElem>(
         len,
     };
     py.detach(|| policy_loss(&inputs, options, grad))
+}
+
+/// The loss options as Python passes them (keyword arguments, or the items of a dict for the
+/// CUDA binding), before parsing.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub(crate) struct LossOptionArgs {
+    pub beta: f64,
+    pub epsilon_low: f64,
+    pub epsilon_high: Option<f64>,
+    pub delta: Option<f64>,
+    pub loss_type: String,
+    pub importance_sampling_level: String,
+    pub kl_estimator: String,
+    pub kl_bias_correction: bool,
+    pub max_completion_length: Option<i64>,
+    pub num_items: Option<f64>,
+    pub grad_scale: f64,
+    pub loss_agg_mode: Option<String>,
+    pub loss_scale_factor: Option<f64>,
+    pub clip_ratio_c: f64,
+    pub sapo_temperature_pos: f64,
+    pub sapo_temperature_neg: f64,
+    pub vespo_k_pos: f64,
+    pub vespo_lambda_pos: f64,
+    pub vespo_k_neg: f64,
+    pub vespo_lambda_neg: f64,
+}
+
+impl LossOptionArgs {
+    /// Parses the names into [`LossOptions`] for a batch of `len` tokens per row.
+    pub(crate) fn resolve(&self, len: usize) -> PyResult<LossOptions> {
+        let max_completion_length = self
+            .max_completion_length
+            .map(|m| {
+                usize::try_from(m).map_err(|_| {
+                    value_error(
+                        "max_completion_length",
+                        format!("expected a value >= 1, got {m}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let aggregation = self
+            .loss_agg_mode
+            .as_deref()
+            .map(|mode| Aggregation::parse_verl(mode, self.loss_scale_factor, len))
+            .transpose()
+            .map_err(to_py)?;
+        Ok(LossOptions {
+            loss_type: LossType::parse(&self.loss_type).map_err(to_py)?,
+            importance_sampling_level: ImportanceSamplingLevel::parse(
+                &self.importance_sampling_level,
+            )
+            .map_err(to_py)?,
+            epsilon_low: self.epsilon_low,
+            epsilon_high: self.epsilon_high,
+            delta: self.delta,
+            beta: self.beta,
+            kl_estimator: KlEstimator::parse(&self.kl_estimator).map_err(to_py)?,
+            kl_bias_correction: self.kl_bias_correction,
+            max_completion_length,
+            num_items: self.num_items,
+            aggregation,
+            grad_scale: self.grad_scale,
+            clip_ratio_c: self.clip_ratio_c,
+            sapo_temperature_pos: self.sapo_temperature_pos,
+            sapo_temperature_neg: self.sapo_temperature_neg,
+            vespo_k_pos: self.vespo_k_pos,
+            vespo_lambda_pos: self.vespo_lambda_pos,
+            vespo_k_neg: self.vespo_k_neg,
+            vespo_lambda_neg: self.vespo_lambda_neg,
+        })
+    }
 }

@@ -4,6 +4,8 @@
 
 mod advantages;
 mod arrays;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod errors;
 mod logprob;
 mod loss;
@@ -30,5 +32,20 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(text::parse_verdict, m)?)?;
     m.add_function(wrap_pyfunction!(text::parse_verdict_batch, m)?)?;
     m.add_function(wrap_pyfunction!(text::first_error_from_scores, m)?)?;
+    m.add("cuda_built", cfg!(feature = "cuda"))?;
+    #[cfg(feature = "cuda")]
+    {
+        m.add_function(wrap_pyfunction!(cuda::cuda_availability, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_device, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_compile_all, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_selective_logprobs, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_selective_logprobs_backward, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_loss_workspace_len, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_policy_loss, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_reward_scratch_len, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_sgpo_rewards, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_group_advantages, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::cuda_token_advantages, m)?)?;
+    }
     Ok(())
 }

@@ -1,0 +1,581 @@
+"""The CUDA path from Python: torch CUDA tensors in, torch CUDA tensors out.
+
+Every output is allocated with torch on the input's device; the Rust core launches the kernels of
+``kernels/*.cu`` (compiled with NVRTC on first use, once per device and process) on torch's
+current stream, on the tensors' own memory (``data_ptr()``: no copies). The kernels write input
+errors (NaN at an unmasked token, a target outside the vocabulary) into a 16-byte status buffer;
+``check=True`` (the default) reads it after the launches - one small device-to-host copy, which
+waits for the stream - and raises the ``ValueError`` the CPU path would raise. ``check=False``
+keeps everything asynchronous (then invalid inputs give NaN or undefined values, as in torch).
+
+libnvrtc is found in the ``nvidia-cuda-nvrtc`` package that CUDA builds of torch install (or at
+``$SGPO_RS_NVRTC``) and loaded before the first compile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import _core
+
+# Status bits (kernels/common.cuh, src/cuda/status.rs).
+NONFINITE_INPUT = 1
+BAD_MASK = 2
+BAD_TARGET = 4
+EMPTY_ROW = 8
+OVERFLOW = 16
+BAD_VERDICT = 32
+BAD_CREDIT = 64
+NONFINITE_REWARD = 128
+
+_NVRTC_HANDLE: Optional[ctypes.CDLL] = None
+_NVRTC_PATH: Optional[str] = None
+
+
+def _nvrtc_candidates() -> List[str]:
+    found = []
+    explicit = os.environ.get("SGPO_RS_NVRTC")
+    if explicit:
+        found.append(explicit)
+    for entry in sys.path:
+        for pattern in ("nvidia/cu1*/lib/libnvrtc.so.1*", "nvidia/cuda_nvrtc/lib/libnvrtc.so.1*"):
+            found.extend(sorted(glob.glob(os.path.join(entry, pattern)), reverse=True))
+    # Only the library itself, not libnvrtc-builtins; newest major first.
+    return [p for p in found if "builtins" not in os.path.basename(p)]
+
+
+def load_nvrtc() -> Optional[str]:
+    """Loads libnvrtc from the Python environment, globally, so the core's loader finds it by its
+    soname. Returns its path, or None when the system's library path has to provide it."""
+    global _NVRTC_HANDLE, _NVRTC_PATH
+    if _NVRTC_HANDLE is not None:
+        return _NVRTC_PATH
+    for path in _nvrtc_candidates():
+        try:
+            _NVRTC_HANDLE = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        _NVRTC_PATH = path
+        return path
+    return None
+
+
+def built() -> bool:
+    """Whether this build of the extension contains the CUDA path."""
+    return bool(getattr(_core, "cuda_built", False))
+
+
+def availability() -> Dict[str, Any]:
+    """What the CUDA path can use on this machine, and why not (``reason``) where it cannot."""
+    if not built():
+        return {"built": False, "usable": False, "reason": "this build of sgpo-rs has no CUDA path"}
+    nvrtc_path = load_nvrtc()
+    found = dict(_core.cuda_availability())
+    found["built"] = True
+    found["nvrtc_path"] = nvrtc_path
+    found["usable"] = bool(found["nvrtc"] and found["driver"] and found["device_count"] > 0)
+    if found["usable"]:
+        found["devices"] = [_core.cuda_device(i) for i in range(found["device_count"])]
+    return found
+
+
+def _require() -> None:
+    if not built():
+        raise RuntimeError("CUDA tensors: this build of sgpo-rs has no CUDA path; pass CPU tensors")
+    load_nvrtc()
+
+
+def is_cuda(x: Any) -> bool:
+    """True for a torch tensor on a CUDA device (torch is not imported for anything else)."""
+    device = getattr(x, "device", None)
+    return type(x).__module__.startswith("torch") and getattr(device, "type", None) == "cuda"
+
+
+def _stream(device: Any) -> Tuple[int, int]:
+    import torch
+
+    return device.index, torch.cuda.current_stream(device).cuda_stream
+
+
+def _same_device(device: Any, **tensors: Any) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise RuntimeError(f"{name}: expected a tensor on {device} like the other inputs, got {t.device}")
+
+
+def _new_status(device: Any) -> Any:
+    import torch
+
+    # [bits: u32, unused: u32, first: u64 = all ones]
+    return torch.tensor([0, -1], dtype=torch.int64, device=device)
+
+
+def _read_status(status: Any) -> Tuple[int, int]:
+    bits, first = status.tolist()
+    return bits & 0xFFFFFFFF, first
+
+
+def _mask_input(mask: Any) -> Tuple[Any, str]:
+    import torch
+
+    if mask.dtype == torch.bool:
+        return mask.contiguous().view(torch.uint8), "bool"
+    if mask.dtype == torch.uint8:
+        return mask.contiguous(), "uint8"
+    if mask.dtype.is_complex:
+        raise TypeError(f"mask: expected bool, integer or float values, got dtype {mask.dtype}")
+    return mask.contiguous().to(torch.float32), "float32"
+
+
+_FLOAT_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def _float_name(name: str, t: Any) -> str:
+    dtype = _FLOAT_NAMES.get(str(t.dtype))
+    if dtype is None:
+        raise TypeError(f"{name}: expected dtype float32, bfloat16 or float16 on CUDA, got {t.dtype}")
+    return dtype
+
+
+# --- selective log-softmax ----------------------------------------------------------------------
+
+
+def _logits_2d(logits: Any) -> Any:
+    x = logits.detach().reshape(-1, logits.shape[-1]) if logits.dim() != 2 else logits.detach()
+    if x.shape[-1] > 0 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x
+
+
+def _check_logprob_status(status: Any, rows: int, vocab: int, targets: Any) -> None:
+    bits, first = _read_status(status)
+    if bits == 0:
+        return
+    if bits & BAD_TARGET:
+        raise ValueError(
+            f"targets: expected token ids in [0, {vocab}), got {int(targets[first])} at row {first}"
+        )
+    if bits & NONFINITE_INPUT:
+        raise ValueError(f"logits: expected no NaN or +inf, found one in row {first}")
+    if bits & EMPTY_ROW:
+        raise ValueError(f"logits: row {first} has no finite logit (all -inf)")
+    raise RuntimeError(f"selective log-softmax: the kernel reported status {bits:#x}")
+
+
+def selective_logprobs(
+    logits: Any, targets: Any, temperature: float, entropy: bool, check: bool = True
+) -> Tuple[Any, Optional[Any]]:
+    """``(logp, entropy | None)``, float32 with the leading shape of ``logits``."""
+    import torch
+
+    _require()
+    dtype = _float_name("logits", logits)
+    _same_device(logits.device, targets=targets)
+    lead = tuple(logits.shape[:-1])
+    x = _logits_2d(logits)
+    rows, vocab = x.shape
+    t = targets.detach().reshape(-1).to(torch.int64).contiguous()
+    if t.numel() != rows:
+        raise ValueError(
+            f"targets: expected shape {lead} (one token id per row of logits), got {tuple(targets.shape)}"
+        )
+    logp = torch.empty(rows, dtype=torch.float32, device=x.device)
+    ent = torch.empty(rows, dtype=torch.float32, device=x.device) if entropy else None
+    status = _new_status(x.device)
+    device, stream = _stream(x.device)
+    _core.cuda_selective_logprobs(
+        device,
+        stream,
+        x.data_ptr(),
+        dtype,
+        rows,
+        vocab,
+        x.stride(0) if rows > 1 else vocab,
+        t.data_ptr(),
+        float(temperature),
+        logp.data_ptr(),
+        None if ent is None else ent.data_ptr(),
+        status.data_ptr(),
+    )
+    if check:
+        _check_logprob_status(status, rows, vocab, t)
+    return logp.reshape(lead), None if ent is None else ent.reshape(lead)
+
+
+def selective_logprobs_backward(
+    logits: Any,
+    targets: Any,
+    temperature: float,
+    grad_logp: Optional[Any],
+    grad_entropy: Optional[Any],
+    in_place: bool = False,
+    check: bool = True,
+) -> Any:
+    """``dlogits`` in the logits' dtype and shape (written into ``logits`` itself with ``in_place``)."""
+    import torch
+
+    _require()
+    dtype = _float_name("logits", logits)
+    x = _logits_2d(logits)
+    rows, vocab = x.shape
+    t = targets.detach().reshape(-1).to(torch.int64).contiguous()
+    g = None if grad_logp is None else grad_logp.detach().reshape(-1).to(torch.float32).contiguous()
+    gh = None if grad_entropy is None else grad_entropy.detach().reshape(-1).to(torch.float32).contiguous()
+    if g is None:
+        g = torch.zeros(rows, dtype=torch.float32, device=x.device)
+    if in_place and x.data_ptr() != logits.data_ptr():
+        raise ValueError("logits: an in-place backward needs logits whose last dimension is contiguous")
+    out = x if in_place else torch.empty((rows, vocab), dtype=x.dtype, device=x.device)
+    status = _new_status(x.device)
+    device, stream = _stream(x.device)
+    _core.cuda_selective_logprobs_backward(
+        device,
+        stream,
+        x.data_ptr(),
+        dtype,
+        rows,
+        vocab,
+        x.stride(0) if rows > 1 else vocab,
+        t.data_ptr(),
+        float(temperature),
+        g.data_ptr(),
+        None if gh is None else gh.data_ptr(),
+        out.data_ptr(),
+        out.stride(0) if rows > 1 else vocab,
+        status.data_ptr(),
+    )
+    if check:
+        _check_logprob_status(status, rows, vocab, t)
+    return out.reshape(logits.shape)
+
+
+# --- policy loss --------------------------------------------------------------------------------
+
+
+def _locate_nonfinite(first: int, length: int, **tensors: Any) -> str:
+    """Names the input that is not finite at flat index ``first`` (error path only)."""
+    i, t = divmod(first, length)
+    for name, x in tensors.items():
+        if x is None:
+            continue
+        value = float(x[i] if x.dim() == 1 else x[i, t])
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"{name}: expected finite values, found {value} at ({i}, {t}) (an unmasked token)"
+    return f"logp: expected finite values at unmasked tokens, found a non-finite value in row {i}"
+
+
+def policy_loss(
+    logp: Any,
+    old_logp: Optional[Any],
+    ref_logp: Optional[Any],
+    advantages: Any,
+    mask: Any,
+    options: Dict[str, Any],
+    check: bool = True,
+) -> Tuple[Any, Any, Dict[str, float]]:
+    """``(loss, grad, metrics)``: a 0-dim float32 loss and the float32 ``(B, T)`` gradient on the
+    device, and the metrics as floats (read with the status)."""
+    import torch
+
+    _require()
+    if logp.dim() != 2:
+        raise ValueError(f"logp: expected a 2-D tensor (B, T), got shape {tuple(logp.shape)}")
+    batch, length = logp.shape
+    dtype = _float_name("logp", logp)
+    device = logp.device
+    _same_device(device, old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, mask=mask)
+
+    def same(name: str, x: Optional[Any]) -> Optional[Any]:
+        if x is None:
+            return None
+        if tuple(x.shape) != (batch, length):
+            raise ValueError(f"{name}: expected shape {(batch, length)} like logp, got {tuple(x.shape)}")
+        return x.detach().to(logp.dtype).contiguous()
+
+    lp = logp.detach().contiguous()
+    old = same("old_logp", old_logp)
+    ref = same("ref_logp", ref_logp) if options.get("beta", 0.0) != 0.0 else None
+    if tuple(mask.shape) != (batch, length):
+        raise ValueError(f"mask: expected shape {(batch, length)} like logp, got {tuple(mask.shape)}")
+    m, mask_dtype = _mask_input(mask.detach())
+    if advantages.dtype.is_complex or advantages.dtype == torch.bool:
+        raise TypeError(f"advantages: expected real numbers, got dtype {advantages.dtype}")
+    adv = advantages.detach().to(torch.float32).contiguous()
+    if tuple(adv.shape) not in ((batch,), (batch, length)):
+        raise ValueError(
+            f"advantages: expected shape ({batch},) or ({batch}, {length}), got {tuple(adv.shape)}"
+        )
+    per_token = adv.dim() == 2
+    grad = torch.empty((batch, length), dtype=torch.float32, device=device)
+    workspace = torch.empty(_core.cuda_loss_workspace_len(batch, length), dtype=torch.float64, device=device)
+    out = torch.empty(12, dtype=torch.float64, device=device)
+    status = _new_status(device)
+    ordinal, stream = _stream(device)
+    slots = _core.cuda_policy_loss(
+        ordinal,
+        stream,
+        lp.data_ptr(),
+        0 if old is None else old.data_ptr(),
+        0 if ref is None else ref.data_ptr(),
+        adv.data_ptr(),
+        per_token,
+        m.data_ptr(),
+        dtype,
+        mask_dtype,
+        batch,
+        length,
+        options,
+        grad.data_ptr(),
+        workspace.data_ptr(),
+        out.data_ptr(),
+        status.data_ptr(),
+    )
+    metrics: Dict[str, float] = {}
+    if check:
+        bits, first = _read_status(status)
+        if bits & BAD_MASK:
+            i, t = divmod(first, length)
+            raise ValueError(f"mask: expected finite weights >= 0, got {float(m[i, t])} at ({i}, {t})")
+        if bits & NONFINITE_INPUT:
+            raise ValueError(
+                _locate_nonfinite(first, length, logp=lp, old_logp=old, ref_logp=ref, advantages=adv)
+            )
+        if bits & OVERFLOW:
+            raise ValueError("loss: result overflows float32; check the log-probability gaps")
+        if bits:
+            raise RuntimeError(f"policy loss: the kernel reported status {bits:#x}")
+        values = out.tolist()
+        metrics = {name: values[slot] for name, slot in slots}
+    return out[0].to(torch.float32), grad, metrics
+
+
+# --- rewards and advantages ---------------------------------------------------------------------
+
+
+def _device_groups(rows: int, group_size: Optional[int], group_ids: Optional[Any], device: Any):
+    """``(num_groups, group_size, order, starts)`` on the device: contiguous groups, or CSR
+    built from ``group_ids`` with a stable sort (members keep their row order)."""
+    import torch
+
+    from . import _arrays
+
+    if rows == 0:
+        raise ValueError("rewards: expected at least one row, got an empty batch")
+    if group_size is not None and group_ids is not None:
+        raise ValueError("group_size: give group_size or group_ids, not both")
+    if group_ids is None:
+        if group_size is None:
+            raise ValueError(
+                "group_size: give group_size (consecutive rows, TRL) or group_ids (one id per row, verl)"
+            )
+        if group_size < 1:
+            raise ValueError(f"group_size: expected a positive group size, got {group_size}")
+        if rows % group_size:
+            raise ValueError(
+                f"group_size: expected a divisor of the number of rows ({rows}), got {group_size}"
+            )
+        return rows // group_size, group_size, None, None
+    if not isinstance(group_ids, torch.Tensor):
+        # Strings (verl uids) and lists become int64 codes on the host, as on the CPU path.
+        group_ids = torch.from_numpy(_arrays.group_ids(group_ids))
+    ids = group_ids.to(device).reshape(-1)
+    if ids.numel() != rows:
+        raise ValueError(f"group_ids: expected shape ({rows},), got {tuple(group_ids.shape)}")
+    _, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+    order = torch.argsort(inverse, stable=True).to(torch.int64).contiguous()
+    counts = torch.bincount(inverse)
+    starts = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
+    starts[1:] = torch.cumsum(counts, 0)
+    return counts.numel(), 0, order, starts
+
+
+def _check_group_status(status: Any, what: str, **arrays: Any) -> None:
+    bits, first = _read_status(status)
+    if bits == 0:
+        return
+    if bits & NONFINITE_REWARD:
+        raise ValueError(
+            f"rewards: expected finite values, found {float(arrays['rewards'][first])} at row {first} "
+            f"(NaN marks an unscorable row; infinity is not allowed)"
+        )
+    if bits & BAD_VERDICT:
+        k, n = int(arrays["first_error"][first]), int(arrays["num_steps"][first])
+        raise ValueError(
+            f"first_error: expected -2 (not judged), -1 (no wrong step) or a step index below num_steps, "
+            f"got first_error {k} with num_steps {n} at row {first}"
+        )
+    if bits & BAD_CREDIT:
+        raise ValueError(
+            f"credit: expected values in [0, 1] (NaN = not judged), "
+            f"got {float(arrays['credit'][first])} at row {first}"
+        )
+    if bits & BAD_MASK:
+        raise ValueError(f"mask: expected finite weights >= 0 at flat index {first}")
+    if bits & NONFINITE_INPUT:
+        raise ValueError(f"advantages: expected finite values, found a non-finite value at row {first}")
+    if bits & OVERFLOW:
+        raise ValueError(f"{what}: result overflows float32 at index {first}; rescale the rewards")
+    raise RuntimeError(f"{what}: the kernel reported status {bits:#x}")
+
+
+def sgpo_rewards(
+    rewards: Any,
+    first_error: Optional[Any],
+    num_steps: Optional[Any],
+    credit: Optional[Any],
+    group_size: Optional[int],
+    group_ids: Optional[Any],
+    correct: Optional[Any],
+    credit_scale: float,
+    mode: str,
+) -> Dict[str, Any]:
+    """The SGPO reward rule on the device: a dict with ``rewards``, ``credit``, ``all_negative``,
+    ``diversified`` (tensors) and ``stats``."""
+    import torch
+
+    _require()
+    device = rewards.device
+    r = rewards.detach().reshape(-1).to(torch.float64).contiguous()
+    rows = r.numel()
+    num_groups, size, order, starts = _device_groups(rows, group_size, group_ids, device)
+
+    def column(name: str, x: Optional[Any], dtype: Any) -> Optional[Any]:
+        if x is None:
+            return None
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+        x = x.to(device=device, dtype=dtype).reshape(-1).contiguous()
+        if x.numel() != rows:
+            raise ValueError(f"{name}: expected shape ({rows},), got {x.numel()} elements")
+        return x
+
+    fe = column("first_error", first_error, torch.int64)
+    ns = column("num_steps", num_steps, torch.int64)
+    cr = column("credit", credit, torch.float64)
+    co = column("correct", correct, torch.uint8)
+    if cr is None and (fe is None or ns is None):
+        raise ValueError("first_error: expected first_error and num_steps, or credit")
+    out_rewards = torch.empty(rows, dtype=torch.float32, device=device)
+    out_credit = torch.empty(rows, dtype=torch.float32, device=device)
+    all_negative = torch.empty(rows, dtype=torch.uint8, device=device)
+    diversified = torch.empty(rows, dtype=torch.uint8, device=device)
+    stats = torch.zeros(5, dtype=torch.float64, device=device)
+    scratch = torch.zeros(_core.cuda_reward_scratch_len(num_groups), dtype=torch.float64, device=device)
+    status = _new_status(device)
+    ordinal, stream = _stream(device)
+    _core.cuda_sgpo_rewards(
+        ordinal,
+        stream,
+        rows,
+        num_groups,
+        size,
+        0 if order is None else order.data_ptr(),
+        0 if starts is None else starts.data_ptr(),
+        r.data_ptr(),
+        0 if fe is None else fe.data_ptr(),
+        0 if ns is None else ns.data_ptr(),
+        0 if cr is None else cr.data_ptr(),
+        0 if co is None else co.data_ptr(),
+        float(credit_scale),
+        mode,
+        out_rewards.data_ptr(),
+        out_credit.data_ptr(),
+        all_negative.data_ptr(),
+        diversified.data_ptr(),
+        stats.data_ptr(),
+        scratch.data_ptr(),
+        status.data_ptr(),
+    )
+    _check_group_status(status, "rewards", rewards=r, first_error=fe, num_steps=ns, credit=cr)
+    an, dv, missing, credit_sum, credited = stats.tolist()
+    return {
+        "rewards": out_rewards,
+        "credit": out_credit,
+        "all_negative": all_negative.bool(),
+        "diversified": diversified.bool(),
+        "stats": {
+            "num_groups": num_groups,
+            "all_negative_groups": int(an),
+            "diversified_groups": int(dv),
+            "judge_missing_groups": int(missing),
+            "mean_credit": credit_sum / credited if credited > 0 else 0.0,
+        },
+    }
+
+
+def group_advantages(
+    rewards: Any,
+    group_size: Optional[int],
+    group_ids: Optional[Any],
+    scale: str,
+    eps: float,
+    singleton: str,
+) -> Any:
+    """Group-normalised advantages on the device (float32 ``(N,)``)."""
+    import torch
+
+    _require()
+    device = rewards.device
+    r = rewards.detach().reshape(-1).to(torch.float64).contiguous()
+    rows = r.numel()
+    num_groups, size, order, starts = _device_groups(rows, group_size, group_ids, device)
+    out = torch.empty(rows, dtype=torch.float32, device=device)
+    scratch = torch.zeros(1, dtype=torch.float64, device=device)
+    status = _new_status(device)
+    ordinal, stream = _stream(device)
+    _core.cuda_group_advantages(
+        ordinal,
+        stream,
+        rows,
+        num_groups,
+        size,
+        0 if order is None else order.data_ptr(),
+        0 if starts is None else starts.data_ptr(),
+        r.data_ptr(),
+        scale,
+        float(eps),
+        singleton,
+        out.data_ptr(),
+        scratch.data_ptr(),
+        status.data_ptr(),
+    )
+    _check_group_status(status, "rewards", rewards=r)
+    return out
+
+
+def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None) -> Any:
+    """``advantages[:, None] * mask`` in one pass on the device (float32 ``(N, L)``)."""
+    import torch
+
+    _require()
+    device = advantages.device
+    _same_device(device, mask=mask, out=out)
+    a = advantages.detach().reshape(-1).to(torch.float32).contiguous()
+    if mask.dim() != 2 or mask.shape[0] != a.numel():
+        raise ValueError(
+            f"mask: expected shape ({a.numel()}, L) matching advantages, got {tuple(mask.shape)}"
+        )
+    m, mask_dtype = _mask_input(mask.detach())
+    rows, length = m.shape
+    if out is None:
+        out = torch.empty((rows, length), dtype=torch.float32, device=device)
+    elif out.dtype != torch.float32 or tuple(out.shape) != (rows, length) or not out.is_contiguous():
+        raise ValueError(f"out: expected a contiguous float32 tensor of shape {(rows, length)}")
+    status = _new_status(device)
+    ordinal, stream = _stream(device)
+    _core.cuda_token_advantages(
+        ordinal,
+        stream,
+        a.data_ptr(),
+        m.data_ptr(),
+        mask_dtype,
+        rows,
+        length,
+        out.data_ptr(),
+        status.data_ptr(),
+    )
+    _check_group_status(status, "token_advantages")
+    return out
