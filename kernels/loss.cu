@@ -115,6 +115,8 @@ __device__ void loss_rows(const T* logp, const T* old, const float* advantages, 
     if (i >= p.rows) return;
     double n = 0.0, seq = 0.0, vespo = 0.0;
     bool bad_mask = false, bad_value = false;
+    // Only GSPO and VESPO need the row's log-ratio sums: otherwise this pass reads the mask alone.
+    bool need_ratio = p.has_old && (p.sequence || p.loss_type == LT_VESPO);
     for (i64 t = threadIdx.x; t < p.len; t += LOSS_BLOCK) {
         i64 at = i * p.len + t;
         float w32 = to_f32(mask[at]);
@@ -125,7 +127,7 @@ __device__ void loss_rows(const T* logp, const T* old, const float* advantages, 
         }
         double w = w32;
         n += w;
-        if (p.has_old && w != 0.0) {
+        if (need_ratio && w != 0.0) {
             double d = (double)to_f32(logp[at]) - (double)to_f32(old[at]);
             if (!isfinite(d)) {
                 if (!bad_value) report(status, STATUS_NONFINITE_INPUT, at);
