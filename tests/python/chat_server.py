@@ -133,6 +133,9 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, a kept-alive connection
+    # waits ~40 ms per reply on the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base signature

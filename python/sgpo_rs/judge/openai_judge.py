@@ -18,9 +18,9 @@ and a reply cut at ``max_tokens`` (its last box is not a final answer; ``accept_
 parses it anyway).
 
 The API key comes from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``); when
-it is unset and ``base_url`` names your own server, a placeholder is sent (local servers ignore
-it). The key is never logged, and never part of ``identity``, ``raw`` or ``error`` (error texts are
-scrubbed of it, and authentication failures report only their status).
+it is unset and ``base_url`` (or ``OPENAI_BASE_URL``) names your own server, a placeholder is sent
+(local servers ignore it). The key is never logged, and never part of ``identity``, ``raw`` or
+``error`` (error texts are scrubbed of it, and authentication failures report only their status).
 
 Needs the ``openai`` package (``pip install "sgpo-rs[openai]"``).
 """
@@ -109,7 +109,7 @@ class OpenAIJudge(CriticJudge):
             raise ValueError(f"timeout_s: expected > 0, got {timeout_s}")
         key = os.environ.get(api_key_env) if api_key_env else None
         if not key:
-            if base_url is None:
+            if base_url is None and not os.environ.get("OPENAI_BASE_URL"):
                 raise ValueError(
                     f"OpenAIJudge: the environment variable {api_key_env} is not set; set it, or give "
                     "base_url for a server that needs no key"
