@@ -333,3 +333,60 @@ def test_private_api_check_names_a_changed_method():
 
     problems = private_api_mismatches(Changed)
     assert len(problems) == 1 and "_calculate_rewards" in problems[0]
+
+
+# --- the fused loss in the real training loop ---------------------------------------------------
+
+
+def digit_fraction(prompts, completions, **kwargs):
+    """A reward that varies between completions of random tokens: the fraction that are numbers."""
+    return [sum(t.isdigit() for t in c.split()) / max(len(c.split()), 1) for c in completions]
+
+
+def train_run(trainer_class, tiny_lm, tokenizer, folder, loss_type, **extra):
+    options = common_args(
+        folder,
+        num_iterations=2,
+        max_steps=3,
+        logging_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        loss_type=loss_type,
+        beta=0.04,
+        **extra,
+    )
+    options.update(per_device_train_batch_size=4, max_completion_length=6)
+    sgpo = trainer_class is SGPOTrainer
+    trainer = trainer_class(
+        model=tiny_lm,
+        reward_funcs=digit_fraction,
+        args=(SGPOConfig if sgpo else GRPOConfig)(**options),
+        train_dataset=Dataset.from_list(task(16)),
+        processing_class=tokenizer,
+        **({"judge": lambda problems, responses, rows: [(-1, 1)] * len(rows)} if sgpo else {}),
+    )
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    update = {n: p.detach() - start[n] for n, p in trainer.model.named_parameters()}
+    return update, [e for e in trainer.state.log_history if "loss" in e]
+
+
+@pytest.mark.parametrize("loss_type", ("grpo", "dapo", "dr_grpo", "cispo"))
+def test_training_with_sgpo_loss_matches_trl(tiny_lm, tokenizer, tmp_path, loss_type):
+    """Three optimizer steps (SGD) with gradient accumulation 2, two iterations per generation
+    (old log-probs) and a KL term: the same parameter updates and logged values as TRL's loss.
+    The SGPO credit is 0 here (sgpo_credit_scale=0), so the rewards are TRL's too; generation is
+    seeded identically in both runs."""
+    trl_update, trl_logs = train_run(GRPOTrainer, tiny_lm, tokenizer, tmp_path / "a", loss_type)
+    sg_update, sg_logs = train_run(
+        SGPOTrainer, tiny_lm, tokenizer, tmp_path / "b", loss_type, use_sgpo_loss=True, sgpo_credit_scale=0.0
+    )
+    assert_grads_close(sg_update, trl_update, "parameter updates")
+    assert max(float(u.abs().max()) for u in trl_update.values()) > 1e-3
+    assert len(sg_logs) == len(trl_logs) == 3
+    for trl_entry, sg_entry in zip(trl_logs, sg_logs):
+        for key, value in trl_entry.items():
+            if key in ("step_time",) or not isinstance(value, float):
+                continue
+            assert sg_entry[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert "sgpo/diversified_frac" in sg_logs[0]  # logged on the steps that generate
