@@ -387,3 +387,15 @@ def test_version_pin():
     for version in ("1.17.0", "1.15.2", "2.0.0"):
         with pytest.raises(ImportError, match=rf"TRL {version} is installed.*>=1.16,<1.17"):
             check_version(version)
+
+
+def test_config_from_the_command_line(tmp_path):
+    from transformers import HfArgumentParser
+
+    argv = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+    argv += ["--sgpo_credit_scale", "0.3", "--sgpo_correctness_reward", "accuracy"]
+    argv += ["--sgpo_judge_timeout_s", "5", "--use_sgpo_loss", "true", "--sgpo_mode", "all_incorrect"]
+    (args,) = HfArgumentParser(SGPOConfig).parse_args_into_dataclasses(argv)
+    assert (args.sgpo_credit_scale, args.sgpo_correctness_reward) == (0.3, "accuracy")
+    assert args.sgpo_judge_timeout_s == 5
+    assert args.use_sgpo_loss and args.sgpo_mode == "all_incorrect" and args.num_generations == 8
