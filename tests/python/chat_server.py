@@ -4,7 +4,8 @@
 
 prints ``PORT <n>`` on its first line once it listens on 127.0.0.1, then serves until killed.
 ``POST /v1/chat/completions`` (plain JSON, or server-sent events with ``"stream": true``);
-``GET /stats`` (requests seen, most in flight at once, the last ``Authorization`` header);
+``GET /stats`` (requests seen, most in flight at once, the last ``Authorization`` header and
+request body);
 ``POST /reset`` (clears the stats and the per-prompt failure counts); ``GET /v1/models``.
 
 What a request gets is scripted by its ``model`` field, ``+``-separated directives:
@@ -120,6 +121,7 @@ class State:
         self.requests = self.in_flight = self.max_in_flight = 0
         self.attempts: Dict[str, int] = {}
         self.authorization: Optional[str] = None
+        self.last_request: Optional[Dict[str, Any]] = None
 
     def stats(self) -> Dict[str, Any]:
         with self.lock:
@@ -128,6 +130,7 @@ class State:
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "authorization": self.authorization,
+                "last_request": self.last_request,
             }
 
 
@@ -178,7 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             state.authorization = self.headers.get("Authorization")
         try:
-            self._complete(json.loads(body))
+            request = json.loads(body)
+            with state.lock:
+                state.last_request = request
+            self._complete(request)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
         finally:

@@ -116,6 +116,25 @@ def test_identity_names_model_host_and_settings(server):
     assert system.identity != fast(server, "oracle").identity  # the cache must tell them apart
 
 
+def test_request_carries_the_settings(server):
+    judge = fast(
+        server,
+        "oracle",
+        system_prompt="Be strict.",
+        temperature=0.3,
+        max_tokens=77,
+        extra_body={"top_k": 1},
+        stream=True,
+    )
+    assert judge.judge([PROBLEM], [WRONG_AT_1])[0].first_error == 1
+    request = stats(server)["last_request"]
+    assert [m["role"] for m in request["messages"]] == ["system", "user"]
+    assert request["messages"][0]["content"] == "Be strict."
+    assert "<paragraph_1>\n7 * 2 = 15\n</paragraph_1>" in request["messages"][1]["content"]
+    assert request["model"] == "oracle" and request["stream"] is True
+    assert request["temperature"] == 0.3 and request["max_tokens"] == 77 and request["top_k"] == 1
+
+
 def test_cached_openai_judge_never_asks_twice(server, records, tmp_path):
     reset(server)
     judge = CachedJudge(fast(server, "oracle"), str(tmp_path / "v.sqlite"))
