@@ -23,7 +23,8 @@ __device__ __forceinline__ float to_f32(f16_t x) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
 }
-__device__ __forceinline__ float to_f32(u8 x) { return x ? 1.0f : 0.0f; }
+// A uint8 mask is a weight like any other (2 counts twice, as on the CPU); bools are 0/1 bytes.
+__device__ __forceinline__ float to_f32(u8 x) { return (float)x; }
 
 // Round to nearest even, as torch's .to(bfloat16) does; NaN stays a quiet NaN.
 __device__ __forceinline__ void store(float* p, float x) { *p = x; }
@@ -109,3 +110,7 @@ __device__ __forceinline__ double clampd(double x, double lo, double hi) {
     return x < lo ? lo : (x > hi ? hi : x);
 }
 __device__ __forceinline__ double flagd(bool c) { return c ? 1.0 : 0.0; }
+
+// The CPU path's exponential (src/exp.rs) clamps its argument to [-708, 709], so a huge log
+// ratio gives a huge finite ratio (and 0 * ratio = 0 at a clip) instead of inf and NaN.
+__device__ __forceinline__ double exp_c(double x) { return exp(fmin(fmax(x, -708.0), 709.0)); }

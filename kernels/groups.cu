@@ -61,6 +61,7 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_groups(
         double c = row_credit(first_error, num_steps, credit, row, status);
         out_credit[row] = c < 0.0 ? 0.0f : (float)c;
         out_rewards[row] = (float)r;
+        if (isinf((float)r) && !isinf(r)) report(status, STATUS_OVERFLOW, row);
         out_diversified[row] = 0;
         bool scorable = !isnan(r);
         bool is_correct = correct ? correct[row] != 0 : r > 0.0;

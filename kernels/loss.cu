@@ -99,7 +99,7 @@ __device__ RowTerms row_terms(const LossParams& p, const double* row_stats, cons
     double ratio_clamp = vanilla ? 20.0 : INFINITY;
     double seq_log_ratio = (p.sequence && p.has_old) ? row_stats[i * 3 + 1] / fmax(rt.n, 1.0) : 0.0;
     rt.seq_d = clampd(seq_log_ratio, -ratio_clamp, ratio_clamp);
-    rt.seq_ratio = exp(rt.seq_d);
+    rt.seq_ratio = exp_c(rt.seq_d);
     rt.seq_slope = vanilla ? clamp_slope(seq_log_ratio, -20.0, 20.0) : 1.0;
     double log_w = clampd(row_stats[i * 3 + 2], log(1e-8), 20.0);
     rt.phi_nonneg = vespo_phi(log_w, p.vespo_k_pos, p.vespo_lambda_pos);
@@ -182,7 +182,7 @@ __device__ Term policy_term(const LossParams& p, const RowTerms& rt, double r, d
         }
         case LT_SAPO: {
             double tau = a > 0.0 ? p.tau_pos : p.tau_neg;
-            double s = 1.0 / (1.0 + exp(-tau * (r - 1.0)));
+            double s = 1.0 / (1.0 + exp_c(-tau * (r - 1.0)));
             out.loss = -(s * 4.0 / tau) * a;
             out.d_ratio = -4.0 * a * s * (1.0 - s);
             break;
@@ -236,14 +236,14 @@ __device__ void kl_terms(int estimator, double x, double* kl, double* d, double*
         case KL_ABS: *kl = fabs(x); *d = flagd(x < 0.0) - flagd(x > 0.0); break;
         case KL_K2: *kl = 0.5 * x * x; *d = -x; break;
         case KL_K3: {
-            double e = exp(x);
+            double e = exp_c(x);
             *kl = e - x - 1.0;
             *d = 1.0 - e;
             break;
         }
         default: {
             double clamped = clampd(x, -20.0, 20.0);
-            double e = exp(clamped);
+            double e = exp_c(clamped);
             double y = e - clamped - 1.0;
             *d = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
             *kl = clampd(y, -10.0, 10.0);
@@ -302,7 +302,7 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
         } else {
             double raw = lp - o;
             d = clampd(raw, -ratio_clamp, ratio_clamp);
-            r = exp(d);
+            r = exp_c(d);
             slope = vanilla ? clamp_slope(raw, -20.0, 20.0) : 1.0;
         }
         Term term = policy_term(p, rt, r, a, lp, d);
@@ -346,7 +346,7 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
 #pragma unroll
     for (int k = 0; k < LOSS_PARTIALS; k++) {
         double total = block_sum<LOSS_BLOCK>(sums[k], scratch);
-        if (threadIdx.x == 0) partials[blockIdx.x * LOSS_PARTIALS + k] = total;
+        if (threadIdx.x == 0) partials[(i64)blockIdx.x * LOSS_PARTIALS + k] = total;
     }
 }
 

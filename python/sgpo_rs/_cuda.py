@@ -144,26 +144,70 @@ def _float_name(name: str, t: Any) -> str:
 # --- selective log-softmax ----------------------------------------------------------------------
 
 
-def _logits_2d(logits: Any) -> Any:
-    x = logits.detach().reshape(-1, logits.shape[-1]) if logits.dim() != 2 else logits.detach()
-    if x.shape[-1] > 0 and x.stride(-1) != 1:
+def _logits_layout(logits: Any) -> Tuple[Any, int, int, int, int, int]:
+    """``(x, rows, vocab, row_stride, group_rows, group_stride)``: how the kernels address the rows
+    of ``logits`` in place. A 3-D ``(B, T, V)`` view with any batch and row strides (TRL's
+    ``logits[:, :-1]``) is read without a copy; only a vocabulary dimension that is not contiguous
+    is copied."""
+    x = logits.detach()
+    vocab = x.shape[-1]
+    if vocab > 0 and x.stride(-1) != 1:
         x = x.contiguous()
-    return x
+    if x.dim() == 3:
+        batch, length = x.shape[0], x.shape[1]
+        row_stride = x.stride(1) if length > 1 else vocab
+        group_stride = x.stride(0) if batch > 1 else max(length, 1) * row_stride
+        return x, batch * length, vocab, row_stride, max(length, 1), group_stride
+    if x.dim() != 2:
+        x = x.reshape(-1, vocab)
+    rows = x.shape[0]
+    row_stride = x.stride(0) if rows > 1 else vocab
+    return x, rows, vocab, row_stride, max(rows, 1), 0
 
 
-def _check_logprob_status(status: Any, rows: int, vocab: int, targets: Any) -> None:
-    bits, first = _read_status(status)
+def _first(flags: Any) -> Optional[int]:
+    """Flat index of the first True of a bool tensor, or None (error paths only)."""
+    hit = flags.reshape(-1).nonzero()
+    return None if hit.numel() == 0 else int(hit[0, 0])
+
+
+def _check_logprob_status(status: Any, logits: Any, targets: Any, temperature: float) -> None:
+    """Raises the CPU path's error for the inputs the kernels flagged. The status only says that
+    something is wrong; the offending element is located here, in the CPU's order (targets,
+    then non-finite logits, then rows without a finite logit)."""
+    bits, _ = _read_status(status)
     if bits == 0:
         return
-    if bits & BAD_TARGET:
+    vocab = logits.shape[-1]
+    row = _first((targets < 0) | (targets >= vocab))
+    if row is not None:
+        raise ValueError(f"targets: expected token ids in [0, {vocab}), got {int(targets[row])} at row {row}")
+    z = logits.detach().reshape(-1, vocab).float() / temperature
+    at = _first(torch_isnan_or_posinf(z))
+    if at is not None:
+        i, j = divmod(at, vocab)
         raise ValueError(
-            f"targets: expected token ids in [0, {vocab}), got {int(targets[first])} at row {first}"
+            f"logits: expected finite values, found {float(z[i, j])} at ({i}, {j}) "
+            f"(a logit may be -inf, never NaN or +inf)"
         )
-    if bits & NONFINITE_INPUT:
-        raise ValueError(f"logits: expected no NaN or +inf, found one in row {first}")
-    if bits & EMPTY_ROW:
-        raise ValueError(f"logits: row {first} has no finite logit (all -inf)")
+    row = _first((z == float("-inf")).all(-1))
+    if row is not None:
+        raise ValueError(f"logits: row {row} has no token of non-zero probability (every logit is -inf)")
     raise RuntimeError(f"selective log-softmax: the kernel reported status {bits:#x}")
+
+
+def torch_isnan_or_posinf(x: Any) -> Any:
+    return x.isnan() | (x == float("inf"))
+
+
+def _check_finite_rows(name: str, g: Optional[Any]) -> None:
+    if g is None:
+        return
+    import torch
+
+    row = _first(~torch.isfinite(g))
+    if row is not None:
+        raise ValueError(f"{name}: expected finite values, found {float(g[row])} at row {row}")
 
 
 def selective_logprobs(
@@ -176,8 +220,7 @@ def selective_logprobs(
     dtype = _float_name("logits", logits)
     _same_device(logits.device, targets=targets)
     lead = tuple(logits.shape[:-1])
-    x = _logits_2d(logits)
-    rows, vocab = x.shape
+    x, rows, vocab, row_stride, group_rows, group_stride = _logits_layout(logits)
     t = targets.detach().reshape(-1).to(torch.int64).contiguous()
     if t.numel() != rows:
         raise ValueError(
@@ -194,7 +237,9 @@ def selective_logprobs(
         dtype,
         rows,
         vocab,
-        x.stride(0) if rows > 1 else vocab,
+        row_stride,
+        group_rows,
+        group_stride,
         t.data_ptr(),
         float(temperature),
         logp.data_ptr(),
@@ -202,7 +247,7 @@ def selective_logprobs(
         status.data_ptr(),
     )
     if check:
-        _check_logprob_status(status, rows, vocab, t)
+        _check_logprob_status(status, logits, t, temperature)
     return logp.reshape(lead), None if ent is None else ent.reshape(lead)
 
 
@@ -220,13 +265,15 @@ def selective_logprobs_backward(
 
     _require()
     dtype = _float_name("logits", logits)
-    x = _logits_2d(logits)
-    rows, vocab = x.shape
+    x, rows, vocab, row_stride, group_rows, group_stride = _logits_layout(logits)
     t = targets.detach().reshape(-1).to(torch.int64).contiguous()
     g = None if grad_logp is None else grad_logp.detach().reshape(-1).to(torch.float32).contiguous()
     gh = None if grad_entropy is None else grad_entropy.detach().reshape(-1).to(torch.float32).contiguous()
     if g is None:
         g = torch.zeros(rows, dtype=torch.float32, device=x.device)
+    if check:
+        _check_finite_rows("grad_logp", g)
+        _check_finite_rows("grad_entropy", gh)
     if in_place and x.data_ptr() != logits.data_ptr():
         raise ValueError("logits: an in-place backward needs logits whose last dimension is contiguous")
     out = x if in_place else torch.empty((rows, vocab), dtype=x.dtype, device=x.device)
@@ -239,33 +286,74 @@ def selective_logprobs_backward(
         dtype,
         rows,
         vocab,
-        x.stride(0) if rows > 1 else vocab,
+        row_stride,
+        group_rows,
+        group_stride,
         t.data_ptr(),
         float(temperature),
         g.data_ptr(),
         None if gh is None else gh.data_ptr(),
         out.data_ptr(),
-        out.stride(0) if rows > 1 else vocab,
+        vocab,
         status.data_ptr(),
     )
     if check:
-        _check_logprob_status(status, rows, vocab, t)
-    return out.reshape(logits.shape)
+        _check_logprob_status(status, logits, t, temperature)
+    return logits if in_place else out.reshape(logits.shape)
 
 
 # --- policy loss --------------------------------------------------------------------------------
 
 
-def _locate_nonfinite(first: int, length: int, **tensors: Any) -> str:
-    """Names the input that is not finite at flat index ``first`` (error path only)."""
-    i, t = divmod(first, length)
-    for name, x in tensors.items():
-        if x is None:
-            continue
-        value = float(x[i] if x.dim() == 1 else x[i, t])
-        if value != value or value in (float("inf"), float("-inf")):
-            return f"{name}: expected finite values, found {value} at ({i}, {t}) (an unmasked token)"
-    return f"logp: expected finite values at unmasked tokens, found a non-finite value in row {i}"
+def _loss_error(
+    bits: int,
+    first: int,
+    lp: Any,
+    old: Optional[Any],
+    ref: Optional[Any],
+    adv: Any,
+    weights: Any,
+) -> Exception:
+    """The CPU path's error for flagged loss inputs, located here in the CPU's order: per-row
+    advantages, the mask, then the first unmasked token with a non-finite input (checking logp,
+    old_logp, ref_logp, advantages there), then an overflowing gradient or loss."""
+    import torch
+
+    length = lp.shape[1]
+    if adv.dim() == 1:
+        row = _first(~torch.isfinite(adv))
+        if row is not None:
+            return ValueError(f"advantages: expected finite values, found {float(adv[row])} at row {row}")
+    at = _first(~((weights >= 0) & torch.isfinite(weights)))
+    if at is not None:
+        i, t = divmod(at, length)
+        return ValueError(f"mask: expected finite weights >= 0, got {float(weights[i, t])} at ({i}, {t})")
+    if bits & NONFINITE_INPUT:
+        inputs = [("logp", lp), ("old_logp", old), ("ref_logp", ref)]
+        if adv.dim() == 2:
+            inputs.append(("advantages", adv))
+        bad = torch.zeros_like(weights, dtype=torch.bool)
+        for _, x in inputs:
+            if x is not None:
+                bad |= ~torch.isfinite(x.float())
+        at = _first(bad & (weights != 0))
+        if at is not None:
+            i, t = divmod(at, length)
+            for name, x in inputs:
+                if x is not None and not bool(torch.isfinite(x[i, t].float())):
+                    value = float(x[i, t])
+                    return ValueError(
+                        f"{name}: expected finite values, found {value} at ({i}, {t}) (an unmasked token)"
+                    )
+    if bits & OVERFLOW:
+        if first >= 0:
+            i, t = divmod(first, length)
+            return ValueError(
+                f"grad: result overflows float32 (the gradient at ({i}, {t}) is not finite; "
+                f"check the log-probability gaps)"
+            )
+        return ValueError("loss: result overflows float32 (check the log-probability gaps)")
+    return RuntimeError(f"policy loss: the kernel reported status {bits:#x}")
 
 
 def policy_loss(
@@ -337,19 +425,17 @@ def policy_loss(
     metrics: Dict[str, float] = {}
     if check:
         bits, first = _read_status(status)
-        if bits & BAD_MASK:
-            i, t = divmod(first, length)
-            raise ValueError(f"mask: expected finite weights >= 0, got {float(m[i, t])} at ({i}, {t})")
-        if bits & NONFINITE_INPUT:
-            raise ValueError(
-                _locate_nonfinite(first, length, logp=lp, old_logp=old, ref_logp=ref, advantages=adv)
-            )
-        if bits & OVERFLOW:
-            raise ValueError("loss: result overflows float32; check the log-probability gaps")
         if bits:
-            raise RuntimeError(f"policy loss: the kernel reported status {bits:#x}")
+            weights = m.float() if m.dtype == torch.uint8 else m
+            raise _loss_error(bits, first, lp, old, ref, adv, weights)
         values = out.tolist()
         metrics = {name: values[slot] for name, slot in slots}
+        for name, value in metrics.items():
+            if value in (float("inf"), float("-inf")):
+                raise ValueError(
+                    f"metrics: result overflows float32 ({name} is {value}; "
+                    f"check the magnitudes of the inputs)"
+                )
     return out[0].to(torch.float32), grad, metrics
 
 
@@ -393,33 +479,81 @@ def _device_groups(rows: int, group_size: Optional[int], group_ids: Optional[Any
     return counts.numel(), 0, order, starts
 
 
+def _verdict_error(first_error: Any, num_steps: Any) -> Optional[Exception]:
+    """The first invalid verdict in row order, with the CPU path's message (error path only)."""
+    k, n = first_error, num_steps
+    bad = (n < 0) | (k < -2) | ((k != -2) & ((n == 0) | (k >= n)))
+    row = _first(bad)
+    if row is None:
+        return None
+    k, n = int(k[row]), int(n[row])
+    if n < 0:
+        return ValueError(f"num_steps: expected values >= 1, got {n} at row {row}")
+    if k < -2:
+        return ValueError(
+            f"first_error: expected -2 (not judged), -1 (no wrong step) or a step index >= 0, "
+            f"got {k} at row {row}"
+        )
+    if n == 0:
+        return ValueError(
+            f"num_steps: expected values >= 1 on judged rows, got 0 at row {row} (first_error {k})"
+        )
+    return ValueError(f"first_error: expected a step index below num_steps ({n}), got {k} at row {row}")
+
+
 def _check_group_status(status: Any, what: str, **arrays: Any) -> None:
+    """Raises the CPU path's error for flagged inputs, located here in the CPU's order."""
+    import torch
+
     bits, first = _read_status(status)
     if bits == 0:
         return
-    if bits & NONFINITE_REWARD:
-        raise ValueError(
-            f"rewards: expected finite values, found {float(arrays['rewards'][first])} at row {first} "
-            f"(NaN marks an unscorable row; infinity is not allowed)"
-        )
-    if bits & BAD_VERDICT:
-        k, n = int(arrays["first_error"][first]), int(arrays["num_steps"][first])
-        raise ValueError(
-            f"first_error: expected -2 (not judged), -1 (no wrong step) or a step index below num_steps, "
-            f"got first_error {k} with num_steps {n} at row {first}"
-        )
-    if bits & BAD_CREDIT:
-        raise ValueError(
-            f"credit: expected values in [0, 1] (NaN = not judged), "
-            f"got {float(arrays['credit'][first])} at row {first}"
-        )
-    if bits & BAD_MASK:
-        raise ValueError(f"mask: expected finite weights >= 0 at flat index {first}")
-    if bits & NONFINITE_INPUT:
-        raise ValueError(f"advantages: expected finite values, found a non-finite value at row {first}")
+    rewards = arrays.get("rewards")
+    if rewards is not None:
+        row = _first(torch.isinf(rewards))
+        if row is not None:
+            raise ValueError(
+                f"rewards: expected finite values, found {float(rewards[row])} at row {row} "
+                f"(NaN marks an unscorable row; infinity is not allowed)"
+            )
+    if arrays.get("first_error") is not None:
+        error = _verdict_error(arrays["first_error"], arrays["num_steps"])
+        if error is not None:
+            raise error
+    credit = arrays.get("credit")
+    if credit is not None:
+        row = _first(~(credit.isnan() | ((credit >= 0) & (credit <= 1))))
+        if row is not None:
+            raise ValueError(
+                f"credit: expected values in [0, 1] (NaN = not judged), got {float(credit[row])} at row {row}"
+            )
+    advantages = arrays.get("advantages")
+    if advantages is not None:
+        row = _first(~torch.isfinite(advantages))
+        if row is not None:
+            raise ValueError(
+                f"advantages: expected finite values, found {float(advantages[row])} at row {row}"
+            )
+    mask = arrays.get("mask")
+    if mask is not None:
+        at = _first(~((mask >= 0) & torch.isfinite(mask)))
+        if at is not None:
+            i, t = divmod(at, mask.shape[1])
+            raise ValueError(f"mask: expected finite weights >= 0, got {float(mask[i, t])} at ({i}, {t})")
     if bits & OVERFLOW:
         raise ValueError(f"{what}: result overflows float32 at index {first}; rescale the rewards")
     raise RuntimeError(f"{what}: the kernel reported status {bits:#x}")
+
+
+def _integers(name: str, x: Any) -> None:
+    """Integer values, as the CPU path requires (floats only when integral)."""
+    if x.dtype.is_floating_point:
+        import torch
+
+        if not bool(torch.all(x == x.round())):
+            raise TypeError(f"{name}: expected integer values, got non-integral {x.dtype} values")
+    elif x.dtype.is_complex or str(x.dtype) == "torch.bool":
+        raise TypeError(f"{name}: expected integer values, got dtype {x.dtype}")
 
 
 def sgpo_rewards(
@@ -447,6 +581,13 @@ def sgpo_rewards(
         if x is None:
             return None
         x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+        if dtype == torch.int64:
+            _integers(name, x)
+        elif dtype == torch.uint8 and x.dtype != torch.bool:
+            if x.dtype.is_complex or not bool(torch.all((x == 0) | (x == 1))):
+                raise TypeError(
+                    f"{name}: expected bool values (or 0/1), got dtype {x.dtype} with other values"
+                )
         x = x.to(device=device, dtype=dtype).reshape(-1).contiguous()
         if x.numel() != rows:
             raise ValueError(f"{name}: expected shape ({rows},), got {x.numel()} elements")
@@ -560,6 +701,8 @@ def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None) -> A
         )
     m, mask_dtype = _mask_input(mask.detach())
     rows, length = m.shape
+    if length == 0:
+        _check_finite_rows("advantages", a)  # the CPU path checks them even without tokens
     if out is None:
         out = torch.empty((rows, length), dtype=torch.float32, device=device)
     elif out.dtype != torch.float32 or tuple(out.shape) != (rows, length) or not out.is_contiguous():
@@ -577,5 +720,5 @@ def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None) -> A
         out.data_ptr(),
         status.data_ptr(),
     )
-    _check_group_status(status, "token_advantages")
+    _check_group_status(status, "token_advantages", advantages=a, mask=m.float())
     return out

@@ -53,12 +53,22 @@ impl DeviceGroups {
         Ok(Arg::Struct(bytes))
     }
 
-    fn per_group(&self) -> Shape {
-        Shape {
-            grid: ((self.num_groups as u32).div_ceil(BLOCK).max(1), 1, 1),
+    fn per_group(&self) -> Result<Shape> {
+        let blocks = self.num_groups.div_ceil(BLOCK as usize).max(1);
+        let blocks = u32::try_from(blocks)
+            .ok()
+            .filter(|&b| b <= i32::MAX as u32)
+            .ok_or_else(|| {
+                Error::value(
+                    "group_ids",
+                    format!("expected fewer groups, got {}", self.num_groups),
+                )
+            })?;
+        Ok(Shape {
+            grid: (blocks, 1, 1),
             block: BLOCK,
             shared_bytes: 0,
-        }
+        })
     }
 }
 
@@ -132,7 +142,7 @@ pub fn sgpo_rewards(
         stream,
         &GROUPS,
         "sgpo_rewards_groups",
-        groups.per_group(),
+        groups.per_group()?,
         &[
             groups_arg,
             Arg::Ptr(rewards),
@@ -207,7 +217,7 @@ pub fn group_advantages(
         stream,
         &GROUPS,
         "group_advantages",
-        groups.per_group(),
+        groups.per_group()?,
         &[
             groups_arg,
             Arg::Ptr(rewards),

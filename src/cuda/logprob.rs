@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 /// Threads per block (`LOGPROB_BLOCK` in the kernel).
 const BLOCK: u32 = 256;
 
-/// `(N, V)` logits on the device: element type, row count, vocabulary, and the distance between
-/// rows in elements (the last dimension must be contiguous).
+/// `(N, V)` logits on the device: element type, row count, vocabulary, and where each row starts
+/// (in elements; the last dimension must be contiguous). Rows come in groups of `group_rows`,
+/// `group_stride` apart, `row_stride` apart within a group: a `(B, T, V)` view with any batch
+/// and row strides (TRL's `logits[:, :-1]`) is read in place. A plain `(N, V)` tensor is one
+/// group of `N` rows.
 #[derive(Debug, Clone, Copy)]
 pub struct Logits {
     pub ptr: u64,
@@ -18,6 +21,8 @@ pub struct Logits {
     pub rows: usize,
     pub vocab: usize,
     pub row_stride: usize,
+    pub group_rows: usize,
+    pub group_stride: usize,
 }
 
 impl Logits {
@@ -28,12 +33,20 @@ impl Logits {
                 "expected a vocabulary of at least 1 (the last dimension is 0)",
             ));
         }
-        if self.row_stride < self.vocab && self.rows > 1 {
+        if self.group_rows == 0 {
+            return Err(Error::value(
+                "logits",
+                "expected groups of at least one row",
+            ));
+        }
+        if (self.row_stride < self.vocab && self.group_rows > 1)
+            || (self.group_stride < self.vocab && self.rows > self.group_rows)
+        {
             return Err(Error::value(
                 "logits",
                 format!(
-                    "expected rows at least {} elements apart, got a stride of {}",
-                    self.vocab, self.row_stride
+                    "expected rows at least {} elements apart, got strides {} and {}",
+                    self.vocab, self.group_stride, self.row_stride
                 ),
             ));
         }
@@ -49,13 +62,35 @@ impl Logits {
                 format!("expected a finite value > 0, got {temperature}"),
             ));
         }
+        // The kernels divide in float32.
+        if !(temperature as f32).is_normal() {
+            return Err(Error::value(
+                "temperature",
+                format!("expected a value float32 can hold (about 1.2e-38 to 3.4e38) on CUDA, got {temperature}"),
+            ));
+        }
         Ok(())
     }
 
     /// Whether every row starts on a 16-byte boundary, so the kernel may read 16-byte packs.
     fn packed(&self) -> i32 {
         let size = self.dtype.size() as u64;
-        i32::from(self.ptr % 16 == 0 && (self.row_stride as u64 * size) % 16 == 0)
+        i32::from(
+            self.ptr % 16 == 0
+                && (self.row_stride as u64 * size) % 16 == 0
+                && (self.group_stride as u64 * size) % 16 == 0,
+        )
+    }
+
+    fn layout_args(&self) -> [Arg; 6] {
+        [
+            Arg::Ptr(self.ptr),
+            Arg::I64(self.rows as i64),
+            Arg::I64(self.vocab as i64),
+            Arg::I64(self.row_stride as i64),
+            Arg::I64(self.group_rows as i64),
+            Arg::I64(self.group_stride as i64),
+        ]
     }
 
     fn shape(&self) -> Shape {
@@ -68,7 +103,8 @@ impl Logits {
 }
 
 /// Forward: `logp[i] = log_softmax(logits[i] / T)[targets[i]]` (float32 `(N,)`) and, when
-/// `entropy` is given, the row entropies. `targets` are int64; `status` a zeroed status buffer.
+/// `entropy` is given, the row entropies. `targets` are int64; `status` a status buffer initialised
+/// as [`super::status`] says.
 pub fn selective_logprobs(
     stream: &Stream,
     logits: &Logits,
@@ -89,23 +125,24 @@ pub fn selective_logprobs(
         &kernel,
         logits.shape(),
         &[
-            Arg::Ptr(logits.ptr),
-            Arg::I64(logits.rows as i64),
-            Arg::I64(logits.vocab as i64),
-            Arg::I64(logits.row_stride as i64),
-            Arg::I32(logits.packed()),
-            Arg::Ptr(targets),
-            Arg::F32(temperature as f32),
-            Arg::Ptr(logp),
-            Arg::Ptr(entropy.unwrap_or(0)),
-            Arg::Ptr(status),
-        ],
+            logits.layout_args().as_slice(),
+            &[
+                Arg::I32(logits.packed()),
+                Arg::Ptr(targets),
+                Arg::F32(temperature as f32),
+                Arg::Ptr(logp),
+                Arg::Ptr(entropy.unwrap_or(0)),
+                Arg::Ptr(status),
+            ],
+        ]
+        .concat(),
     )
 }
 
 /// Backward: writes `dlogits` (the logits' dtype, rows `out_stride` elements apart) from the
 /// gradients of the log-probabilities and, optionally, of the entropies (float32 `(N,)`).
-/// `dlogits` may be the logits buffer itself (in place).
+/// `dlogits` is dense (rows `out_stride` apart), or the logits buffer itself (in place, same
+/// layout as the logits).
 #[allow(clippy::too_many_arguments)]
 pub fn selective_logprobs_backward(
     stream: &Stream,
@@ -122,11 +159,13 @@ pub fn selective_logprobs_backward(
     if logits.rows == 0 {
         return Ok(());
     }
-    let in_place = dlogits == logits.ptr;
-    if in_place && out_stride != logits.row_stride {
+    if dlogits != logits.ptr && out_stride < logits.vocab && logits.rows > 1 {
         return Err(Error::value(
             "dlogits",
-            "an in-place backward needs the logits' own row stride",
+            format!(
+                "expected rows at least {} elements apart, got {out_stride}",
+                logits.vocab
+            ),
         ));
     }
     let kernel = format!("logprob_backward_{}", logits.dtype.suffix());
@@ -136,18 +175,18 @@ pub fn selective_logprobs_backward(
         &kernel,
         logits.shape(),
         &[
-            Arg::Ptr(logits.ptr),
-            Arg::I64(logits.rows as i64),
-            Arg::I64(logits.vocab as i64),
-            Arg::I64(logits.row_stride as i64),
-            Arg::I32(logits.packed()),
-            Arg::Ptr(targets),
-            Arg::F32(temperature as f32),
-            Arg::Ptr(grad_logp),
-            Arg::Ptr(grad_entropy.unwrap_or(0)),
-            Arg::Ptr(dlogits),
-            Arg::I64(out_stride as i64),
-            Arg::Ptr(status),
-        ],
+            logits.layout_args().as_slice(),
+            &[
+                Arg::I32(logits.packed()),
+                Arg::Ptr(targets),
+                Arg::F32(temperature as f32),
+                Arg::Ptr(grad_logp),
+                Arg::Ptr(grad_entropy.unwrap_or(0)),
+                Arg::Ptr(dlogits),
+                Arg::I64(out_stride as i64),
+                Arg::Ptr(status),
+            ],
+        ]
+        .concat(),
     )
 }

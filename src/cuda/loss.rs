@@ -2,7 +2,7 @@
 //!
 //! The caller provides the inputs, a float32 gradient buffer, a float64 workspace of
 //! [`workspace_len`] elements, a float64 `out` of [`OUT_LEN`] elements (loss, then the metric
-//! slots [`metric_slots`] names) and a zeroed status buffer. Nothing is copied to or from the
+//! slots [`metric_slots`] names) and a status buffer initialised as [`super::status`] says. Nothing is copied to or from the
 //! host, and nothing waits: the caller reads `out` and the status when it needs them.
 
 use super::args::Arg;

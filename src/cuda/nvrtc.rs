@@ -79,6 +79,9 @@ fn compile_unguarded(source: &KernelSource, arch: u32, verbose: bool) -> Result<
         "--prec-div=true".to_string(),
         "--prec-sqrt=true".to_string(),
         "--ftz=false".to_string(),
+        // No contraction into fused multiply-adds: the f64 formulas round as the CPU twins'
+        // do, so results match them bit for bit wherever the formula is the same.
+        "--fmad=false".to_string(),
     ];
     if verbose {
         options.push("--ptxas-options=-v".to_string());

@@ -59,7 +59,7 @@ fn stream(device: i32, handle: u64) -> Stream {
 }
 
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, dtype, rows, vocab, row_stride, targets, temperature, logp, entropy, status))]
+#[pyo3(signature = (device, stream_handle, logits, dtype, rows, vocab, row_stride, group_rows, group_stride, targets, temperature, logp, entropy, status))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs(
     py: Python<'_>,
@@ -70,6 +70,8 @@ pub(crate) fn cuda_selective_logprobs(
     rows: usize,
     vocab: usize,
     row_stride: usize,
+    group_rows: usize,
+    group_stride: usize,
     targets: u64,
     temperature: f64,
     logp: u64,
@@ -82,6 +84,8 @@ pub(crate) fn cuda_selective_logprobs(
         rows,
         vocab,
         row_stride,
+        group_rows,
+        group_stride,
     };
     let s = stream(device, stream_handle);
     py.detach(|| {
@@ -91,7 +95,7 @@ pub(crate) fn cuda_selective_logprobs(
 }
 
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, dtype, rows, vocab, row_stride, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status))]
+#[pyo3(signature = (device, stream_handle, logits, dtype, rows, vocab, row_stride, group_rows, group_stride, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs_backward(
     py: Python<'_>,
@@ -102,6 +106,8 @@ pub(crate) fn cuda_selective_logprobs_backward(
     rows: usize,
     vocab: usize,
     row_stride: usize,
+    group_rows: usize,
+    group_stride: usize,
     targets: u64,
     temperature: f64,
     grad_logp: u64,
@@ -116,6 +122,8 @@ pub(crate) fn cuda_selective_logprobs_backward(
         rows,
         vocab,
         row_stride,
+        group_rows,
+        group_stride,
     };
     let s = stream(device, stream_handle);
     py.detach(|| {

@@ -173,7 +173,7 @@ def test_selective_log_softmax_bad_inputs_raise():
         selective_log_softmax(logits, torch.tensor([0, 10, 1], device="cuda"))
     bad = logits.clone()
     bad[1, 4] = float("nan")
-    with pytest.raises(ValueError, match="logits.*row 1"):
+    with pytest.raises(ValueError, match=r"logits: expected finite values, found nan at \(1, 4\)"):
         selective_log_softmax(bad, torch.tensor([0, 1, 2], device="cuda"))
     bad = logits.clone()
     bad[2] = float("-inf")
@@ -370,3 +370,60 @@ def test_token_advantages_and_bad_verdicts():
         )
     with pytest.raises(ValueError, match="rewards"):
         sg.group_advantages(torch.tensor([0.0, float("inf")], device="cuda"), group_size=2)
+
+
+@gpu
+def test_selective_log_softmax_reads_trl_style_sliced_logits_in_place():
+    from sgpo_rs.torch import selective_log_softmax
+
+    full = torch.randn(3, 11, 4099, device="cuda", dtype=torch.bfloat16)
+    view = full[:, :-1]  # (B, T, V) with a batch stride of 11 rows: TRL's logits[:, :-1]
+    assert not view.is_contiguous()
+    x, rows, vocab, row_stride, group_rows, group_stride = _cuda._logits_layout(view)
+    assert x.data_ptr() == full.data_ptr() and (rows, group_rows, group_stride) == (30, 10, 11 * 4099)
+    targets = torch.randint(0, 4099, (3, 10), device="cuda")
+    leaf = view.detach().requires_grad_(True)
+    logp = selective_log_softmax(leaf, targets)
+    ref = torch.log_softmax(view.double(), -1).gather(-1, targets[..., None])[..., 0]
+    np.testing.assert_allclose(logp.cpu().numpy(), ref.cpu().numpy(), rtol=1e-5, atol=2e-5)
+    logp.sum().backward()
+    dense = selective_log_softmax(view.contiguous().requires_grad_(True), targets)
+    assert torch.equal(logp, dense)
+    assert leaf.grad.shape == view.shape
+
+
+@gpu
+def test_large_logits_keep_their_precision():
+    # Logits of 1e4: the log-probability is a small difference of large numbers.
+    logits = torch.tensor([[1e4, 1e4 - 0.5, 1e4 - 3.0], [30.0, 15.0, -5.0]], device="cuda")
+    targets = torch.tensor([1, 0], device="cuda")
+    logp, _ = _cuda.selective_logprobs(logits, targets, 1.0, False)
+    ref = torch.log_softmax(logits.double(), -1).gather(-1, targets[:, None])[:, 0]
+    np.testing.assert_allclose(logp.cpu().numpy(), ref.cpu().numpy(), rtol=1e-6, atol=1e-7)
+    # A confident target keeps its tiny gradient 1 - p (3.06e-7 here), not 0.
+    d = _cuda.selective_logprobs_backward(logits, targets, 1.0, torch.ones(2, device="cuda"), None)
+    expected = -torch.expm1(ref[1]).item()
+    assert abs(d[1, 0].item() - expected) < 1e-12 + 1e-6 * expected
+
+
+@gpu
+def test_uint8_weights_and_huge_log_ratios_match_the_cpu_path():
+    from sgpo_rs.torch import sgpo_loss
+
+    rng = np.random.default_rng(SEED + 21)
+    logp, old, ref, adv, mask = loss_inputs(rng, 6, 40)
+    weights = (mask * rng.integers(1, 4, mask.shape)).astype(np.uint8)  # weights 0..3
+    old[mask] -= rng.choice([0.0, 800.0], mask.sum())  # log ratios past exp's range
+    for loss_type in ("dapo", "sapo", "vanilla"):
+        cpu = sg.policy_loss(logp, old, adv, weights, loss_type=loss_type)
+        lp = torch.from_numpy(logp).cuda().requires_grad_(True)
+        loss, _ = sgpo_loss(
+            lp,
+            torch.from_numpy(old).cuda(),
+            torch.from_numpy(adv).cuda(),
+            torch.from_numpy(weights).cuda(),
+            loss_type=loss_type,
+        )
+        loss.backward()
+        close(loss.item(), cpu.loss, what=loss_type)
+        close(lp.grad.cpu().numpy(), cpu.grad, what=loss_type)
