@@ -92,3 +92,108 @@ def parse_verdict_batch(
     judge_texts: Sequence[str], num_steps: Optional[Sequence[int]] = None
 ) -> List[Optional[int]]: ...
 def first_error_from_scores(scores: npt.NDArray[np.float64], threshold: float) -> int: ...
+
+# The CUDA path (present when the extension was built with the `cuda` feature; see
+# `cuda_built`). Pointers are `tensor.data_ptr()` values, `stream_handle` a CUstream
+# (`torch.cuda.current_stream().cuda_stream`); launches are asynchronous and errors in the
+# inputs land in the 16-byte status buffer (`sgpo_rs._cuda` reads it).
+cuda_built: bool
+LogitsLayout = Tuple[int, str, int, int, int, int, int]
+"""(data_ptr, dtype, rows, vocab, row_stride, group_rows, group_stride)"""
+
+def cuda_availability() -> Dict[str, Any]: ...
+def cuda_device(ordinal: int) -> Tuple[str, int]: ...
+def cuda_compile_all(arch: int, *, verbose: bool = False) -> List[Tuple[str, int, str]]: ...
+def cuda_selective_logprobs(
+    device: int,
+    stream_handle: int,
+    logits: LogitsLayout,
+    targets: int,
+    temperature: float,
+    logp: int,
+    entropy: Optional[int],
+    status: int,
+) -> None: ...
+def cuda_selective_logprobs_backward(
+    device: int,
+    stream_handle: int,
+    logits: LogitsLayout,
+    targets: int,
+    temperature: float,
+    grad_logp: int,
+    grad_entropy: Optional[int],
+    dlogits: int,
+    out_stride: int,
+    status: int,
+) -> None: ...
+def cuda_loss_workspace_len(batch: int, len: int) -> int: ...
+def cuda_policy_loss(
+    device: int,
+    stream_handle: int,
+    logp: int,
+    old_logp: int,
+    ref_logp: int,
+    advantages: int,
+    advantages_per_token: bool,
+    mask: int,
+    dtype: str,
+    mask_dtype: str,
+    batch: int,
+    len: int,
+    options: Dict[str, Any],
+    grad: int,
+    workspace: int,
+    out: int,
+    status: int,
+) -> List[Tuple[str, int]]: ...
+def cuda_reward_scratch_len(num_groups: int) -> int: ...
+def cuda_sgpo_rewards(
+    device: int,
+    stream_handle: int,
+    rows: int,
+    num_groups: int,
+    group_size: int,
+    order: int,
+    starts: int,
+    rewards: int,
+    first_error: int,
+    num_steps: int,
+    credit: int,
+    correct: int,
+    credit_scale: float,
+    mode: str,
+    out_rewards: int,
+    out_credit: int,
+    out_all_negative: int,
+    out_diversified: int,
+    out_stats: int,
+    scratch: int,
+    status: int,
+) -> None: ...
+def cuda_group_advantages(
+    device: int,
+    stream_handle: int,
+    rows: int,
+    num_groups: int,
+    group_size: int,
+    order: int,
+    starts: int,
+    rewards: int,
+    scale: str,
+    eps: float,
+    singleton: str,
+    out: int,
+    scratch: int,
+    status: int,
+) -> None: ...
+def cuda_token_advantages(
+    device: int,
+    stream_handle: int,
+    advantages: int,
+    mask: int,
+    mask_dtype: str,
+    rows: int,
+    len: int,
+    out: int,
+    status: int,
+) -> None: ...

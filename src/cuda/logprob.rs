@@ -82,15 +82,30 @@ impl Logits {
         )
     }
 
-    fn layout_args(&self) -> [Arg; 6] {
-        [
+    /// Launches `{kernel}_{dtype}` with the arguments every logprob kernel starts with (layout,
+    /// packing, targets, temperature) followed by `rest`.
+    fn launch(
+        &self,
+        stream: &Stream,
+        kernel: &str,
+        targets: u64,
+        temperature: f64,
+        rest: &[Arg],
+    ) -> Result<()> {
+        let mut args = vec![
             Arg::Ptr(self.ptr),
             Arg::I64(self.rows as i64),
             Arg::I64(self.vocab as i64),
             Arg::I64(self.row_stride as i64),
             Arg::I64(self.group_rows as i64),
             Arg::I64(self.group_stride as i64),
-        ]
+            Arg::I32(self.packed()),
+            Arg::Ptr(targets),
+            Arg::F32(temperature as f32),
+        ];
+        args.extend_from_slice(rest);
+        let name = format!("{kernel}_{}", self.dtype.suffix());
+        launch(stream, &LOGPROB, &name, self.shape(), &args)
     }
 
     fn shape(&self) -> Shape {
@@ -118,24 +133,16 @@ pub fn selective_logprobs(
     if logits.rows == 0 {
         return Ok(());
     }
-    let kernel = format!("logprob_forward_{}", logits.dtype.suffix());
-    launch(
+    logits.launch(
         stream,
-        &LOGPROB,
-        &kernel,
-        logits.shape(),
+        "logprob_forward",
+        targets,
+        temperature,
         &[
-            logits.layout_args().as_slice(),
-            &[
-                Arg::I32(logits.packed()),
-                Arg::Ptr(targets),
-                Arg::F32(temperature as f32),
-                Arg::Ptr(logp),
-                Arg::Ptr(entropy.unwrap_or(0)),
-                Arg::Ptr(status),
-            ],
-        ]
-        .concat(),
+            Arg::Ptr(logp),
+            Arg::Ptr(entropy.unwrap_or(0)),
+            Arg::Ptr(status),
+        ],
     )
 }
 
@@ -168,25 +175,17 @@ pub fn selective_logprobs_backward(
             ),
         ));
     }
-    let kernel = format!("logprob_backward_{}", logits.dtype.suffix());
-    launch(
+    logits.launch(
         stream,
-        &LOGPROB,
-        &kernel,
-        logits.shape(),
+        "logprob_backward",
+        targets,
+        temperature,
         &[
-            logits.layout_args().as_slice(),
-            &[
-                Arg::I32(logits.packed()),
-                Arg::Ptr(targets),
-                Arg::F32(temperature as f32),
-                Arg::Ptr(grad_logp),
-                Arg::Ptr(grad_entropy.unwrap_or(0)),
-                Arg::Ptr(dlogits),
-                Arg::I64(out_stride as i64),
-                Arg::Ptr(status),
-            ],
-        ]
-        .concat(),
+            Arg::Ptr(grad_logp),
+            Arg::Ptr(grad_entropy.unwrap_or(0)),
+            Arg::Ptr(dlogits),
+            Arg::I64(out_stride as i64),
+            Arg::Ptr(status),
+        ],
     )
 }

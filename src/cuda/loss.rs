@@ -231,15 +231,7 @@ pub fn policy_loss(
                 format!("({batch}, {len})"),
             )
         })?;
-    let max_completion_length = options.max_completion_length.unwrap_or(len.max(1));
-    let aggregation = options.aggregation.unwrap_or_else(|| {
-        Aggregation::for_loss_type(
-            options.loss_type,
-            batch,
-            max_completion_length,
-            options.num_items,
-        )
-    });
+    let aggregation = options.aggregation_for(batch, len);
     let (aggregation, divisor) = aggregation_code(aggregation);
     let sequence = options.importance_sampling_level == ImportanceSamplingLevel::Sequence;
     let params = LossParams {

@@ -70,15 +70,7 @@ pub fn policy_loss<T: FloatElem, M: MaskElem>(
         }
     }
     let (batch, len) = (inputs.batch, inputs.len);
-    let max_completion_length = options.max_completion_length.unwrap_or(len.max(1));
-    let aggregation = options.aggregation.unwrap_or_else(|| {
-        Aggregation::for_loss_type(
-            options.loss_type,
-            batch,
-            max_completion_length,
-            options.num_items,
-        )
-    });
+    let aggregation = options.aggregation_for(batch, len);
     // Aggregations normalised by batch counts need every row's token weight first; the rows
     // then reuse those sums instead of summing their masks again.
     let row_tokens = if aggregation.needs_batch_counts() {

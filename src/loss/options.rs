@@ -268,6 +268,15 @@ impl LossOptions {
         self.epsilon_high.unwrap_or(self.epsilon_low)
     }
 
+    /// The aggregation for a `(batch, len)` batch: the override (verl `loss_agg_mode`), else the
+    /// loss type's own (TRL), with `max_completion_length` defaulting to `len`.
+    pub fn aggregation_for(&self, batch: usize, len: usize) -> Aggregation {
+        let max_completion_length = self.max_completion_length.unwrap_or(len.max(1));
+        self.aggregation.unwrap_or_else(|| {
+            Aggregation::for_loss_type(self.loss_type, batch, max_completion_length, self.num_items)
+        })
+    }
+
     /// Checks every scalar; the aggregation is resolved against the batch shape.
     pub(crate) fn validate(&self) -> Result<()> {
         check_finite("epsilon_low", self.epsilon_low, 0.0, ">= 0")?;

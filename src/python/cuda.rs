@@ -58,35 +58,38 @@ fn stream(device: i32, handle: u64) -> Stream {
     Stream { device, handle }
 }
 
+/// A logits tensor as Python describes it: `(data_ptr, dtype, rows, vocab, row_stride,
+/// group_rows, group_stride)` (see [`logprob::Logits`]).
+type LogitsLayout = (u64, String, usize, usize, usize, usize, usize);
+
+fn logits_view(layout: LogitsLayout) -> PyResult<logprob::Logits> {
+    let (ptr, dtype, rows, vocab, row_stride, group_rows, group_stride) = layout;
+    Ok(logprob::Logits {
+        ptr,
+        dtype: FloatDtype::parse("logits", &dtype).map_err(to_py)?,
+        rows,
+        vocab,
+        row_stride,
+        group_rows,
+        group_stride,
+    })
+}
+
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, dtype, rows, vocab, row_stride, group_rows, group_stride, targets, temperature, logp, entropy, status))]
+#[pyo3(signature = (device, stream_handle, logits, targets, temperature, logp, entropy, status))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs(
     py: Python<'_>,
     device: i32,
     stream_handle: u64,
-    logits: u64,
-    dtype: &str,
-    rows: usize,
-    vocab: usize,
-    row_stride: usize,
-    group_rows: usize,
-    group_stride: usize,
+    logits: LogitsLayout,
     targets: u64,
     temperature: f64,
     logp: u64,
     entropy: Option<u64>,
     status: u64,
 ) -> PyResult<()> {
-    let view = logprob::Logits {
-        ptr: logits,
-        dtype: FloatDtype::parse("logits", dtype).map_err(to_py)?,
-        rows,
-        vocab,
-        row_stride,
-        group_rows,
-        group_stride,
-    };
+    let view = logits_view(logits)?;
     let s = stream(device, stream_handle);
     py.detach(|| {
         logprob::selective_logprobs(&s, &view, targets, temperature, logp, entropy, status)
@@ -95,19 +98,13 @@ pub(crate) fn cuda_selective_logprobs(
 }
 
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, dtype, rows, vocab, row_stride, group_rows, group_stride, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status))]
+#[pyo3(signature = (device, stream_handle, logits, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs_backward(
     py: Python<'_>,
     device: i32,
     stream_handle: u64,
-    logits: u64,
-    dtype: &str,
-    rows: usize,
-    vocab: usize,
-    row_stride: usize,
-    group_rows: usize,
-    group_stride: usize,
+    logits: LogitsLayout,
     targets: u64,
     temperature: f64,
     grad_logp: u64,
@@ -116,15 +113,7 @@ pub(crate) fn cuda_selective_logprobs_backward(
     out_stride: usize,
     status: u64,
 ) -> PyResult<()> {
-    let view = logprob::Logits {
-        ptr: logits,
-        dtype: FloatDtype::parse("logits", dtype).map_err(to_py)?,
-        rows,
-        vocab,
-        row_stride,
-        group_rows,
-        group_stride,
-    };
+    let view = logits_view(logits)?;
     let s = stream(device, stream_handle);
     py.detach(|| {
         logprob::selective_logprobs_backward(
