@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from .batching import by_length
 from .critic import CriticJudge
 
 
@@ -179,17 +180,7 @@ class HFJudge(CriticJudge):
 
     def _generate(self, prompts: List[str]) -> List[Union[str, BaseException]]:
         texts = [self.render(p) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out: List[Union[str, BaseException]] = [GenerationError("not generated")] * len(texts)
-        for b in range(0, len(order), self.batch_size):
-            rows = order[b : b + self.batch_size]
-            try:
-                replies = self._generate_batch([texts[i] for i in rows])
-            except Exception as exc:  # noqa: BLE001 - this batch's verdicts are missing
-                replies = [GenerationError(f"{type(exc).__name__}: {exc}")] * len(rows)
-            for i, reply in zip(rows, replies):
-                out[i] = reply
-        return out
+        return by_length(texts, self.batch_size, self._generate_batch, GenerationError)
 
     def _generate_batch(self, texts: Sequence[str]) -> List[Union[str, BaseException]]:
         import torch

@@ -32,6 +32,7 @@ import time
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from ..text import first_error_from_scores, split_steps
+from .batching import by_length
 from .hf import load_model, model_device
 from .verdict import Verdict, missing
 
@@ -162,17 +163,7 @@ class PRMJudge:
         right), or the exception that stopped its batch."""
         steps = [split_steps(r, delimiter=self.delimiter) for r in responses]
         texts = [self.render(p, s) for p, s in zip(problems, steps)]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out: List[Union[List[float], BaseException]] = [RuntimeError("not scored")] * len(texts)
-        for b in range(0, len(order), self.batch_size):
-            rows = order[b : b + self.batch_size]
-            try:
-                scores = self._score_batch([texts[i] for i in rows])
-            except Exception as exc:  # noqa: BLE001 - this batch's verdicts are missing
-                scores = [RuntimeError(f"{type(exc).__name__}: {exc}")] * len(rows)
-            for i, s in zip(rows, scores):
-                out[i] = s
-        return out
+        return by_length(texts, self.batch_size, self._score_batch, RuntimeError)
 
     def _score_batch(self, texts: List[str]) -> List[Union[List[float], BaseException]]:
         import torch
