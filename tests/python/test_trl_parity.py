@@ -30,7 +30,6 @@ from sgpo_rs.judge import RuleJudge  # noqa: E402
 from sgpo_rs.torch import sgpo_loss  # noqa: E402
 from sgpo_rs.trl import SGPOConfig, SGPOTrainer  # noqa: E402
 from sgpo_rs.trl.compat import PRIVATE_API, private_api_mismatches  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl_tiny import correct_answer, task  # noqa: E402
 
@@ -55,18 +54,8 @@ def common_args(tmp_path, **extra):
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is faster on one torch thread (and the machine may be shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_lm):
-    return AutoTokenizer.from_pretrained(tiny_lm)
+# The tiny model is faster on one torch thread (and the machine may be shared).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,29 +15,18 @@ import pytest
 trl = pytest.importorskip("trl")
 
 import sgpo_rs as sg  # noqa: E402
-import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from sgpo_rs.judge import CallableJudge, Verdict  # noqa: E402
 from sgpo_rs.trl import SGPOConfig, SGPOTrainer  # noqa: E402
 from sgpo_rs.trl.compat import check_version  # noqa: E402
 from sgpo_rs.trl.judging import completion_text, prompt_text  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 from trl_tiny import correct_answer, task, token_steps  # noqa: E402
 
 G = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_lm):
-    return AutoTokenizer.from_pretrained(tiny_lm)
+# The tiny model is faster on one torch thread (and the machine may be shared).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(tmp_path, **extra):
