@@ -330,3 +330,27 @@ def test_judge_command_with_a_failing_server_finishes(server, synthetic, tmp_pat
 def test_backend_needs_a_model(synthetic, capsys):
     assert cli.main(["judge-eval", "--input", str(synthetic), "--backend", "openai"]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# The TRL trainer's judging step takes this backend like any other
+
+
+def test_trainer_judging_step_takes_the_openai_backend(server, tmp_path):
+    pytest.importorskip("trl")
+    from sgpo_rs.trl.judging import as_judge_fn, run_judge
+
+    judge = CachedJudge(fast(server, "oracle", max_concurrency=4), str(tmp_path / "verdicts.sqlite"))
+    problems = [PROBLEM, PROBLEM, PROBLEM]
+    responses = [WRONG_AT_1, RIGHT, ""]
+    first_error, num_steps, failure = run_judge(as_judge_fn(judge), problems, responses, [{}] * 3, 30.0)
+    assert first_error.tolist() == [1, -1, -2] and num_steps.tolist() == [3, 3, 0]
+    assert failure is None
+    served = stats(server)["requests"]
+    again = run_judge(as_judge_fn(judge), problems, responses, [{}] * 3, 30.0)
+    assert again[0].tolist() == first_error.tolist()
+    assert stats(server)["requests"] == served  # the cache answered: nothing judged twice
+    # A server that fails every request: missing verdicts, a message, and no exception.
+    down = fast("http://127.0.0.1:9/v1", "oracle", max_retries=0, timeout_s=2.0)
+    first_error, _, failure = run_judge(as_judge_fn(down), problems, responses, [{}] * 3, 30.0)
+    assert first_error.tolist() == [-2, -2, -2] and failure is None
