@@ -8,8 +8,15 @@
 //! cancellation even for logits of 1e4), rescaling `s` and `t` when the max grows. Sums are kept
 //! in [`LANES`] fixed f64 lanes, so results are the same for any thread count.
 //!
-//! The backward recomputes `m` and `s` (one more pass) and writes each `dlogits` element once:
+//! The backward recomputes `m` and `s` (one more pass) and writes each `dlogits` element once, in
+//! the output's dtype ([`GradElem`]: f32, f64, bf16 or f16, the halves rounded to nearest even):
 //! `dz_j = g (1[j=y] - p_j) - g_H p_j (log p_j + H)`, `dlogits_j = dz_j / T`.
+//!
+//! On x86-64 CPUs with AVX2, FMA and F16C, f32/bf16/f16 logits take the `avx2` path (for
+//! `1 / T` in `[2^-32, 2^32]`): the same passes with the exponentials in f32, eight at a time
+//! (about 2 ulp), each widened to f64 before it is summed, so `logp` stays within ~3e-7 absolute
+//! of the float64 value (see `avx2`). Everything else (f64 logits, other CPUs, extreme
+//! temperatures) takes the f64 path. Either way the reduction order is fixed per row.
 //!
 //! A logit of `-inf` is allowed and means probability 0 (a banned token): it adds nothing to the
 //! sums, its gradient is `g 1[j=y] / T` (the entropy part's limit `p log p -> 0`), and as a target
@@ -18,11 +25,17 @@
 // The chunk loops walk the chunk buffers with one index.
 #![allow(clippy::needless_range_loop)]
 
+use std::any::TypeId;
+
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::elem::FloatElem;
 use crate::error::{Error, Result};
 use crate::exp::exp;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Logits per chunk: the chunk's three f64 buffers (12 KiB) stay in L1.
 const CHUNK: usize = 512;
@@ -82,6 +95,8 @@ struct RowStats {
     m: f64,
     s: f64,
     t: f64,
+    /// The raw (unscaled) max logit, when the stats came from the `avx2` path.
+    raw_max: Option<f32>,
 }
 
 impl RowStats {
@@ -110,7 +125,159 @@ fn bad_logit<T: FloatElem>(row: &[T], i: usize) -> Error {
     }
 }
 
-fn row_stats<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
+/// A gradient element the backward writes: float32, float64, or a half type (rounded to nearest
+/// even, as torch's casts).
+pub trait GradElem: Copy + Send + Sync + 'static {
+    const DTYPE: &'static str;
+    fn from_f64(value: f64) -> Self;
+}
+
+impl GradElem for f32 {
+    const DTYPE: &'static str = "float32";
+    #[inline(always)]
+    fn from_f64(value: f64) -> Self {
+        value as f32
+    }
+}
+
+impl GradElem for f64 {
+    const DTYPE: &'static str = "float64";
+    #[inline(always)]
+    fn from_f64(value: f64) -> Self {
+        value
+    }
+}
+
+impl GradElem for bf16 {
+    const DTYPE: &'static str = "bfloat16";
+    #[inline(always)]
+    fn from_f64(value: f64) -> Self {
+        bf16::from_f64(value)
+    }
+}
+
+impl GradElem for f16 {
+    const DTYPE: &'static str = "float16";
+    #[inline(always)]
+    fn from_f64(value: f64) -> Self {
+        f16::from_f64(value)
+    }
+}
+
+/// `s` as a slice of `U` when `T` is `U`.
+fn cast<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
+    if TypeId::of::<T>() == TypeId::of::<U>() {
+        // SAFETY: T and U are the same type, so this is the same slice.
+        Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<U>(), s.len()) })
+    } else {
+        None
+    }
+}
+
+/// `s` as a mutable slice of `U` when `T` is `U`.
+fn cast_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
+    if TypeId::of::<T>() == TypeId::of::<U>() {
+        // SAFETY: T and U are the same type, so this is the same slice (borrowed exclusively).
+        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) })
+    } else {
+        None
+    }
+}
+
+/// Whether the `avx2` path may run: the CPU has it and `1 / T` keeps its f32 constants normal.
+fn use_fast(fast: bool, inv_t: f64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        fast && (2f64.powi(-32)..=2f64.powi(32)).contains(&inv_t) && avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (fast, inv_t);
+        false
+    }
+}
+
+/// One row's stats; `entropy` asks for `t`; `fast` allows the `avx2` path.
+fn row_stats<T: FloatElem>(
+    row: &[T],
+    i: usize,
+    inv_t: f64,
+    entropy: bool,
+    fast: bool,
+) -> Result<RowStats> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if use_fast(fast, inv_t) {
+            if let Some(stats) = row_stats_fast(row, i, inv_t, entropy) {
+                return stats;
+            }
+        }
+    }
+    let _ = entropy;
+    row_stats_f64(row, i, inv_t)
+}
+
+/// The `avx2` path's stats, or `None` for f64 logits.
+#[cfg(target_arch = "x86_64")]
+fn row_stats_fast<T: FloatElem>(
+    row: &[T],
+    i: usize,
+    inv_t: f64,
+    entropy: bool,
+) -> Option<Result<RowStats>> {
+    /// # Safety
+    /// [`avx2::available`] must hold.
+    unsafe fn run<U: avx2::Load8>(row: &[U], inv_t: f64, entropy: bool) -> avx2::Stats {
+        if entropy {
+            avx2::row_stats::<U, true>(row, inv_t)
+        } else {
+            avx2::row_stats::<U, false>(row, inv_t)
+        }
+    }
+    // SAFETY (all three): the caller checked `avx2::available()` (in `use_fast`).
+    let st = if let Some(r) = cast::<T, f32>(row) {
+        unsafe { run(r, inv_t, entropy) }
+    } else if let Some(r) = cast::<T, bf16>(row) {
+        unsafe { run(r, inv_t, entropy) }
+    } else if let Some(r) = cast::<T, f16>(row) {
+        unsafe { run(r, inv_t, entropy) }
+    } else {
+        return None;
+    };
+    if st.bad {
+        return Some(Err(bad_logit(row, i)));
+    }
+    if st.max == f32::NEG_INFINITY {
+        return Some(Err(all_banned(i)));
+    }
+    let m = st.max as f64 * inv_t;
+    if !m.is_finite() {
+        return Some(Err(overflow(i)));
+    }
+    Some(Ok(RowStats {
+        m,
+        s: st.s,
+        t: st.t,
+        raw_max: Some(st.max),
+    }))
+}
+
+fn all_banned(i: usize) -> Error {
+    Error::value(
+        "logits",
+        format!("row {i} has no token of non-zero probability (every logit is -inf)"),
+    )
+}
+
+fn overflow(i: usize) -> Error {
+    Error::Overflow {
+        arg: "logits",
+        detail: format!("row {i}: logits / temperature exceeds float64's range"),
+    }
+}
+
+/// The f64 path's stats.
+fn row_stats_f64<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::cpu::has_avx2_fma() {
@@ -202,21 +369,16 @@ fn row_stats_portable<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<R
         return Err(bad_logit(row, i));
     }
     if m == f64::NEG_INFINITY {
-        return Err(Error::value(
-            "logits",
-            format!("row {i} has no token of non-zero probability (every logit is -inf)"),
-        ));
+        return Err(all_banned(i));
     }
     if !m.is_finite() {
-        return Err(Error::Overflow {
-            arg: "logits",
-            detail: format!("row {i}: logits / temperature exceeds float64's range"),
-        });
+        return Err(overflow(i));
     }
     Ok(RowStats {
         m,
         s: s.iter().sum(),
         t: t.iter().sum(),
+        raw_max: None,
     })
 }
 
@@ -245,6 +407,27 @@ pub fn selective_logprobs<T: FloatElem>(
     logp_out: &mut [f32],
     entropy_out: Option<&mut [f32]>,
 ) -> Result<()> {
+    forward(
+        logits,
+        vocab,
+        targets,
+        temperature,
+        logp_out,
+        entropy_out,
+        true,
+    )
+}
+
+/// [`selective_logprobs`]; `fast` allows the `avx2` path.
+fn forward<T: FloatElem>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[i64],
+    temperature: f64,
+    logp_out: &mut [f32],
+    entropy_out: Option<&mut [f32]>,
+    fast: bool,
+) -> Result<()> {
     let rows = check_common(logits, vocab, targets, temperature)?;
     check_len("logp_out", logp_out.len(), rows)?;
     if let Some(h) = &entropy_out {
@@ -257,7 +440,7 @@ pub fn selective_logprobs<T: FloatElem>(
         .enumerate()
         .map(|(i, row)| {
             let y = target(targets, i, vocab)?;
-            let stats = row_stats(row, i, inv_t)?;
+            let stats = row_stats(row, i, inv_t, want_entropy, fast)?;
             let z_y = row[y].to_f64() * inv_t;
             let logp = (z_y - stats.m) - stats.ln_s();
             let h = if want_entropy { stats.entropy() } else { 0.0 };
@@ -276,17 +459,42 @@ pub fn selective_logprobs<T: FloatElem>(
 }
 
 /// Gradient of `sum_i grad_logp[i] * logp_i + grad_entropy[i] * H_i` with respect to the logits,
-/// written once per element into `dlogits_out` (`N * vocab` float32).
+/// written once per element into `dlogits_out` (`N * vocab` elements of any [`GradElem`]: f32,
+/// f64, or bf16/f16 rounded to nearest even).
 ///
 /// `grad_logp` (and `grad_entropy`) hold `N` finite values. Same checks as the forward.
-pub fn selective_logprobs_backward<T: FloatElem>(
+pub fn selective_logprobs_backward<T: FloatElem, O: GradElem>(
     logits: &[T],
     vocab: usize,
     targets: &[i64],
     temperature: f64,
     grad_logp: &[f32],
     grad_entropy: Option<&[f32]>,
-    dlogits_out: &mut [f32],
+    dlogits_out: &mut [O],
+) -> Result<()> {
+    backward(
+        logits,
+        vocab,
+        targets,
+        temperature,
+        grad_logp,
+        grad_entropy,
+        dlogits_out,
+        true,
+    )
+}
+
+/// [`selective_logprobs_backward`]; `fast` allows the `avx2` path.
+#[allow(clippy::too_many_arguments)]
+fn backward<T: FloatElem, O: GradElem>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[i64],
+    temperature: f64,
+    grad_logp: &[f32],
+    grad_entropy: Option<&[f32]>,
+    dlogits_out: &mut [O],
+    fast: bool,
 ) -> Result<()> {
     let rows = check_common(logits, vocab, targets, temperature)?;
     check_len("grad_logp", grad_logp.len(), rows)?;
@@ -321,32 +529,106 @@ pub fn selective_logprobs_backward<T: FloatElem>(
         .enumerate()
         .map(|(i, (row, out))| {
             let y = target(targets, i, vocab)?;
-            let stats = row_stats(row, i, inv_t)?;
+            let stats = row_stats(row, i, inv_t, grad_entropy.is_some(), fast)?;
             let g = grad_logp[i] as f64;
             let g_h = grad_entropy.map_or(0.0, |gh| gh[i] as f64);
             let h = stats.entropy();
             // log p_j = (z_j - m) - ln s.
             let offset = stats.m + stats.ln_s();
-            row_backward(row, out, inv_t, offset, g, g_h, h);
+            let done = match stats.raw_max {
+                #[cfg(target_arch = "x86_64")]
+                Some(max) => {
+                    let c = avx2::Backward {
+                        max,
+                        inv_t,
+                        ln_s: stats.ln_s(),
+                        g,
+                        g_h,
+                        h,
+                    };
+                    c.fits() && row_backward_fast(row, out, &c, grad_entropy.is_some())
+                }
+                _ => false,
+            };
+            if !done {
+                row_backward(row, out, inv_t, offset, g, g_h, h);
+            }
             // The target's element again with its `g 1[j=y]` term, in f64 (so `1 - p_y` is exact
             // to f64 rounding, e.g. 0 for a one-token vocabulary).
             let z_y = row[y].to_f64() * inv_t;
-            out[y] = if z_y == f64::NEG_INFINITY {
-                (g * inv_t) as f32
+            out[y] = O::from_f64(if z_y == f64::NEG_INFINITY {
+                g * inv_t
             } else {
                 let log_p = z_y - offset;
                 let p = exp(log_p);
-                ((g * (1.0 - p) - g_h * p * (log_p + h)) * inv_t) as f32
-            };
+                (g * (1.0 - p) - g_h * p * (log_p + h)) * inv_t
+            });
             Ok(())
         })
         .collect();
     results.into_iter().collect()
 }
 
-fn row_backward<T: FloatElem>(
+/// The `avx2` backward for one row; false (nothing written) for f64 logits.
+#[cfg(target_arch = "x86_64")]
+fn row_backward_fast<T: FloatElem, O: GradElem>(
     row: &[T],
-    out: &mut [f32],
+    out: &mut [O],
+    c: &avx2::Backward,
+    entropy: bool,
+) -> bool {
+    /// # Safety
+    /// [`avx2::available`] must hold and `out.len() == row.len()`.
+    unsafe fn run<U: avx2::Load8, V: avx2::Store8>(
+        row: &[U],
+        out: &mut [V],
+        c: &avx2::Backward,
+        entropy: bool,
+    ) {
+        if entropy {
+            avx2::row_backward::<U, V, true>(row, out, c)
+        } else {
+            avx2::row_backward::<U, V, false>(row, out, c)
+        }
+    }
+    /// # Safety
+    /// As [`run`].
+    unsafe fn with_out<U: avx2::Load8, O: GradElem>(
+        row: &[U],
+        out: &mut [O],
+        c: &avx2::Backward,
+        entropy: bool,
+    ) -> bool {
+        if let Some(o) = cast_mut::<O, f32>(out) {
+            run(row, o, c, entropy);
+        } else if let Some(o) = cast_mut::<O, f64>(out) {
+            run(row, o, c, entropy);
+        } else if let Some(o) = cast_mut::<O, bf16>(out) {
+            run(row, o, c, entropy);
+        } else if let Some(o) = cast_mut::<O, f16>(out) {
+            run(row, o, c, entropy);
+        } else {
+            return false;
+        }
+        true
+    }
+    assert_eq!(row.len(), out.len());
+    // SAFETY (all three): the stats came from the `avx2` path, which only runs where
+    // `avx2::available()` holds; the lengths are equal (asserted above).
+    if let Some(r) = cast::<T, f32>(row) {
+        unsafe { with_out(r, out, c, entropy) }
+    } else if let Some(r) = cast::<T, bf16>(row) {
+        unsafe { with_out(r, out, c, entropy) }
+    } else if let Some(r) = cast::<T, f16>(row) {
+        unsafe { with_out(r, out, c, entropy) }
+    } else {
+        false
+    }
+}
+
+fn row_backward<T: FloatElem, O: GradElem>(
+    row: &[T],
+    out: &mut [O],
     inv_t: f64,
     offset: f64,
     g: f64,
@@ -366,9 +648,9 @@ fn row_backward<T: FloatElem>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_backward_avx2<T: FloatElem>(
+unsafe fn row_backward_avx2<T: FloatElem, O: GradElem>(
     row: &[T],
-    out: &mut [f32],
+    out: &mut [O],
     inv_t: f64,
     offset: f64,
     g: f64,
@@ -380,9 +662,9 @@ unsafe fn row_backward_avx2<T: FloatElem>(
 
 /// `out_j = (-g p_j - g_H p_j (log p_j + H)) / T` (the target's `+g / T` is added by the caller).
 #[inline(always)]
-fn row_backward_portable<T: FloatElem>(
+fn row_backward_portable<T: FloatElem, O: GradElem>(
     row: &[T],
-    out: &mut [f32],
+    out: &mut [O],
     inv_t: f64,
     offset: f64,
     g: f64,
@@ -408,7 +690,7 @@ fn row_backward_portable<T: FloatElem>(
         }
         for k in 0..n.min(oc.len()) {
             let pk = if z[k] == f64::NEG_INFINITY { 0.0 } else { p[k] };
-            oc[k] = ((-g * pk - g_h * pk * (log_p[k] + h)) * inv_t) as f32;
+            oc[k] = O::from_f64((-g * pk - g_h * pk * (log_p[k] + h)) * inv_t);
         }
     }
 }
@@ -460,17 +742,26 @@ mod tests {
     }
 
     fn check_against_reference(n: usize, v: usize, scale: f64, temp: f64) {
+        check_path(n, v, scale, temp, true);
+        check_path(n, v, scale, temp, false);
+    }
+
+    /// The `avx2` path (where the CPU has it; `fast`) or the f64 path against the reference.
+    fn check_path(n: usize, v: usize, scale: f64, temp: f64, fast: bool) {
         let x64 = pseudo_logits(n, v, scale);
         let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
         let xr: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         let targets: Vec<i64> = (0..n).map(|i| ((i * 7919) % v) as i64).collect();
         let mut logp = vec![0.0f32; n];
         let mut ent = vec![0.0f32; n];
-        selective_logprobs(&x, v, &targets, temp, &mut logp, Some(&mut ent)).unwrap();
+        forward(&x, v, &targets, temp, &mut logp, Some(&mut ent), fast).unwrap();
         let g: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
         let gh: Vec<f32> = (0..n).map(|i| -0.25 * i as f32).collect();
         let mut d = vec![0.0f32; n * v];
-        selective_logprobs_backward(&x, v, &targets, temp, &g, Some(&gh), &mut d).unwrap();
+        backward(&x, v, &targets, temp, &g, Some(&gh), &mut d, fast).unwrap();
+        // Without the entropy term the gradient is the same formula with g_H = 0.
+        let mut d0 = vec![0.0f32; n * v];
+        backward(&x, v, &targets, temp, &g, None, &mut d0, fast).unwrap();
         for i in 0..n {
             let (lp, h, grad) = reference(
                 &xr[i * v..(i + 1) * v],
@@ -490,6 +781,22 @@ mod tests {
                     grad[j]
                 );
             }
+            let (_, _, grad0) = reference(
+                &xr[i * v..(i + 1) * v],
+                targets[i] as usize,
+                temp,
+                g[i] as f64,
+                0.0,
+            );
+            let gmax = grad0.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            for j in 0..v {
+                let got = d0[i * v + j] as f64;
+                assert!(
+                    (got - grad0[j]).abs() <= 1e-6 * gmax.max(1e-30) + 1e-6 * grad0[j].abs(),
+                    "grad without entropy ({i}, {j}): {got} vs {}",
+                    grad0[j]
+                );
+            }
         }
     }
 
@@ -505,6 +812,26 @@ mod tests {
     #[test]
     fn large_vocabulary_accuracy() {
         check_against_reference(2, 152_064, 30.0, 1.0);
+        check_against_reference(2, 152_064, 3.0, 0.7);
+    }
+
+    #[test]
+    fn the_max_growing_late_rescales_the_sums() {
+        // Increasing logits: the max changes in every chunk.
+        let v = 20_000;
+        let x: Vec<f32> = (0..2 * v).map(|k| (k % v) as f32 * 1e-3).collect();
+        let t = [19_999i64, 3];
+        for fast in [true, false] {
+            let mut lp = [0.0f32; 2];
+            let mut h = [0.0f32; 2];
+            forward(&x, v, &t, 0.9, &mut lp, Some(&mut h), fast).unwrap();
+            let xr: Vec<f64> = x[..v].iter().map(|&v| v as f64).collect();
+            for (i, &y) in t.iter().enumerate() {
+                let (r, hr, _) = reference(&xr, y as usize, 0.9, 1.0, 0.0);
+                assert!(close(lp[i] as f64, r, 1e-6), "{fast} {} vs {r}", lp[i]);
+                assert!(close(h[i] as f64, hr, 1e-6), "{fast} {} vs {hr}", h[i]);
+            }
+        }
     }
 
     #[test]
@@ -527,6 +854,90 @@ mod tests {
         let a = run(&|o| selective_logprobs(&xh, v, &t, 1.0, o, None).unwrap());
         let b = run(&|o| selective_logprobs(&xhf, v, &t, 1.0, o, None).unwrap());
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn gradients_in_every_output_dtype() {
+        // Half outputs are the f32 gradient rounded to nearest even (the target's element is
+        // rounded once from f64, so it may differ from the f32 one's rounding by an ulp); f64
+        // outputs of f32 logits hold the f32 path's values.
+        let (n, v) = (3, 1037);
+        let x: Vec<bf16> = pseudo_logits(n, v, 12.0)
+            .iter()
+            .map(|&v| bf16::from_f64(v))
+            .collect();
+        let t = [5i64, 1036, 0];
+        let g = [1.0f32, -2.5, 0.75];
+        let gh = [0.5f32, 1.0, -3.0];
+        for fast in [true, false] {
+            let mut d32 = vec![0.0f32; n * v];
+            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut d32, fast).unwrap();
+            let mut d64 = vec![0.0f64; n * v];
+            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut d64, fast).unwrap();
+            let mut db = vec![bf16::ZERO; n * v];
+            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut db, fast).unwrap();
+            let mut dh = vec![f16::ZERO; n * v];
+            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut dh, fast).unwrap();
+            for k in 0..n * v {
+                let is_target = t.iter().enumerate().any(|(i, &y)| k == i * v + y as usize);
+                if is_target {
+                    let ulp = (db[k].to_f64() - bf16::from_f32(d32[k]).to_f64()).abs();
+                    assert!(ulp <= d32[k].abs() as f64 / 64.0, "{k}");
+                    continue;
+                }
+                if fast {
+                    assert_eq!(d64[k], d32[k] as f64, "{k}");
+                } else {
+                    assert!((d64[k] - d32[k] as f64).abs() <= 1e-7 * d64[k].abs(), "{k}");
+                }
+                // The f64 path rounds each half once from f64; the avx2 path from f32.
+                if fast {
+                    assert_eq!(db[k], bf16::from_f32(d32[k]), "{k}");
+                    assert_eq!(dh[k], f16::from_f32(d32[k]), "{k}");
+                } else {
+                    assert_eq!(db[k], bf16::from_f64(d64[k]), "{k}");
+                    assert_eq!(dh[k], f16::from_f64(d64[k]), "{k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paths_agree_on_banned_tokens_and_bad_logits() {
+        for fast in [true, false] {
+            let mut row = vec![f32::NEG_INFINITY; 3000];
+            row[2999] = 1.0;
+            row[17] = -2.0;
+            let mut lp = [0.0f32; 2];
+            let mut h = [0.0f32; 2];
+            let rows: Vec<f32> = row.iter().chain(row.iter()).cloned().collect();
+            forward(&rows, 3000, &[17, 5], 1.0, &mut lp, Some(&mut h), fast).unwrap();
+            let (r, hr, _) = reference(&[-2.0, 1.0], 0, 1.0, 1.0, 0.0);
+            assert!(close(lp[0] as f64, r, 1e-7), "{fast} {}", lp[0]);
+            assert_eq!(lp[1], f32::NEG_INFINITY);
+            assert!(close(h[0] as f64, hr, 1e-7), "{fast} {}", h[0]);
+            let mut d = vec![0.0f32; 6000];
+            backward(
+                &rows,
+                3000,
+                &[17, 5],
+                1.0,
+                &[1.0, 1.0],
+                Some(&[1.0, 1.0]),
+                &mut d,
+                fast,
+            )
+            .unwrap();
+            assert!(d.iter().all(|v| v.is_finite()));
+            assert_eq!(d[3005], 1.0);
+            let mut bad = rows.clone();
+            bad[4100] = f32::NAN;
+            bad[5000] = f32::INFINITY;
+            let e = forward(&bad, 3000, &[17, 5], 1.0, &mut lp, None, fast).unwrap_err();
+            assert!(e.to_string().contains("(1, 1100)"), "{e}");
+            let e = backward(&bad, 3000, &[17, 5], 1.0, &[1.0; 2], None, &mut d, fast);
+            assert!(e.unwrap_err().to_string().contains("(1, 1100)"));
+        }
     }
 
     #[test]

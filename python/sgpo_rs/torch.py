@@ -336,8 +336,9 @@ class SelectiveLogSoftmax(torch.autograd.Function):
 
     The autograd node behind :func:`selective_log_softmax` (use that instead). The forward saves
     ``logits`` (a reference, no copy) and returns float32 outputs; the backward recomputes each
-    row's log-sum-exp in Rust and writes ``dlogits`` once into a new float32 tensor, cast to the
-    logits' dtype. Once differentiable (no double backward).
+    row's log-sum-exp in Rust and writes ``dlogits`` once, directly in the logits' dtype
+    (bfloat16/float16 rounded to nearest even, as torch's casts). Once differentiable (no double
+    backward).
     """
 
     @staticmethod
@@ -379,10 +380,14 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         t = _targets_numpy(targets, lead)
         g = _grad_numpy(grads[0])
         gh = _grad_numpy(grads[1]) if ctx.return_entropy and grads[1] is not None else None
+        out_dtype = str(logits.dtype).removeprefix("torch.")
         dlogits = _core.selective_logprobs_backward_core(
-            x, t, g, gh, half_dtype=half, temperature=ctx.temperature
+            x, t, g, gh, half_dtype=half, temperature=ctx.temperature, out_dtype=out_dtype
         )
-        return torch.from_numpy(dlogits).reshape(logits.shape).to(logits.dtype), None, None, None
+        dlogits_t = torch.from_numpy(dlogits)
+        if logits.dtype in _HALF_NAMES:  # int16 bits of the half type
+            dlogits_t = dlogits_t.view(logits.dtype)
+        return dlogits_t.reshape(logits.shape), None, None, None
 
 
 @torch.compiler.disable
@@ -398,8 +403,8 @@ def selective_log_softmax(
     ``logits`` is ``(N, V)`` or ``(B, T, V)`` float32, float64, bfloat16 or float16; ``targets`` is
     an integer tensor of the leading shape. Returns the float32 log-probabilities of the leading
     shape, or ``(logp, entropy)`` with ``return_entropy=True`` (both differentiable). Nothing of
-    size ``(N, V)`` is allocated in the forward; the backward allocates only the gradient (float32,
-    cast to the logits' dtype).
+    size ``(N, V)`` is allocated in the forward; the backward allocates only the gradient, written
+    once in the logits' dtype.
 
     Copies: contiguous CPU tensors reach the Rust core without a copy (bfloat16/float16 as their
     bits via ``.view(torch.int16)``); a non-contiguous one is made contiguous first. A ``-inf``

@@ -6,7 +6,8 @@ use pyo3::prelude::*;
 use super::arrays::{FloatView, View};
 use super::errors::{to_py, value_error};
 use crate::elem::FloatElem;
-use crate::logprob::{selective_logprobs, selective_logprobs_backward};
+use crate::logprob::{selective_logprobs, selective_logprobs_backward, GradElem};
+use half::{bf16, f16};
 
 /// `(rows, vocab)` of a 2-D logits view, and the checked 1-D `targets`.
 fn logits_shape(logits: &FloatView<'_>, targets: &View<'_, i64>) -> PyResult<(usize, usize)> {
@@ -111,9 +112,11 @@ fn run_forward<T: FloatElem>(
     py.detach(|| selective_logprobs(logits, vocab, targets, temperature, logp, entropy))
 }
 
-/// Returns `dlogits`, float32 `(N, V)`.
+/// Returns `dlogits` `(N, V)` in `out_dtype`: "float32" (default), "float64", or "bfloat16" /
+/// "float16" as int16 bits (rounded to nearest even; view them as the half type).
 #[pyfunction]
-#[pyo3(signature = (logits, targets, grad_logp, grad_entropy, *, half_dtype, temperature))]
+#[pyo3(signature = (logits, targets, grad_logp, grad_entropy, *, half_dtype, temperature, out_dtype="float32"))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn selective_logprobs_backward_core<'py>(
     py: Python<'py>,
     logits: &Bound<'py, PyAny>,
@@ -122,6 +125,7 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
     grad_entropy: Option<&Bound<'py, PyAny>>,
     half_dtype: &str,
     temperature: f64,
+    out_dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let logits = FloatView::new("logits", logits, half_dtype)?;
     let targets = View::<i64>::new("targets", targets)?;
@@ -141,50 +145,84 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
             }
         }
     }
+    let t = targets.slice();
+    let g = grad_logp.slice();
+    let gh = grad_entropy.as_ref().map(|v| v.slice());
+    let args = BackwardArgs {
+        vocab,
+        targets: t,
+        temperature,
+        grad_logp: g,
+        grad_entropy: gh,
+    };
+    match out_dtype {
+        "float32" => backward_into::<f32, f32>(py, &logits, rows, &args, |o| o),
+        "float64" => backward_into::<f64, f64>(py, &logits, rows, &args, |o| o),
+        "bfloat16" => backward_into::<i16, bf16>(py, &logits, rows, &args, half_bits::<bf16>),
+        "float16" => backward_into::<i16, f16>(py, &logits, rows, &args, half_bits::<f16>),
+        other => Err(value_error(
+            "out_dtype",
+            format!(
+                "expected \"float32\", \"float64\", \"bfloat16\" or \"float16\", got {other:?}"
+            ),
+        )),
+    }
+}
+
+/// The int16 buffer of a numpy array as the half type whose bits it holds.
+fn half_bits<H: GradElem>(bits: &mut [i16]) -> &mut [H] {
+    debug_assert_eq!(std::mem::size_of::<H>(), std::mem::size_of::<i16>());
+    // SAFETY: H is bf16 or f16, both `repr(transparent)` over u16 (same size and alignment as
+    // i16), and every bit pattern is a valid value of either; the borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<H>(), bits.len()) }
+}
+
+/// The backward's inputs besides the logits.
+struct BackwardArgs<'a> {
+    vocab: usize,
+    targets: &'a [i64],
+    temperature: f64,
+    grad_logp: &'a [f32],
+    grad_entropy: Option<&'a [f32]>,
+}
+
+/// Allocates `(rows, vocab)` numpy elements `E`, lets the kernel write them as `O` (`as_out`
+/// reinterprets the buffer) and returns the array.
+fn backward_into<'py, E: numpy::Element, O: GradElem>(
+    py: Python<'py>,
+    logits: &FloatView<'py>,
+    rows: usize,
+    args: &BackwardArgs<'_>,
+    as_out: impl FnOnce(&mut [E]) -> &mut [O],
+) -> PyResult<Bound<'py, PyAny>> {
     // Every element is written by the kernel, so the output starts uninitialised.
-    let dlogits = unsafe { PyArray2::<f32>::new(py, [rows, vocab], false) };
+    // SAFETY: the array is fully written below before Python sees it (on error it is dropped).
+    let dlogits = unsafe { PyArray2::<E>::new(py, [rows, args.vocab], false) };
     {
         let mut guard = dlogits.readwrite();
         let out = guard
             .as_slice_mut()
             .map_err(|_| value_error("dlogits", "internal: output is not contiguous"))?;
-        let t = targets.slice();
-        let g = grad_logp.slice();
-        let gh = grad_entropy.as_ref().map(|v| v.slice());
-        with_logits!(&logits, |x| run_backward(
-            py,
-            x,
-            vocab,
-            t,
-            temperature,
-            g,
-            gh,
-            out
-        ))
-        .map_err(to_py)?;
+        let out = as_out(out);
+        with_logits!(logits, |x| run_backward(py, x, args, out)).map_err(to_py)?;
     }
     Ok(dlogits.into_any())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_backward<T: FloatElem>(
+fn run_backward<T: FloatElem, O: GradElem>(
     py: Python<'_>,
     logits: &[T],
-    vocab: usize,
-    targets: &[i64],
-    temperature: f64,
-    grad_logp: &[f32],
-    grad_entropy: Option<&[f32]>,
-    dlogits: &mut [f32],
+    args: &BackwardArgs<'_>,
+    dlogits: &mut [O],
 ) -> crate::Result<()> {
     py.detach(|| {
         selective_logprobs_backward(
             logits,
-            vocab,
-            targets,
-            temperature,
-            grad_logp,
-            grad_entropy,
+            args.vocab,
+            args.targets,
+            args.temperature,
+            args.grad_logp,
+            args.grad_entropy,
             dlogits,
         )
     })

@@ -132,6 +132,45 @@ def test_torch_op_values_and_gradients(dtype, temperature):
         assert_close(x.grad, ref_grad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_backward_writes_the_logits_dtype(dtype):
+    """The core's ``out_dtype`` path: float32/float64 as computed, halves as torch's
+    round-to-nearest-even of the float32 gradient (the target's element is rounded once from
+    float64, so it may sit one half-ulp step away)."""
+    from sgpo_rs import _core
+    from sgpo_rs.torch import _logits_numpy
+
+    logits, targets = make((5, 4099), dtype, scale=4.0, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    g = torch.randn(5, generator=gen).numpy()
+    g_h = torch.randn(5, generator=gen).numpy()
+    x, half = _logits_numpy(logits)
+    t = targets.numpy()
+    run = lambda out: _core.selective_logprobs_backward_core(  # noqa: E731
+        x, t, g, g_h, half_dtype=half, temperature=0.8, out_dtype=out
+    )
+    d32 = torch.from_numpy(run("float32"))
+    name = str(dtype).removeprefix("torch.")
+    got = torch.from_numpy(run(name))
+    if dtype in (torch.bfloat16, torch.float16):
+        assert got.dtype == torch.int16
+        got = got.view(dtype)
+        expected = d32.to(dtype)
+        rows = torch.arange(5)
+        differ = (got != expected).nonzero().tolist()
+        assert all(j == targets[i].item() for i, j in differ), differ
+        assert_close(got[rows, targets], expected[rows, targets], rtol=1e-2)
+    elif dtype == torch.float64:
+        assert got.dtype == torch.float64
+        assert_close(got, d32.double())
+    else:
+        assert torch.equal(got, d32)
+    _, _, ref_grad = reference(logits, targets, 0.8, torch.from_numpy(g), torch.from_numpy(g_h))
+    assert_close(d32, ref_grad)
+    with pytest.raises(ValueError, match="out_dtype"):
+        run("int8")
+
+
 def test_torch_matches_trl_selective_log_softmax():
     trl_utils = pytest.importorskip("trl.trainer.utils")
     logits, targets = make((3, 50, 1000), torch.float32)
