@@ -99,7 +99,32 @@ struct RowStats {
     raw_max: Option<f32>,
 }
 
+/// Values per row in the stats the forward can hand to the backward:
+/// `[m, s, t, raw max]` (`t` NaN when the entropy was not asked for, raw max NaN on the f64 path).
+pub const STATS_PER_ROW: usize = 4;
+
 impl RowStats {
+    fn store(&self, out: &mut [f64], entropy: bool) {
+        out[0] = self.m;
+        out[1] = self.s;
+        out[2] = if entropy { self.t } else { f64::NAN };
+        out[3] = self.raw_max.map_or(f64::NAN, |v| v as f64);
+    }
+
+    /// Stats stored by [`RowStats::store`]; `None` if they lack what is needed.
+    fn load(row: &[f64], entropy: bool) -> Option<Self> {
+        let stats = RowStats {
+            m: row[0],
+            s: row[1],
+            // Without the entropy term `t` is never used; 0 as the passes leave it.
+            t: if entropy { row[2] } else { 0.0 },
+            raw_max: (!row[3].is_nan()).then_some(row[3] as f32),
+        };
+        let usable =
+            stats.m.is_finite() && stats.s >= 1.0 && stats.s.is_finite() && stats.t.is_finite();
+        usable.then_some(stats)
+    }
+
     fn ln_s(&self) -> f64 {
         self.s.ln()
     }
@@ -414,11 +439,37 @@ pub fn selective_logprobs<T: FloatElem>(
         temperature,
         logp_out,
         entropy_out,
+        None,
+        true,
+    )
+}
+
+/// [`selective_logprobs`], also writing each row's log-sum-exp statistics into `stats_out`
+/// (`N * STATS_PER_ROW` f64) for [`selective_logprobs_backward_with_stats`], which then skips
+/// its pass over the logits to recompute them.
+pub fn selective_logprobs_with_stats<T: FloatElem>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[i64],
+    temperature: f64,
+    logp_out: &mut [f32],
+    entropy_out: Option<&mut [f32]>,
+    stats_out: &mut [f64],
+) -> Result<()> {
+    forward(
+        logits,
+        vocab,
+        targets,
+        temperature,
+        logp_out,
+        entropy_out,
+        Some(stats_out),
         true,
     )
 }
 
 /// [`selective_logprobs`]; `fast` allows the `avx2` path.
+#[allow(clippy::too_many_arguments)]
 fn forward<T: FloatElem>(
     logits: &[T],
     vocab: usize,
@@ -426,6 +477,7 @@ fn forward<T: FloatElem>(
     temperature: f64,
     logp_out: &mut [f32],
     entropy_out: Option<&mut [f32]>,
+    stats_out: Option<&mut [f64]>,
     fast: bool,
 ) -> Result<()> {
     let rows = check_common(logits, vocab, targets, temperature)?;
@@ -433,9 +485,12 @@ fn forward<T: FloatElem>(
     if let Some(h) = &entropy_out {
         check_len("entropy_out", h.len(), rows)?;
     }
+    if let Some(st) = &stats_out {
+        check_len("stats_out", st.len(), rows * STATS_PER_ROW)?;
+    }
     let want_entropy = entropy_out.is_some();
     let inv_t = 1.0 / temperature;
-    let results: Vec<Result<(f32, f32)>> = logits
+    let results: Vec<Result<(f32, f32, RowStats)>> = logits
         .par_chunks(vocab)
         .enumerate()
         .map(|(i, row)| {
@@ -444,15 +499,22 @@ fn forward<T: FloatElem>(
             let z_y = row[y].to_f64() * inv_t;
             let logp = (z_y - stats.m) - stats.ln_s();
             let h = if want_entropy { stats.entropy() } else { 0.0 };
-            Ok((to_f32("logp", logp, i)?, h as f32))
+            Ok((to_f32("logp", logp, i)?, h as f32, stats))
         })
         .collect();
     let mut entropy_out = entropy_out;
+    let mut stats_out = stats_out;
     for (i, result) in results.into_iter().enumerate() {
-        let (logp, h) = result?;
+        let (logp, h, stats) = result?;
         logp_out[i] = logp;
         if let Some(out) = entropy_out.as_deref_mut() {
             out[i] = h;
+        }
+        if let Some(out) = stats_out.as_deref_mut() {
+            stats.store(
+                &mut out[i * STATS_PER_ROW..(i + 1) * STATS_PER_ROW],
+                want_entropy,
+            );
         }
     }
     Ok(())
@@ -479,6 +541,35 @@ pub fn selective_logprobs_backward<T: FloatElem, O: GradElem>(
         temperature,
         grad_logp,
         grad_entropy,
+        None,
+        dlogits_out,
+        true,
+    )
+}
+
+/// [`selective_logprobs_backward`] with the `stats` that [`selective_logprobs_with_stats`] wrote
+/// for the same logits, targets and temperature: one pass over the logits instead of two, and
+/// the same result. A row whose stats lack what is needed (no `t` while `grad_entropy` is given)
+/// is recomputed. The logits are not checked again (the forward did).
+#[allow(clippy::too_many_arguments)]
+pub fn selective_logprobs_backward_with_stats<T: FloatElem, O: GradElem>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[i64],
+    temperature: f64,
+    grad_logp: &[f32],
+    grad_entropy: Option<&[f32]>,
+    stats: &[f64],
+    dlogits_out: &mut [O],
+) -> Result<()> {
+    backward(
+        logits,
+        vocab,
+        targets,
+        temperature,
+        grad_logp,
+        grad_entropy,
+        Some(stats),
         dlogits_out,
         true,
     )
@@ -493,10 +584,14 @@ fn backward<T: FloatElem, O: GradElem>(
     temperature: f64,
     grad_logp: &[f32],
     grad_entropy: Option<&[f32]>,
+    saved: Option<&[f64]>,
     dlogits_out: &mut [O],
     fast: bool,
 ) -> Result<()> {
     let rows = check_common(logits, vocab, targets, temperature)?;
+    if let Some(st) = saved {
+        check_len("stats", st.len(), rows * STATS_PER_ROW)?;
+    }
     check_len("grad_logp", grad_logp.len(), rows)?;
     if let Some(g) = grad_entropy {
         check_len("grad_entropy", g.len(), rows)?;
@@ -529,15 +624,26 @@ fn backward<T: FloatElem, O: GradElem>(
         .enumerate()
         .map(|(i, (row, out))| {
             let y = target(targets, i, vocab)?;
-            let stats = row_stats(row, i, inv_t, grad_entropy.is_some(), fast)?;
+            let want_entropy = grad_entropy.is_some();
+            let reuse = saved.and_then(|st| {
+                RowStats::load(
+                    &st[i * STATS_PER_ROW..(i + 1) * STATS_PER_ROW],
+                    want_entropy,
+                )
+            });
+            let stats = match reuse {
+                Some(stats) => stats,
+                None => row_stats(row, i, inv_t, want_entropy, fast)?,
+            };
             let g = grad_logp[i] as f64;
             let g_h = grad_entropy.map_or(0.0, |gh| gh[i] as f64);
             let h = stats.entropy();
             // log p_j = (z_j - m) - ln s.
             let offset = stats.m + stats.ln_s();
             let done = match stats.raw_max {
+                // (Saved stats may come from elsewhere: the CPU check is repeated.)
                 #[cfg(target_arch = "x86_64")]
-                Some(max) => {
+                Some(max) if use_fast(fast, inv_t) => {
                     let c = avx2::Backward {
                         max,
                         inv_t,
@@ -613,8 +719,11 @@ fn row_backward_fast<T: FloatElem, O: GradElem>(
         true
     }
     assert_eq!(row.len(), out.len());
-    // SAFETY (all three): the stats came from the `avx2` path, which only runs where
-    // `avx2::available()` holds; the lengths are equal (asserted above).
+    if !avx2::available() {
+        return false;
+    }
+    // SAFETY (all three): `avx2::available()` holds and the lengths are equal (both checked
+    // above).
     if let Some(r) = cast::<T, f32>(row) {
         unsafe { with_out(r, out, c, entropy) }
     } else if let Some(r) = cast::<T, bf16>(row) {
@@ -754,14 +863,14 @@ mod tests {
         let targets: Vec<i64> = (0..n).map(|i| ((i * 7919) % v) as i64).collect();
         let mut logp = vec![0.0f32; n];
         let mut ent = vec![0.0f32; n];
-        forward(&x, v, &targets, temp, &mut logp, Some(&mut ent), fast).unwrap();
+        forward(&x, v, &targets, temp, &mut logp, Some(&mut ent), None, fast).unwrap();
         let g: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
         let gh: Vec<f32> = (0..n).map(|i| -0.25 * i as f32).collect();
         let mut d = vec![0.0f32; n * v];
-        backward(&x, v, &targets, temp, &g, Some(&gh), &mut d, fast).unwrap();
+        backward(&x, v, &targets, temp, &g, Some(&gh), None, &mut d, fast).unwrap();
         // Without the entropy term the gradient is the same formula with g_H = 0.
         let mut d0 = vec![0.0f32; n * v];
-        backward(&x, v, &targets, temp, &g, None, &mut d0, fast).unwrap();
+        backward(&x, v, &targets, temp, &g, None, None, &mut d0, fast).unwrap();
         for i in 0..n {
             let (lp, h, grad) = reference(
                 &xr[i * v..(i + 1) * v],
@@ -824,7 +933,7 @@ mod tests {
         for fast in [true, false] {
             let mut lp = [0.0f32; 2];
             let mut h = [0.0f32; 2];
-            forward(&x, v, &t, 0.9, &mut lp, Some(&mut h), fast).unwrap();
+            forward(&x, v, &t, 0.9, &mut lp, Some(&mut h), None, fast).unwrap();
             let xr: Vec<f64> = x[..v].iter().map(|&v| v as f64).collect();
             for (i, &y) in t.iter().enumerate() {
                 let (r, hr, _) = reference(&xr, y as usize, 0.9, 1.0, 0.0);
@@ -871,13 +980,13 @@ mod tests {
         let gh = [0.5f32, 1.0, -3.0];
         for fast in [true, false] {
             let mut d32 = vec![0.0f32; n * v];
-            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut d32, fast).unwrap();
+            backward(&x, v, &t, 0.7, &g, Some(&gh), None, &mut d32, fast).unwrap();
             let mut d64 = vec![0.0f64; n * v];
-            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut d64, fast).unwrap();
+            backward(&x, v, &t, 0.7, &g, Some(&gh), None, &mut d64, fast).unwrap();
             let mut db = vec![bf16::ZERO; n * v];
-            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut db, fast).unwrap();
+            backward(&x, v, &t, 0.7, &g, Some(&gh), None, &mut db, fast).unwrap();
             let mut dh = vec![f16::ZERO; n * v];
-            backward(&x, v, &t, 0.7, &g, Some(&gh), &mut dh, fast).unwrap();
+            backward(&x, v, &t, 0.7, &g, Some(&gh), None, &mut dh, fast).unwrap();
             for k in 0..n * v {
                 let is_target = t.iter().enumerate().any(|(i, &y)| k == i * v + y as usize);
                 if is_target {
@@ -903,6 +1012,41 @@ mod tests {
     }
 
     #[test]
+    fn saved_stats_give_the_same_backward() {
+        let (n, v) = (4, 5000);
+        let x: Vec<bf16> = pseudo_logits(n, v, 9.0)
+            .iter()
+            .map(|&v| bf16::from_f64(v))
+            .collect();
+        let t = [1i64, 4999, 2500, 0];
+        let g = [1.0f32, -0.5, 2.0, 0.25];
+        let gh = [0.5f32, 1.0, -1.0, 0.0];
+        for fast in [true, false] {
+            for entropy in [true, false] {
+                let mut lp = vec![0.0f32; n];
+                let mut h = vec![0.0f32; n];
+                let mut st = vec![0.0f64; n * STATS_PER_ROW];
+                let h_out = entropy.then_some(&mut h[..]);
+                forward(&x, v, &t, 0.8, &mut lp, h_out, Some(&mut st), fast).unwrap();
+                for with_h in [true, false] {
+                    let ghs = with_h.then_some(&gh[..]);
+                    let mut fresh = vec![bf16::ZERO; n * v];
+                    backward(&x, v, &t, 0.8, &g, ghs, None, &mut fresh, fast).unwrap();
+                    let mut reused = vec![bf16::ZERO; n * v];
+                    backward(&x, v, &t, 0.8, &g, ghs, Some(&st), &mut reused, fast).unwrap();
+                    assert!(
+                        fresh == reused,
+                        "fast {fast} entropy {entropy} with_h {with_h}"
+                    );
+                }
+            }
+        }
+        let mut d = vec![0.0f32; n * v];
+        let e = selective_logprobs_backward_with_stats(&x, v, &t, 0.8, &g, None, &[0.0; 3], &mut d);
+        assert!(matches!(e, Err(Error::Shape { arg: "stats", .. })), "{e:?}");
+    }
+
+    #[test]
     fn paths_agree_on_banned_tokens_and_bad_logits() {
         for fast in [true, false] {
             let mut row = vec![f32::NEG_INFINITY; 3000];
@@ -911,7 +1055,17 @@ mod tests {
             let mut lp = [0.0f32; 2];
             let mut h = [0.0f32; 2];
             let rows: Vec<f32> = row.iter().chain(row.iter()).cloned().collect();
-            forward(&rows, 3000, &[17, 5], 1.0, &mut lp, Some(&mut h), fast).unwrap();
+            forward(
+                &rows,
+                3000,
+                &[17, 5],
+                1.0,
+                &mut lp,
+                Some(&mut h),
+                None,
+                fast,
+            )
+            .unwrap();
             let (r, hr, _) = reference(&[-2.0, 1.0], 0, 1.0, 1.0, 0.0);
             assert!(close(lp[0] as f64, r, 1e-7), "{fast} {}", lp[0]);
             assert_eq!(lp[1], f32::NEG_INFINITY);
@@ -924,6 +1078,7 @@ mod tests {
                 1.0,
                 &[1.0, 1.0],
                 Some(&[1.0, 1.0]),
+                None,
                 &mut d,
                 fast,
             )
@@ -933,9 +1088,19 @@ mod tests {
             let mut bad = rows.clone();
             bad[4100] = f32::NAN;
             bad[5000] = f32::INFINITY;
-            let e = forward(&bad, 3000, &[17, 5], 1.0, &mut lp, None, fast).unwrap_err();
+            let e = forward(&bad, 3000, &[17, 5], 1.0, &mut lp, None, None, fast).unwrap_err();
             assert!(e.to_string().contains("(1, 1100)"), "{e}");
-            let e = backward(&bad, 3000, &[17, 5], 1.0, &[1.0; 2], None, &mut d, fast);
+            let e = backward(
+                &bad,
+                3000,
+                &[17, 5],
+                1.0,
+                &[1.0; 2],
+                None,
+                None,
+                &mut d,
+                fast,
+            );
             assert!(e.unwrap_err().to_string().contains("(1, 1100)"));
         }
     }

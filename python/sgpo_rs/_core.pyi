@@ -74,7 +74,8 @@ def selective_logprobs_core(
     half_dtype: str,
     temperature: float,
     entropy: bool,
-) -> Tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]]: ...
+    stats: bool = False,
+) -> Tuple[Any, ...]: ...
 def selective_logprobs_backward_core(
     logits: npt.NDArray[Any],
     targets: npt.NDArray[np.int64],
@@ -84,6 +85,7 @@ def selective_logprobs_backward_core(
     half_dtype: str,
     temperature: float,
     out_dtype: str = "float32",
+    stats: Optional[npt.NDArray[np.float64]] = None,
 ) -> npt.NDArray[Any]: ...
 def split_steps(text: str, delimiter: str) -> List[str]: ...
 def step_spans(text: str, delimiter: str) -> List[Tuple[int, int]]: ...

@@ -335,10 +335,10 @@ class SelectiveLogSoftmax(torch.autograd.Function):
     """``logp[, entropy] = SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy)``.
 
     The autograd node behind :func:`selective_log_softmax` (use that instead). The forward saves
-    ``logits`` (a reference, no copy) and returns float32 outputs; the backward recomputes each
-    row's log-sum-exp in Rust and writes ``dlogits`` once, directly in the logits' dtype
-    (bfloat16/float16 rounded to nearest even, as torch's casts). Once differentiable (no double
-    backward).
+    ``logits`` (a reference, no copy) and each row's max and exponential sums (32 bytes per row)
+    and returns float32 outputs; the backward reuses those sums (one pass over the logits) and
+    writes ``dlogits`` once in Rust, directly in the logits' dtype (bfloat16/float16 rounded to
+    nearest even, as torch's casts). Once differentiable (no double backward).
     """
 
     @staticmethod
@@ -359,8 +359,10 @@ class SelectiveLogSoftmax(torch.autograd.Function):
             return (logp_t, ent_t) if return_entropy else logp_t
         x, half = _logits_numpy(logits)
         t = _targets_numpy(targets, lead)
-        logp, ent = _core.selective_logprobs_core(
-            x, t, half_dtype=half, temperature=temperature, entropy=return_entropy
+        # ``stats`` (float64 (N, 4): each row's max and exponential sums) lets the backward skip
+        # its own pass over the logits.
+        logp, ent, ctx.stats = _core.selective_logprobs_core(
+            x, t, half_dtype=half, temperature=temperature, entropy=return_entropy, stats=True
         )
         logp_t = torch.from_numpy(logp).reshape(lead)
         if return_entropy:
@@ -382,7 +384,14 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         gh = _grad_numpy(grads[1]) if ctx.return_entropy and grads[1] is not None else None
         out_dtype = str(logits.dtype).removeprefix("torch.")
         dlogits = _core.selective_logprobs_backward_core(
-            x, t, g, gh, half_dtype=half, temperature=ctx.temperature, out_dtype=out_dtype
+            x,
+            t,
+            g,
+            gh,
+            half_dtype=half,
+            temperature=ctx.temperature,
+            out_dtype=out_dtype,
+            stats=ctx.stats,
         )
         dlogits_t = torch.from_numpy(dlogits)
         if logits.dtype in _HALF_NAMES:  # int16 bits of the half type

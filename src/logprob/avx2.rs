@@ -6,14 +6,21 @@
 //! exponents, else rounded by half an ulp of `a`); `a k` is then carried as `p + err` with `p`
 //! rounded and `err` its exact error from an FMA (plus `a k_lo`, `k = k_hi + k_lo`), so the
 //! temperature adds no rounding. With `n = round(p)`, `r = (p - n) + err` lies in `[-0.5, 0.5]`
-//! and `2^r` is a degree-7 Taylor polynomial (truncation below 1e-8 relative, Horner in f32 with
-//! FMA: about 2 ulp in all), scaled by `2^n` built from exponent bits. Results under `2^-124`
-//! (relative to the row's max) are flushed to 0, which also makes `-inf` logits exact zeros and
-//! keeps every intermediate a normal number.
+//! and `2^r` is a degree-7 Taylor polynomial (truncation below 1e-8 relative; Estrin's scheme in
+//! f32 with FMA, so the loop is not latency bound: about 2 ulp in all), scaled by `2^n` built from
+//! exponent bits. In the backward, results under `2^-124` (relative to the row's max) are flushed
+//! to 0, which makes `-inf` logits exact zeros and keeps every intermediate a normal number; the
+//! forward instead clamps `a k` at -124, so such a term (a `-inf` logit included) adds at most
+//! `2^-124` to `s`, next to the max's 1 (nothing, in f64), and is left out of `t`.
 //!
-//! Each f32 exponential is widened to f64 before it is added, so the sums lose nothing to their
-//! length; the row's `s` is within a few f32 ulps (relative) of the exact sum and
-//! `logp = (z_y - m) - ln s` within about 3e-7 absolute.
+//! Two neighbouring exponentials are added in f32 (half an ulp), then widened to f64 lanes, so
+//! the sums lose nothing to their length: the row's `s` is within ~3 f32 ulps (relative) of the
+//! exact sum and `logp = (z_y - m) - ln s` within about 4e-7 absolute.
+//!
+//! The max pass reads bf16/f16 logits sixteen at a time as integers: sign-magnitude bits `b` map
+//! to `b ^ ((b >> 15) & 0x7fff)`, which orders like the values (`+inf` and positive NaNs above
+//! every finite value, negative NaNs below `-inf`), so one signed max and one min find the max
+//! and any NaN or `+inf`.
 
 use std::arch::x86_64::*;
 
@@ -35,6 +42,97 @@ pub(super) trait Load8: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p` must point to 8 readable elements and the CPU must have AVX2, FMA and F16C.
     unsafe fn load8(p: *const Self) -> __m256;
+    /// The chunk's max (NaNs left out; `-inf` if there is nothing else) and whether it holds a
+    /// NaN or `+inf`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    unsafe fn chunk_max(chunk: &[Self]) -> (f32, bool);
+    /// Sixteen values from `p` as two vectors, in an order of the type's choosing (the forward
+    /// only sums them).
+    ///
+    /// # Safety
+    /// `p` must point to 16 readable elements and the CPU must have AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load16_any_order(p: *const Self) -> (__m256, __m256) {
+        (Self::load8(p), Self::load8(p.add(8)))
+    }
+}
+
+/// [`Load8::chunk_max`] on f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn max_f32_lanes<T: Load8>(chunk: &[T]) -> (f32, bool) {
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let full = chunk.len() / 8 * 8;
+    let ptr = chunk.as_ptr();
+    // `max_ps(x, m)` returns `m` when `x` is NaN, so NaNs never enter the max.
+    let mut m0 = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut m1 = m0;
+    let mut bad = _mm256_setzero_ps();
+    let mut j = 0;
+    while j + 16 <= full {
+        let x0 = T::load8(ptr.add(j));
+        let x1 = T::load8(ptr.add(j + 8));
+        m0 = _mm256_max_ps(x0, m0);
+        m1 = _mm256_max_ps(x1, m1);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x0, inf));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x1, inf));
+        j += 16;
+    }
+    if j < full {
+        let x = T::load8(ptr.add(j));
+        m0 = _mm256_max_ps(x, m0);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, inf));
+    }
+    if full < chunk.len() {
+        let x = load_tail(&chunk[full..]);
+        m1 = _mm256_max_ps(x, m1);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, inf));
+    }
+    (hmax(_mm256_max_ps(m0, m1)), _mm256_movemask_ps(bad) != 0)
+}
+
+/// The order-preserving integer key of a sign-magnitude 16-bit float.
+#[inline(always)]
+fn key16(bits: u16) -> i16 {
+    let b = bits as i16;
+    b ^ ((b >> 15) & 0x7fff)
+}
+
+/// [`Load8::chunk_max`] on the bits of a 16-bit float (`bits` of `n` elements) whose `+inf` and
+/// `-inf` have the bits `pos_inf` and `neg_inf`: the max key and whether any key is at least
+/// `+inf`'s (`+inf`, positive NaN) or below `-inf`'s (negative NaN).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn max_key16(bits: *const u16, n: usize, pos_inf: u16, neg_inf: u16) -> (u16, bool) {
+    let mask = _mm256_set1_epi16(0x7fff);
+    let mut hi = _mm256_set1_epi16(i16::MIN);
+    let mut lo = _mm256_set1_epi16(i16::MAX);
+    let full = n / 16 * 16;
+    let mut j = 0;
+    while j < full {
+        let b = _mm256_loadu_si256(bits.add(j).cast::<__m256i>());
+        let k = _mm256_xor_si256(b, _mm256_and_si256(_mm256_srai_epi16::<15>(b), mask));
+        hi = _mm256_max_epi16(hi, k);
+        lo = _mm256_min_epi16(lo, k);
+        j += 16;
+    }
+    let mut his = [0i16; 16];
+    let mut los = [0i16; 16];
+    _mm256_storeu_si256(his.as_mut_ptr().cast::<__m256i>(), hi);
+    _mm256_storeu_si256(los.as_mut_ptr().cast::<__m256i>(), lo);
+    let mut top = his.iter().copied().fold(i16::MIN, i16::max);
+    let mut bottom = los.iter().copied().fold(i16::MAX, i16::min);
+    for k in full..n {
+        let key = key16(*bits.add(k));
+        top = top.max(key);
+        bottom = bottom.min(key);
+    }
+    let bad = top >= key16(pos_inf) || bottom < key16(neg_inf);
+    // The key is its own inverse.
+    (key16(top as u16) as u16, bad)
 }
 
 impl Load8 for f32 {
@@ -43,6 +141,11 @@ impl Load8 for f32 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(p: *const Self) -> __m256 {
         _mm256_loadu_ps(p)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chunk_max(chunk: &[Self]) -> (f32, bool) {
+        max_f32_lanes(chunk)
     }
 }
 
@@ -55,6 +158,29 @@ impl Load8 for bf16 {
         let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast::<__m128i>()));
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
     }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load16_any_order(p: *const Self) -> (__m256, __m256) {
+        // Interleaving zeros below each 16-bit value makes the f32s, lane-interleaved.
+        let v = _mm256_loadu_si256(p.cast::<__m256i>());
+        let zero = _mm256_setzero_si256();
+        (
+            _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v)),
+            _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v)),
+        )
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chunk_max(chunk: &[Self]) -> (f32, bool) {
+        // bf16 is `repr(transparent)` over u16, so the slice is `chunk.len()` u16 bits.
+        let (key, bad) = max_key16(
+            chunk.as_ptr().cast::<u16>(),
+            chunk.len(),
+            bf16::INFINITY.to_bits(),
+            bf16::NEG_INFINITY.to_bits(),
+        );
+        (bf16::from_bits(key).to_f32(), bad)
+    }
 }
 
 impl Load8 for f16 {
@@ -63,6 +189,18 @@ impl Load8 for f16 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(p: *const Self) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chunk_max(chunk: &[Self]) -> (f32, bool) {
+        // f16 is `repr(transparent)` over u16, so the slice is `chunk.len()` u16 bits.
+        let (key, bad) = max_key16(
+            chunk.as_ptr().cast::<u16>(),
+            chunk.len(),
+            f16::INFINITY.to_bits(),
+            f16::NEG_INFINITY.to_bits(),
+        );
+        (f16::from_bits(key).to_f32(), bad)
     }
 }
 
@@ -163,22 +301,27 @@ unsafe fn exp2_poly(r: __m256) -> __m256 {
         (LN2 * LN2 * LN2 * LN2 * LN2 * LN2 / 720.0) as f32,
         (LN2 * LN2 * LN2 * LN2 * LN2 * LN2 * LN2 / 5040.0) as f32,
     ];
-    let mut p = _mm256_set1_ps(C[7]);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[6]));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[5]));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[4]));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[3]));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[2]));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[1]));
-    _mm256_fmadd_ps(p, r, _mm256_set1_ps(C[0]))
+    // Estrin's scheme: three dependent levels instead of Horner's seven.
+    let c = |k: usize| _mm256_set1_ps(C[k]);
+    let r2 = _mm256_mul_ps(r, r);
+    let q0 = _mm256_fmadd_ps(c(1), r, c(0));
+    let q1 = _mm256_fmadd_ps(c(3), r, c(2));
+    let q2 = _mm256_fmadd_ps(c(5), r, c(4));
+    let q3 = _mm256_fmadd_ps(c(7), r, c(6));
+    let r4 = _mm256_mul_ps(r2, r2);
+    let a = _mm256_fmadd_ps(q1, r2, q0);
+    let b = _mm256_fmadd_ps(q3, r2, q2);
+    _mm256_fmadd_ps(b, r4, a)
 }
 
-/// `2^n` for integral `n` in `[-126, 127]` (other lanes give garbage the caller masks out).
+/// `v 2^n` for integral `n` by adding `n` to `v`'s exponent bits: exact while the result is a
+/// normal number (`v` in `[2^-0.5, 2^0.5]`, `n` in `[-124, 0]`; other lanes give garbage the
+/// caller masks out). One integer add instead of building `2^n` and multiplying.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pow2i(n: __m256) -> __m256 {
-    let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+unsafe fn ldexp(v: __m256, n: __m256) -> __m256 {
+    let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
+    _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(v), e))
 }
 
 /// The smallest `n` kept: `2^n r` stays a normal f32 (`2^-124 * 2^-0.5 > 2^-126`).
@@ -250,8 +393,9 @@ pub(super) unsafe fn row_stats<T: Load8, const ENT: bool>(row: &[T], inv_t: f64)
     let k = inv_t * std::f64::consts::LOG2_E;
     let (k_hi, k_lo) = split(k);
     let (k_hi, k_lo) = (_mm256_set1_ps(k_hi), _mm256_set1_ps(k_lo));
-    let inf = _mm256_set1_ps(f32::INFINITY);
-    let min_n = _mm256_set1_ps(MIN_N);
+    // a k >= -124 (see the module's doc).
+    let a_min = _mm256_set1_ps((-124.0 / k) as f32);
+    let t_min_n = _mm256_set1_ps(-123.5);
     let mut max = f32::NEG_INFINITY;
     let zero = _mm256_setzero_pd();
     let mut s = [zero; 4];
@@ -259,32 +403,9 @@ pub(super) unsafe fn row_stats<T: Load8, const ENT: bool>(row: &[T], inv_t: f64)
     for chunk in row.chunks(CHUNK) {
         let full = chunk.len() / 8 * 8;
         let ptr = chunk.as_ptr();
-        // Pass 1: the chunk's max and whether it holds NaN or +inf. `max_ps(x, m)` returns `m`
-        // when `x` is NaN, so NaNs never enter the max.
-        let mut m0 = _mm256_set1_ps(f32::NEG_INFINITY);
-        let mut m1 = m0;
-        let mut bad = _mm256_setzero_ps();
-        let mut j = 0;
-        while j + 16 <= full {
-            let x0 = T::load8(ptr.add(j));
-            let x1 = T::load8(ptr.add(j + 8));
-            m0 = _mm256_max_ps(x0, m0);
-            m1 = _mm256_max_ps(x1, m1);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x0, inf));
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x1, inf));
-            j += 16;
-        }
-        if j < full {
-            let x = T::load8(ptr.add(j));
-            m0 = _mm256_max_ps(x, m0);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, inf));
-        }
-        if full < chunk.len() {
-            let x = load_tail(&chunk[full..]);
-            m1 = _mm256_max_ps(x, m1);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, inf));
-        }
-        if _mm256_movemask_ps(bad) != 0 {
+        // Pass 1: the chunk's max and whether it holds NaN or +inf.
+        let (cm, bad) = T::chunk_max(chunk);
+        if bad {
             return Stats {
                 max,
                 bad: true,
@@ -292,7 +413,6 @@ pub(super) unsafe fn row_stats<T: Load8, const ENT: bool>(row: &[T], inv_t: f64)
                 t: 0.0,
             };
         }
-        let cm = hmax(_mm256_max_ps(m0, m1));
         if cm == f32::NEG_INFINITY {
             continue; // only banned tokens
         }
@@ -315,12 +435,15 @@ pub(super) unsafe fn row_stats<T: Load8, const ENT: bool>(row: &[T], inv_t: f64)
         // Pass 2: the exponentials.
         let mv = _mm256_set1_ps(max);
         let term = |x: __m256| -> (__m256, __m256) {
-            let (p, err) = scaled(_mm256_sub_ps(x, mv), k_hi, k_lo);
+            let a = _mm256_max_ps(a_min, _mm256_sub_ps(x, mv));
+            let (p, err) = scaled(a, k_hi, k_lo);
             let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p);
             let r = _mm256_add_ps(_mm256_sub_ps(p, n), err);
-            let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(n, min_n);
-            let e = _mm256_and_ps(_mm256_mul_ps(exp2_poly(r), pow2i(n)), keep);
+            let e = ldexp(exp2_poly(r), n);
             let eq = if ENT {
+                // Clamped terms (n = -124) are left out of t, so a row of one real token keeps
+                // t = 0 exactly (its entropy and that part of the gradient are exact zeros).
+                let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(n, t_min_n);
                 _mm256_and_ps(_mm256_mul_ps(e, _mm256_add_ps(p, err)), keep)
             } else {
                 e
@@ -329,15 +452,14 @@ pub(super) unsafe fn row_stats<T: Load8, const ENT: bool>(row: &[T], inv_t: f64)
         };
         let mut j = 0;
         while j + 16 <= full {
-            let (e0, q0) = term(T::load8(ptr.add(j)));
-            let (e1, q1) = term(T::load8(ptr.add(j + 8)));
-            let [s0, s1, s2, s3] = &mut s;
-            add_wide(s0, s1, e0);
-            add_wide(s2, s3, e1);
+            let (x0, x1) = T::load16_any_order(ptr.add(j));
+            let (e0, q0) = term(x0);
+            let (e1, q1) = term(x1);
+            let [s0, s1, ..] = &mut s;
+            add_wide(s0, s1, _mm256_add_ps(e0, e1));
             if ENT {
-                let [t0, t1, t2, t3] = &mut t;
-                add_wide(t0, t1, q0);
-                add_wide(t2, t3, q1);
+                let [t0, t1, ..] = &mut t;
+                add_wide(t0, t1, _mm256_add_ps(q0, q1));
             }
             j += 16;
         }
@@ -427,7 +549,7 @@ pub(super) unsafe fn row_backward<T: Load8, O: Store8, const ENT: bool>(
         let r = _mm256_sub_ps(r, n1);
         let n = _mm256_add_ps(_mm256_sub_ps(n0, l_int_v), n1);
         let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(n, min_n);
-        let prob = _mm256_mul_ps(exp2_poly(r), pow2i(n));
+        let prob = ldexp(exp2_poly(r), n);
         let w = if ENT {
             let lp_h = _mm256_add_ps(
                 _mm256_fmadd_ps(a, it_hi, c_hi),

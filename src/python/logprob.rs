@@ -6,7 +6,10 @@ use pyo3::prelude::*;
 use super::arrays::{FloatView, View};
 use super::errors::{to_py, value_error};
 use crate::elem::FloatElem;
-use crate::logprob::{selective_logprobs, selective_logprobs_backward, GradElem};
+use crate::logprob::{
+    selective_logprobs, selective_logprobs_backward, selective_logprobs_backward_with_stats,
+    selective_logprobs_with_stats, GradElem, STATS_PER_ROW,
+};
 use half::{bf16, f16};
 
 /// `(rows, vocab)` of a 2-D logits view, and the checked 1-D `targets`.
@@ -56,9 +59,10 @@ macro_rules! with_logits {
     };
 }
 
-/// Returns `(logp, entropy | None)`, float32 `(N,)`.
+/// Returns `(logp, entropy | None)`, float32 `(N,)`; with `stats=True`
+/// `(logp, entropy | None, stats)`, `stats` float64 `(N, 4)` for the backward's `stats`.
 #[pyfunction]
-#[pyo3(signature = (logits, targets, *, half_dtype, temperature, entropy))]
+#[pyo3(signature = (logits, targets, *, half_dtype, temperature, entropy, stats=false))]
 pub(crate) fn selective_logprobs_core<'py>(
     py: Python<'py>,
     logits: &Bound<'py, PyAny>,
@@ -66,12 +70,14 @@ pub(crate) fn selective_logprobs_core<'py>(
     half_dtype: &str,
     temperature: f64,
     entropy: bool,
+    stats: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let logits = FloatView::new("logits", logits, half_dtype)?;
     let targets = View::<i64>::new("targets", targets)?;
     let (rows, vocab) = logits_shape(&logits, &targets)?;
     let logp = PyArray1::<f32>::zeros(py, rows, false);
     let ent = entropy.then(|| PyArray1::<f32>::zeros(py, rows, false));
+    let st = stats.then(|| PyArray2::<f64>::zeros(py, [rows, STATS_PER_ROW], false));
     {
         let mut logp_guard = logp.readwrite();
         let logp_slice = logp_guard
@@ -85,6 +91,14 @@ pub(crate) fn selective_logprobs_core<'py>(
             ),
             None => None,
         };
+        let mut st_guard = st.as_ref().map(|a| a.readwrite());
+        let st_slice = match st_guard.as_mut() {
+            Some(g) => Some(
+                g.as_slice_mut()
+                    .map_err(|_| value_error("stats", "internal: output is not contiguous"))?,
+            ),
+            None => None,
+        };
         let t = targets.slice();
         with_logits!(&logits, |x| run_forward(
             py,
@@ -93,13 +107,18 @@ pub(crate) fn selective_logprobs_core<'py>(
             t,
             temperature,
             logp_slice,
-            ent_slice
+            ent_slice,
+            st_slice
         ))
         .map_err(to_py)?;
     }
-    (logp, ent).into_pyobject(py).map(|t| t.into_any())
+    match st {
+        Some(st) => (logp, ent, st).into_pyobject(py).map(|t| t.into_any()),
+        None => (logp, ent).into_pyobject(py).map(|t| t.into_any()),
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_forward<T: FloatElem>(
     py: Python<'_>,
     logits: &[T],
@@ -108,14 +127,20 @@ fn run_forward<T: FloatElem>(
     temperature: f64,
     logp: &mut [f32],
     entropy: Option<&mut [f32]>,
+    stats: Option<&mut [f64]>,
 ) -> crate::Result<()> {
-    py.detach(|| selective_logprobs(logits, vocab, targets, temperature, logp, entropy))
+    py.detach(|| match stats {
+        Some(st) => {
+            selective_logprobs_with_stats(logits, vocab, targets, temperature, logp, entropy, st)
+        }
+        None => selective_logprobs(logits, vocab, targets, temperature, logp, entropy),
+    })
 }
 
 /// Returns `dlogits` `(N, V)` in `out_dtype`: "float32" (default), "float64", or "bfloat16" /
 /// "float16" as int16 bits (rounded to nearest even; view them as the half type).
 #[pyfunction]
-#[pyo3(signature = (logits, targets, grad_logp, grad_entropy, *, half_dtype, temperature, out_dtype="float32"))]
+#[pyo3(signature = (logits, targets, grad_logp, grad_entropy, *, half_dtype, temperature, out_dtype="float32", stats=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn selective_logprobs_backward_core<'py>(
     py: Python<'py>,
@@ -126,6 +151,7 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
     half_dtype: &str,
     temperature: f64,
     out_dtype: &str,
+    stats: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let logits = FloatView::new("logits", logits, half_dtype)?;
     let targets = View::<i64>::new("targets", targets)?;
@@ -145,6 +171,18 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
             }
         }
     }
+    let stats = super::arrays::optional_view::<f64>("stats", stats)?;
+    if let Some(view) = &stats {
+        if view.shape() != [rows, STATS_PER_ROW] {
+            return Err(value_error(
+                "stats",
+                format!(
+                    "expected shape ({rows}, {STATS_PER_ROW}) (from the forward), got {:?}",
+                    view.shape()
+                ),
+            ));
+        }
+    }
     let t = targets.slice();
     let g = grad_logp.slice();
     let gh = grad_entropy.as_ref().map(|v| v.slice());
@@ -154,6 +192,7 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
         temperature,
         grad_logp: g,
         grad_entropy: gh,
+        stats: stats.as_ref().map(|v| v.slice()),
     };
     match out_dtype {
         "float32" => backward_into::<f32, f32>(py, &logits, rows, &args, |o| o),
@@ -184,6 +223,7 @@ struct BackwardArgs<'a> {
     temperature: f64,
     grad_logp: &'a [f32],
     grad_entropy: Option<&'a [f32]>,
+    stats: Option<&'a [f64]>,
 }
 
 /// Allocates `(rows, vocab)` numpy elements `E`, lets the kernel write them as `O` (`as_out`
@@ -215,8 +255,18 @@ fn run_backward<T: FloatElem, O: GradElem>(
     args: &BackwardArgs<'_>,
     dlogits: &mut [O],
 ) -> crate::Result<()> {
-    py.detach(|| {
-        selective_logprobs_backward(
+    py.detach(|| match args.stats {
+        Some(stats) => selective_logprobs_backward_with_stats(
+            logits,
+            args.vocab,
+            args.targets,
+            args.temperature,
+            args.grad_logp,
+            args.grad_entropy,
+            stats,
+            dlogits,
+        ),
+        None => selective_logprobs_backward(
             logits,
             args.vocab,
             args.targets,
@@ -224,6 +274,6 @@ fn run_backward<T: FloatElem, O: GradElem>(
             args.grad_logp,
             args.grad_entropy,
             dlogits,
-        )
+        ),
     })
 }
