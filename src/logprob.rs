@@ -8,15 +8,17 @@
 //! cancellation even for logits of 1e4), rescaling `s` and `t` when the max grows. Sums are kept
 //! in [`LANES`] fixed f64 lanes, so results are the same for any thread count.
 //!
-//! The backward recomputes `m` and `s` (one more pass) and writes each `dlogits` element once, in
-//! the output's dtype ([`GradElem`]: f32, f64, bf16 or f16, the halves rounded to nearest even):
+//! The backward recomputes `m` and `s` (one more pass; skipped when given the forward's stats,
+//! [`selective_logprobs_with_stats`]) and writes each `dlogits` element once, in the output's
+//! dtype ([`GradElem`]: f32, f64, bf16 or f16, the halves rounded to nearest even):
 //! `dz_j = g (1[j=y] - p_j) - g_H p_j (log p_j + H)`, `dlogits_j = dz_j / T`.
 //!
 //! On x86-64 CPUs with AVX2, FMA and F16C, f32/bf16/f16 logits take the `avx2` path (for
 //! `1 / T` in `[2^-32, 2^32]`): the same passes with the exponentials in f32, eight at a time
-//! (about 2 ulp), each widened to f64 before it is summed, so `logp` stays within ~3e-7 absolute
-//! of the float64 value (see `avx2`). Everything else (f64 logits, other CPUs, extreme
-//! temperatures) takes the f64 path. Either way the reduction order is fixed per row.
+//! (about 2 ulp), widened to f64 (after adding pairs in f32) before they are summed, so `logp`
+//! stays within ~4e-7 absolute of the float64 value (see `avx2`). Everything else (f64 logits,
+//! other CPUs, extreme temperatures) takes the f64 path. Either way the reduction order is fixed
+//! per row, so results do not depend on the thread count.
 //!
 //! A logit of `-inf` is allowed and means probability 0 (a banned token): it adds nothing to the
 //! sums, its gradient is `g 1[j=y] / T` (the entropy part's limit `p log p -> 0`), and as a target
