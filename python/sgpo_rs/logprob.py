@@ -3,11 +3,12 @@ materialising the ``(N, V)`` log-softmax."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda
 
 
 def _logits(value: Any) -> Tuple[np.ndarray, str, Tuple[int, ...]]:
@@ -47,6 +48,11 @@ def _grad(name: str, value: Any, lead: Tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(-1), dtype=np.float32)
 
 
+def _check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+
+
 def selective_logprobs(
     logits: Any,
     targets: Any,
@@ -66,11 +72,16 @@ def selective_logprobs(
     A logit of ``-inf`` is a token of probability 0 (its target gives ``logp = -inf``); NaN or
     ``+inf`` logits, a row of only ``-inf``, targets outside ``[0, V)`` and a ``temperature`` that
     is not finite and > 0 raise ``ValueError`` naming the argument.
+
+    Torch CUDA tensors run the CUDA kernel on their device (float32 CUDA tensors back).
     """
-    x, half, lead = _logits(logits)
-    t = _targets(targets, lead)
     temperature = _arrays.real("temperature", temperature)
     entropy = _arrays.flag("entropy", entropy)
+    if _cuda.is_cuda(logits):
+        _check_temperature(temperature)
+        return _cuda.selective_logprobs(logits, targets, temperature, entropy)
+    x, half, lead = _logits(logits)
+    t = _targets(targets, lead)
     logp, ent = _core.selective_logprobs_core(x, t, half_dtype=half, temperature=temperature, entropy=entropy)
     return logp.reshape(lead), None if ent is None else ent.reshape(lead)
 
@@ -88,7 +99,13 @@ def selective_logprobs_backward(
     Arguments as in :func:`selective_logprobs`; ``grad_logp`` and ``grad_entropy`` (optional) have
     the leading shape and must be finite. Returns float32 of the logits' shape:
     ``(grad_logp (1[j = y] - p_j) - grad_entropy p_j (log p_j + H)) / temperature``.
+
+    Torch CUDA tensors run the CUDA kernel on their device (the gradient in the logits' dtype).
     """
+    if _cuda.is_cuda(logits):
+        temperature = _arrays.real("temperature", temperature)
+        _check_temperature(temperature)
+        return _cuda.selective_logprobs_backward(logits, targets, temperature, grad_logp, grad_entropy)
     x, half, lead = _logits(logits)
     t = _targets(targets, lead)
     g = _grad("grad_logp", grad_logp, lead)

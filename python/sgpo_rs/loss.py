@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda
 
 # Every scalar option of `policy_loss` and the check it gets before it reaches the core (types
 # here, ranges in the core). `sgpo_rs.torch` validates its options with the same table.
@@ -121,12 +121,10 @@ def policy_loss(
 
     Gradients follow torch autograd exactly: clamps pass gradient only strictly inside their
     bounds and ``min``/``max`` split it 0.5/0.5 at ties. ``grad_scale`` multiplies ``.grad`` only.
+
+    Torch CUDA tensors run the CUDA kernel on their device: ``.grad`` is then a float32 CUDA
+    tensor (``sgpo_rs.torch.sgpo_loss`` wraps this as an autograd op).
     """
-    lp, half = _arrays.logprobs("logp", logp)
-    old = _arrays.same_logprobs("old_logp", old_logp, lp, half)
-    ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
-    m = _arrays.mask(mask, lp.shape)
-    adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
     options = checked_options(
         dict(
             beta=beta,
@@ -151,5 +149,13 @@ def policy_loss(
             vespo_lambda_neg=vespo_lambda_neg,
         )
     )
+    if _cuda.is_cuda(logp):
+        loss_t, grad_t, values = _cuda.policy_loss(logp, old_logp, ref_logp, advantages, mask, options)
+        return LossOutput(float(loss_t), grad_t, values)
+    lp, half = _arrays.logprobs("logp", logp)
+    old = _arrays.same_logprobs("old_logp", old_logp, lp, half)
+    ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
+    m = _arrays.mask(mask, lp.shape)
+    adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
     loss, grad, metrics = _core.policy_loss_core(lp, old, ref, adv, m, half_dtype=half, **options)
     return LossOutput(float(loss), grad, dict(metrics))

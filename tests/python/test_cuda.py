@@ -427,3 +427,36 @@ def test_uint8_weights_and_huge_log_ratios_match_the_cpu_path():
         loss.backward()
         close(loss.item(), cpu.loss, what=loss_type)
         close(lp.grad.cpu().numpy(), cpu.grad, what=loss_type)
+
+
+@gpu
+def test_numpy_level_functions_dispatch_cuda_tensors():
+    rng = np.random.default_rng(SEED + 31)
+    logp, old, ref, adv, mask = loss_inputs(rng, 8, 100)
+    cpu = sg.policy_loss(logp, old, adv, mask, ref_logp=ref, beta=0.04, loss_type="grpo")
+    out = sg.policy_loss(
+        *(torch.from_numpy(x).cuda() for x in (logp, old, adv, mask)),
+        ref_logp=torch.from_numpy(ref).cuda(),
+        beta=0.04,
+        loss_type="grpo",
+    )
+    assert out.grad.is_cuda
+    close(out.loss, cpu.loss)
+    close(out.grad.cpu().numpy(), cpu.grad)
+    logits = rng.normal(0, 2, (6, 301)).astype(np.float32)
+    targets = rng.integers(0, 301, 6)
+    lp_cpu, h_cpu = sg.selective_logprobs(logits, targets, temperature=0.9, entropy=True)
+    lp, h = sg.selective_logprobs(
+        torch.from_numpy(logits).cuda(), torch.from_numpy(targets).cuda(), temperature=0.9, entropy=True
+    )
+    np.testing.assert_allclose(lp.cpu().numpy(), lp_cpu, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(h.cpu().numpy(), h_cpu, rtol=1e-5, atol=2e-5)
+    g = rng.normal(size=6).astype(np.float32)
+    d_cpu = sg.selective_logprobs_backward(logits, targets, g, temperature=0.9)
+    d = sg.selective_logprobs_backward(
+        torch.from_numpy(logits).cuda(),
+        torch.from_numpy(targets).cuda(),
+        torch.from_numpy(g).cuda(),
+        temperature=0.9,
+    )
+    np.testing.assert_allclose(d.cpu().numpy(), d_cpu, rtol=1e-6, atol=1e-6)
