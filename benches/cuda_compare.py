@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 import sgpo_rs
 import torch
 from sgpo_rs import _cuda
+from sgpo_rs.torch import _options as loss_options  # the checked defaults of policy_loss
 from sgpo_rs.torch import selective_log_softmax, sgpo_loss
 
 
@@ -169,7 +170,7 @@ def loss_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
 
                 def run_kernel(i):
                     lp, old, adv, mask, ref = sets[i]
-                    opts = dict(_DEFAULT_OPTIONS, beta=beta)
+                    opts = loss_options(dict(beta=beta))
                     _cuda.policy_loss(lp, old, ref if beta else None, adv, mask, opts, check=False)
 
                 def run_torch(fn):
@@ -200,13 +201,6 @@ def loss_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
                 rows.append(row)
                 print_row(row)
     return rows
-
-
-_DEFAULT_OPTIONS = {
-    name: p.default
-    for name, p in __import__("inspect").signature(sgpo_rs.policy_loss).parameters.items()
-    if p.kind is p.KEYWORD_ONLY and name != "ref_logp"
-}
 
 
 def trl_selective_log_softmax() -> Optional[Callable]:

@@ -79,21 +79,7 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
 }
 
 template <int BLOCK>
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
-#pragma unroll
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] = fmaxf(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
-        __syncthreads();
-    }
-    float total = scratch[0];
-    __syncthreads();
-    return total;
-}
-
-template <int BLOCK>
-__device__ __forceinline__ double block_max_d(double v, double* scratch) {
+__device__ __forceinline__ double block_max(double v, double* scratch) {
     scratch[threadIdx.x] = v;
     __syncthreads();
 #pragma unroll

@@ -416,8 +416,8 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
     // min/max: NaN-skipping folds, reduced with +-inf standing for "no row".
     double lm = isnan(low_min) ? INFINITY : low_min;
     double hm = isnan(high_max) ? -INFINITY : high_max;
-    lm = -block_max_d<LOSS_BLOCK>(-lm, scratch);
-    hm = block_max_d<LOSS_BLOCK>(hm, scratch);
+    lm = -block_max<LOSS_BLOCK>(-lm, scratch);
+    hm = block_max<LOSS_BLOCK>(hm, scratch);
     if (threadIdx.x != 0) return;
     double tokens = batch[0];
     double rows = (double)p.rows;

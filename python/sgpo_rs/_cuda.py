@@ -22,15 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
 
-# Status bits (kernels/common.cuh, src/cuda/status.rs).
+# Status bits the host distinguishes (kernels/common.cuh, src/cuda/status.rs); every other bit
+# is located from the inputs on the error path.
 NONFINITE_INPUT = 1
-BAD_MASK = 2
-BAD_TARGET = 4
-EMPTY_ROW = 8
 OVERFLOW = 16
-BAD_VERDICT = 32
-BAD_CREDIT = 64
-NONFINITE_REWARD = 128
 
 _NVRTC_HANDLE: Optional[ctypes.CDLL] = None
 _NVRTC_PATH: Optional[str] = None
@@ -183,7 +178,7 @@ def _check_logprob_status(status: Any, logits: Any, targets: Any, temperature: f
     if row is not None:
         raise ValueError(f"targets: expected token ids in [0, {vocab}), got {int(targets[row])} at row {row}")
     z = logits.detach().reshape(-1, vocab).float() / temperature
-    at = _first(torch_isnan_or_posinf(z))
+    at = _first(z.isnan() | (z == float("inf")))
     if at is not None:
         i, j = divmod(at, vocab)
         raise ValueError(
@@ -194,10 +189,6 @@ def _check_logprob_status(status: Any, logits: Any, targets: Any, temperature: f
     if row is not None:
         raise ValueError(f"logits: row {row} has no token of non-zero probability (every logit is -inf)")
     raise RuntimeError(f"selective log-softmax: the kernel reported status {bits:#x}")
-
-
-def torch_isnan_or_posinf(x: Any) -> Any:
-    return x.isnan() | (x == float("inf"))
 
 
 def _check_finite_rows(name: str, g: Optional[Any]) -> None:
@@ -524,6 +515,7 @@ def _check_group_status(status: Any, what: str, **arrays: Any) -> None:
             )
     mask = arrays.get("mask")
     if mask is not None:
+        mask = mask.float()
         at = _first(~((mask >= 0) & torch.isfinite(mask)))
         if at is not None:
             i, t = divmod(at, mask.shape[1])
@@ -708,5 +700,5 @@ def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None) -> A
         out.data_ptr(),
         status.data_ptr(),
     )
-    _check_group_status(status, "token_advantages", advantages=a, mask=m.float())
+    _check_group_status(status, "token_advantages", advantages=a, mask=m)
     return out

@@ -3,7 +3,6 @@ materialising the ``(N, V)`` log-softmax."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -48,11 +47,6 @@ def _grad(name: str, value: Any, lead: Tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(-1), dtype=np.float32)
 
 
-def _check_temperature(temperature: float) -> None:
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
-
-
 def selective_logprobs(
     logits: Any,
     targets: Any,
@@ -78,7 +72,6 @@ def selective_logprobs(
     temperature = _arrays.real("temperature", temperature)
     entropy = _arrays.flag("entropy", entropy)
     if _cuda.is_cuda(logits):
-        _check_temperature(temperature)
         return _cuda.selective_logprobs(logits, targets, temperature, entropy)
     x, half, lead = _logits(logits)
     t = _targets(targets, lead)
@@ -104,7 +97,6 @@ def selective_logprobs_backward(
     """
     if _cuda.is_cuda(logits):
         temperature = _arrays.real("temperature", temperature)
-        _check_temperature(temperature)
         return _cuda.selective_logprobs_backward(logits, targets, temperature, grad_logp, grad_entropy)
     x, half, lead = _logits(logits)
     t = _targets(targets, lead)
