@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::elem::{is_valid_weight, MaskElem};
 use crate::error::{Error, Result};
 use crate::groups::Groups;
+use crate::rows::Rows;
 
 /// What the centred reward is divided by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +190,25 @@ pub fn token_advantages<M: MaskElem>(
             format!("{} elements", mask.len()),
         ));
     }
-    if out.len() != mask.len() {
+    token_advantages_rows(advantages, Rows::contiguous("mask", mask, rows, len)?, out)
+}
+
+/// [`token_advantages`] over mask rows that may stand apart (a column slice of a wider mask);
+/// `out` is C-contiguous `(N, L)`.
+pub fn token_advantages_rows<M: MaskElem>(
+    advantages: &[f32],
+    mask: Rows<'_, M>,
+    out: &mut [f32],
+) -> Result<()> {
+    let (rows, len) = (advantages.len(), mask.len());
+    if mask.num_rows() != rows {
+        return Err(Error::shape(
+            "mask",
+            format!("({rows}, L) matching advantages ({rows},)"),
+            format!("({}, {len})", mask.num_rows()),
+        ));
+    }
+    if out.len() != rows * len {
         return Err(Error::shape(
             "out",
             format!("({rows}, {len})"),
@@ -203,19 +222,18 @@ pub fn token_advantages<M: MaskElem>(
             at: format!("row {row}"),
         });
     }
-    if len == 0 || rows == 0 {
+    if mask.is_empty() {
         return Ok(());
     }
-    let chunk = TOKEN_ROWS_PER_TASK * len;
     let bad = out
-        .par_chunks_mut(chunk)
-        .zip(mask.par_chunks(chunk))
+        .par_chunks_mut(TOKEN_ROWS_PER_TASK * len)
         .enumerate()
-        .map(|(task, (out, mask))| {
+        .map(|(task, out)| {
             let first_row = task * TOKEN_ROWS_PER_TASK;
-            let mut bad: Option<(usize, f32)> = None;
-            for (r, (out, mask)) in out.chunks_mut(len).zip(mask.chunks(len)).enumerate() {
-                let a = advantages[first_row + r];
+            let mut bad: Option<(usize, usize, f32)> = None;
+            for (r, out) in out.chunks_mut(len).enumerate() {
+                let row = first_row + r;
+                let (a, mask) = (advantages[row], mask.row(row));
                 let mut all_valid = true;
                 for (o, &m) in out.iter_mut().zip(mask) {
                     let w = m.weight();
@@ -224,25 +242,21 @@ pub fn token_advantages<M: MaskElem>(
                     all_valid &= !M::NEEDS_CHECK || (is_valid_weight(w) && o.is_finite());
                 }
                 if !all_valid && bad.is_none() {
-                    let i = mask
+                    let t = mask
                         .iter()
                         .position(|m| !is_valid_weight(m.weight()))
                         .unwrap_or(0);
-                    bad = Some((first_row + r) * len + i).map(|idx| (idx, mask[i].weight()));
+                    bad = Some((row, t, mask[t].weight()));
                 }
             }
             bad
         })
         .find_first(|bad| bad.is_some())
         .flatten();
-    if let Some((idx, w)) = bad {
+    if let Some((row, t, w)) = bad {
         return Err(Error::value(
             "mask",
-            format!(
-                "expected finite weights >= 0, got {w} at ({}, {})",
-                idx / len,
-                idx % len
-            ),
+            format!("expected finite weights >= 0, got {w} at ({row}, {t})"),
         ));
     }
     Ok(())

@@ -14,7 +14,9 @@ mod exp;
 pub mod groups;
 pub mod logprob;
 pub mod loss;
+pub mod outcome;
 pub mod rewards;
+pub mod rows;
 pub mod text;
 
 pub use error::{Error, Result};

@@ -10,14 +10,94 @@ use pyo3::prelude::*;
 
 use super::errors::{type_error, value_error};
 use crate::groups::Groups;
+use crate::rows::Rows;
 
-/// A read-only, C-contiguous view of `obj` as an array of `T`.
+/// Which arrays a view accepts.
+#[derive(Clone, Copy)]
+pub(crate) enum Layout {
+    /// C-contiguous, any number of dimensions ([`View::new`]).
+    Contiguous,
+    /// 2-D with adjacent elements in each row ([`View::rows`]).
+    Rows,
+}
+
+/// A read-only, C-contiguous view of `obj` as an array of `T` or, from [`View::rows`], a 2-D
+/// array whose rows are contiguous but may stand apart (a column slice such as verl's
+/// `attention_mask[:, -L:]`, read in place).
 pub(crate) struct View<'py, T: Element> {
     array: PyReadonlyArrayDyn<'py, T>,
+    /// Elements between row starts of a 2-D view made by [`View::rows`]; `None` when contiguous.
+    row_stride: Option<usize>,
+    arg: &'static str,
 }
 
 impl<'py, T: Element> View<'py, T> {
     pub(crate) fn new(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let array = Self::readonly(arg, obj)?;
+        if !array.is_c_contiguous() {
+            return Err(value_error(
+                arg,
+                "expected a C-contiguous array (use numpy.ascontiguousarray)",
+            ));
+        }
+        Ok(View {
+            array,
+            row_stride: None,
+            arg,
+        })
+    }
+
+    /// A 2-D array with unit column stride and any non-negative row stride.
+    pub(crate) fn rows(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let array = Self::readonly(arg, obj)?;
+        if array.ndim() != 2 {
+            return Err(value_error(
+                arg,
+                format!("expected a 2-D array, got shape {:?}", array.shape()),
+            ));
+        }
+        if array.is_c_contiguous() {
+            return Ok(View {
+                array,
+                row_stride: None,
+                arg,
+            });
+        }
+        let size = std::mem::size_of::<T>() as isize;
+        let (shape, strides) = (array.shape(), array.strides());
+        let unit_columns = shape[1] <= 1 || strides[1] == size;
+        if !unit_columns || strides[0] < 0 || strides[0] % size != 0 {
+            return Err(value_error(
+                arg,
+                format!(
+                    "expected rows of adjacent elements (byte strides ({}, {size})), got byte strides {strides:?} (use .contiguous() or numpy.ascontiguousarray)",
+                    shape[1] as isize * size
+                ),
+            ));
+        }
+        let row_stride = (strides[0] / size) as usize;
+        Ok(View {
+            array,
+            row_stride: Some(row_stride),
+            arg,
+        })
+    }
+
+    pub(crate) fn with_layout(
+        layout: Layout,
+        arg: &'static str,
+        obj: &Bound<'py, PyAny>,
+    ) -> PyResult<Self> {
+        match layout {
+            Layout::Contiguous => Self::new(arg, obj),
+            Layout::Rows => Self::rows(arg, obj),
+        }
+    }
+
+    fn readonly(
+        arg: &'static str,
+        obj: &Bound<'py, PyAny>,
+    ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
         let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
             type_error(
                 arg,
@@ -35,16 +115,37 @@ impl<'py, T: Element> View<'py, T> {
                 format!("dtype {}", untyped.dtype()),
             )
         })?;
-        let array = array
+        array
             .try_readonly()
-            .map_err(|_| value_error(arg, "the array is being written elsewhere"))?;
-        if !array.is_c_contiguous() {
+            .map_err(|_| value_error(arg, "the array is being written elsewhere"))
+    }
+
+    /// The 2-D array as [`Rows`]; a view from [`View::new`] must be 2-D.
+    pub(crate) fn as_rows(&self) -> PyResult<Rows<'_, T>> {
+        let shape = self.shape();
+        if shape.len() != 2 {
             return Err(value_error(
-                arg,
-                "expected a C-contiguous array (use numpy.ascontiguousarray)",
+                self.arg,
+                format!("expected a 2-D array, got shape {shape:?}"),
             ));
         }
-        Ok(View { array })
+        let (num_rows, len) = (shape[0], shape[1]);
+        let rows = match self.row_stride {
+            None => Rows::contiguous(self.arg, self.slice(), num_rows, len),
+            Some(stride) => {
+                let span = if num_rows == 0 || len == 0 {
+                    0
+                } else {
+                    (num_rows - 1) * stride + len
+                };
+                // SAFETY: `rows` checked unit column strides and a non-negative row stride, so
+                // every address from the first element to the last lies in the one buffer the
+                // array views; the read-only borrow keeps it alive and unwritten meanwhile.
+                let data = unsafe { std::slice::from_raw_parts(self.array.data(), span) };
+                Rows::strided(self.arg, data, num_rows, len, stride)
+            }
+        };
+        rows.map_err(super::errors::to_py)
     }
 
     pub(crate) fn shape(&self) -> &[usize] {
@@ -52,7 +153,8 @@ impl<'py, T: Element> View<'py, T> {
     }
 
     pub(crate) fn slice(&self) -> &[T] {
-        // Contiguity was checked in `new`, so this cannot fail.
+        // Contiguity was checked in `new`, so this cannot fail (a strided view from `rows` is
+        // read through `as_rows`).
         self.array.as_slice().unwrap_or(&[])
     }
 
@@ -180,17 +282,26 @@ pub(crate) enum MaskView<'py> {
 
 impl<'py> MaskView<'py> {
     pub(crate) fn new(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Self::with(arg, obj, Layout::Contiguous)
+    }
+
+    /// A 2-D mask whose rows may stand apart (see [`View::rows`]).
+    pub(crate) fn rows(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Self::with(arg, obj, Layout::Rows)
+    }
+
+    fn with(arg: &'static str, obj: &Bound<'py, PyAny>, layout: Layout) -> PyResult<Self> {
         let dtype = obj
             .cast::<PyUntypedArray>()
             .map(|a| a.dtype().to_string())
             .map_err(|_| type_error(arg, "a numpy array", "another object"))?;
         Ok(match dtype.as_str() {
-            "bool" => MaskView::Bool(View::new(arg, obj)?),
-            "uint8" => MaskView::U8(View::new(arg, obj)?),
-            "int32" => MaskView::I32(View::new(arg, obj)?),
-            "int64" => MaskView::I64(View::new(arg, obj)?),
-            "float32" => MaskView::F32(View::new(arg, obj)?),
-            "float64" => MaskView::F64(View::new(arg, obj)?),
+            "bool" => MaskView::Bool(View::with_layout(layout, arg, obj)?),
+            "uint8" => MaskView::U8(View::with_layout(layout, arg, obj)?),
+            "int32" => MaskView::I32(View::with_layout(layout, arg, obj)?),
+            "int64" => MaskView::I64(View::with_layout(layout, arg, obj)?),
+            "float32" => MaskView::F32(View::with_layout(layout, arg, obj)?),
+            "float64" => MaskView::F64(View::with_layout(layout, arg, obj)?),
             other => {
                 return Err(type_error(
                     arg,
@@ -213,32 +324,36 @@ impl<'py> MaskView<'py> {
     }
 }
 
-/// Runs `$body` with `$mask` bound to the mask's typed slice.
+/// Runs `$body` with `$mask` bound to the mask's typed slice or, given an accessor (`as_rows`),
+/// to what the accessor returns.
 macro_rules! with_mask {
     ($view:expr, |$mask:ident| $body:expr) => {
+        $crate::python::arrays::with_mask!($view, slice, |$mask| $body)
+    };
+    ($view:expr, $access:ident, |$mask:ident| $body:expr) => {
         match $view {
             $crate::python::arrays::MaskView::Bool(v) => {
-                let $mask = v.slice();
+                let $mask = v.$access();
                 $body
             }
             $crate::python::arrays::MaskView::U8(v) => {
-                let $mask = v.slice();
+                let $mask = v.$access();
                 $body
             }
             $crate::python::arrays::MaskView::I32(v) => {
-                let $mask = v.slice();
+                let $mask = v.$access();
                 $body
             }
             $crate::python::arrays::MaskView::I64(v) => {
-                let $mask = v.slice();
+                let $mask = v.$access();
                 $body
             }
             $crate::python::arrays::MaskView::F32(v) => {
-                let $mask = v.slice();
+                let $mask = v.$access();
                 $body
             }
             $crate::python::arrays::MaskView::F64(v) => {
-                let $mask = v.slice();
+                let $mask = v.$access();
                 $body
             }
         }

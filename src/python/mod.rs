@@ -4,11 +4,13 @@
 
 mod advantages;
 mod arrays;
+mod buffers;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod errors;
 mod logprob;
 mod loss;
+mod outcome;
 mod rewards;
 mod text;
 
@@ -20,6 +22,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rewards::sgpo_rewards_core, m)?)?;
     m.add_function(wrap_pyfunction!(advantages::group_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(advantages::token_advantages_core, m)?)?;
+    m.add_function(wrap_pyfunction!(outcome::sequence_scores_core, m)?)?;
+    m.add_function(wrap_pyfunction!(outcome::outcome_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(loss::policy_loss_core, m)?)?;
     m.add_function(wrap_pyfunction!(logprob::selective_logprobs_core, m)?)?;
     m.add_function(wrap_pyfunction!(

@@ -1,0 +1,88 @@
+"""verl's custom reward function with the step-wise judge's verdict as reward extra info."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Callable, Dict, Optional
+
+from ..judge.calling import as_judge_fn, run_judge
+from ..judge.verdict import NO_VERDICT
+from . import verdicts
+
+PROBLEM_KEYS = ("question", "problem", "prompt")
+
+
+def _problem(extra_info: Any, problem_key: Optional[str]) -> str:
+    if not isinstance(extra_info, dict):
+        return ""
+    if problem_key is not None:
+        if problem_key not in extra_info:
+            raise KeyError(
+                f"problem_key: {problem_key!r} is not in the sample's extra_info (keys: {sorted(extra_info)})"
+            )
+        return str(extra_info[problem_key])
+    for key in PROBLEM_KEYS:
+        if key in extra_info:
+            return str(extra_info[key])
+    return ""
+
+
+def make_compute_score(
+    base_score_fn: Callable[..., Any],
+    judge: Any,
+    *,
+    problem_key: Optional[str] = None,
+    timeout_s: Optional[float] = 120.0,
+) -> Callable[..., Dict[str, Any]]:
+    """A verl ``compute_score`` that adds the judge's verdict to ``base_score_fn``'s score.
+
+    ``base_score_fn(data_source, solution_str, ground_truth, extra_info=None, **kwargs)`` is the
+    task's own reward (a float, or verl's dict form with ``"score"``). A response is correct when its
+    score is > 0; only incorrect ones are judged (one judge call each). Returns verl's dict form::
+
+        {"score": s, ..., "sgpo_correct": bool, "sgpo_first_error": int, "sgpo_num_steps": int,
+         "sgpo_judged": bool}
+
+    (scalars only, so verl can stack them). The problem text for the judge is
+    ``extra_info[problem_key]`` (default: the first of ``question``, ``problem``, ``prompt``).
+
+    Judging per sample costs judge calls on mixed groups too, whose verdicts SGPO's default mode
+    does not use (it needs all-negative groups only); the reward function cannot see the group.
+    A failing judge leaves the row unjudged (``-2``) with a warning, and that row's group stays plain
+    GRPO; ``sgpo/judge_missing_frac`` in verl's metrics shows how often.
+    """
+    judge_fn = as_judge_fn(judge)
+
+    def compute_score(
+        data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+    ) -> Dict[str, Any]:
+        base = base_score_fn(data_source, solution_str, ground_truth, extra_info=extra_info, **kwargs)
+        result = dict(base) if isinstance(base, dict) else {"score": base}
+        if "score" not in result:
+            raise ValueError(
+                f"base_score_fn: expected a float or a dict with 'score', got keys {sorted(result)}"
+            )
+        score = float(result["score"])
+        correct = score > 0
+        first_error, num_steps, judged = NO_VERDICT, 0, False
+        if not correct:
+            row = dict(extra_info) if isinstance(extra_info, dict) else {}
+            k, n, failure = run_judge(
+                judge_fn, [_problem(extra_info, problem_key)], [solution_str], [row], timeout_s
+            )
+            if failure is not None:
+                warnings.warn(f"sgpo_rs.verl: {failure}", RuntimeWarning, stacklevel=2)
+            first_error, num_steps, judged = int(k[0]), int(n[0]), True
+        result.update(
+            {
+                verdicts.CORRECT: bool(correct),
+                verdicts.FIRST_ERROR: first_error,
+                verdicts.NUM_STEPS: num_steps,
+                verdicts.JUDGED: judged,
+            }
+        )
+        return result
+
+    compute_score.__signature__ = inspect.signature(compute_score)  # type: ignore[attr-defined]
+    return compute_score
