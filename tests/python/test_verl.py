@@ -21,12 +21,11 @@ import pytest
 torch = pytest.importorskip("torch")
 core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 
+import sgpo_rs.verl as sv  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from sgpo_rs.verl import verdicts  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.config import AlgoConfig  # noqa: E402
-
-import sgpo_rs.verl as sv  # noqa: E402
-from sgpo_rs.verl import verdicts  # noqa: E402
 
 TOL = 2e-6
 
@@ -35,7 +34,11 @@ def batch(rng, n_groups, length, *, uid_kind="uuid", spread=False, sizes=None, b
     """verl-shaped inputs: float32 rewards at one token per row (or spread), int64 mask with
     interior zeros, shuffled uids, groups of varying size."""
     sizes = sizes if sizes is not None else rng.integers(1, 9, size=n_groups)
-    uids = [str(uuid.uuid4()) for _ in range(n_groups)] if uid_kind == "uuid" else list(range(100, 100 + n_groups))
+    uids = (
+        [str(uuid.uuid4()) for _ in range(n_groups)]
+        if uid_kind == "uuid"
+        else list(range(100, 100 + n_groups))
+    )
     index = np.array([u for u, s in zip(uids, sizes) for _ in range(s)], dtype=object)
     n = len(index)
     perm = rng.permutation(n)
@@ -69,9 +72,15 @@ def reference_grpo(rewards, mask, index, eps=1e-6, norm=True):
 def test_grpo_rs_equals_verl_grpo(seed, norm):
     rng = np.random.default_rng(seed)
     uid_kind = ["uuid", "int"][seed % 2]
-    rewards, mask, index = batch(rng, 3 + 7 * seed, [1, 5, 64, 130][seed % 4], uid_kind=uid_kind, spread=seed >= 3)
+    rewards, mask, index = batch(
+        rng, 3 + 7 * seed, [1, 5, 64, 130][seed % 4], uid_kind=uid_kind, spread=seed >= 3
+    )
     fn = core_algos.get_adv_estimator_fn("grpo_rs")
-    config = OmegaConf.create({"norm_adv_by_std_in_grpo": norm}) if seed % 2 else AlgoConfig(norm_adv_by_std_in_grpo=norm)
+    config = (
+        OmegaConf.create({"norm_adv_by_std_in_grpo": norm})
+        if seed % 2
+        else AlgoConfig(norm_adv_by_std_in_grpo=norm)
+    )
     ours, returns = fn(token_level_rewards=rewards, response_mask=mask, index=index, config=config)
     theirs, _ = core_algos.compute_grpo_outcome_advantage(rewards, mask, index, norm_adv_by_std_in_grpo=norm)
     assert ours is returns and ours.dtype == torch.float32 and ours.shape == rewards.shape
@@ -123,13 +132,21 @@ def test_sgpo_equals_verl_grpo_on_diversified_scores(seed):
     first_error[rng.random(n) < 0.05] = -2  # a few unjudged rows keep their group plain GRPO
     scale = [0.5, 1.0, 0.2, 2.0][seed]
     ours, _ = sv.compute_sgpo_outcome_advantage(
-        rewards, mask, index, first_error, num_steps, credit_scale=scale, norm_adv_by_std_in_grpo=seed % 2 == 0
+        rewards,
+        mask,
+        index,
+        first_error,
+        num_steps,
+        credit_scale=scale,
+        norm_adv_by_std_in_grpo=seed % 2 == 0,
     )
     scores = rewards.sum(-1).numpy()
     diversified = sgpo_reference_scores(scores, index, first_error, num_steps, scale)
     token = torch.zeros_like(rewards)
     token[:, 0] = torch.from_numpy(diversified)
-    theirs, _ = core_algos.compute_grpo_outcome_advantage(token, mask, index, norm_adv_by_std_in_grpo=seed % 2 == 0)
+    theirs, _ = core_algos.compute_grpo_outcome_advantage(
+        token, mask, index, norm_adv_by_std_in_grpo=seed % 2 == 0
+    )
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=TOL)
 
 
@@ -190,7 +207,9 @@ def test_sgpo_without_verdicts_or_with_group_filtering_refuses():
     from verl.trainer.ppo import ray_trainer
 
     with pytest.raises(RuntimeError, match="no judge verdicts"):
-        ray_trainer.compute_advantage(data_proto(np.random.default_rng(1), False), "sgpo", config=OmegaConf.create({}))
+        ray_trainer.compute_advantage(
+            data_proto(np.random.default_rng(1), False), "sgpo", config=OmegaConf.create({})
+        )
     config = OmegaConf.create({"filter_groups": {"enable": True}})
     with pytest.raises(ValueError, match="filter_groups"):
         ray_trainer.compute_advantage(data_proto(np.random.default_rng(1)), "sgpo", config=config)
@@ -198,10 +217,9 @@ def test_sgpo_without_verdicts_or_with_group_filtering_refuses():
 
 def test_v1_trainer_reads_reward_extra_info(monkeypatch):
     pytest.importorskip("transfer_queue")
+    from sgpo_rs.verl import trainers
     from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
     from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
-
-    from sgpo_rs.verl import trainers
 
     cls = get_trainer_cls("sgpo_sync")
     assert issubclass(cls, PPOTrainerSync)
@@ -251,7 +269,9 @@ def test_registration_is_idempotent_and_loads_through_verl_hooks():
             env["VERL_USE_EXTERNAL_MODULES"] = "sgpo_rs.verl"
         else:
             env.pop("VERL_USE_EXTERNAL_MODULES", None)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.split()[-3:] == ["sgpo", "grpo_rs", "True"], (plugins, out.stdout)
 
@@ -266,7 +286,13 @@ def test_make_compute_score_judges_incorrect_responses_only():
     score = sv.make_compute_score(lambda ds, sol, gt, extra_info=None: float(sol == gt), judge)
     right = score("gsm8k", "42", "42", extra_info={"question": "q"})
     wrong = score("gsm8k", "41", "42", extra_info={"question": "what is 6*7"})
-    assert right == {"score": 1.0, "sgpo_correct": True, "sgpo_first_error": -2, "sgpo_num_steps": 0, "sgpo_judged": False}
+    assert right == {
+        "score": 1.0,
+        "sgpo_correct": True,
+        "sgpo_first_error": -2,
+        "sgpo_num_steps": 0,
+        "sgpo_judged": False,
+    }
     assert wrong["sgpo_first_error"] == 1 and wrong["sgpo_num_steps"] == 3 and wrong["sgpo_judged"] is True
     assert calls == [(["what is 6*7"], ["41"])]
 
@@ -297,3 +323,13 @@ def test_bad_input_names_the_argument(change, error, match):
     rewards, mask, index = batch(np.random.default_rng(0), 4, 8)
     with pytest.raises(error, match=match):
         sv.compute_grpo_outcome_advantage(*change(rewards, mask, index))
+
+
+def test_example_runs_and_sgpo_moves_the_all_wrong_group(capsys):
+    import runpy
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    runpy.run_path(os.path.join(root, "examples", "verl_sgpo.py"), run_name="__main__")
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert "group B [0. 0. 0. 0.]" in lines["grpo"]
+    assert "group B [0. 0. 0. 0.]" not in lines["sgpo"]
