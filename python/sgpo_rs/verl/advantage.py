@@ -10,7 +10,7 @@ rewards are a torch tensor, numpy otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -203,9 +203,6 @@ def sgpo_outcome(
     return out, per_row, result
 
 
-def metrics_of(result: Optional[SGPORewards], judged_rows: int, judge_calls: int) -> Dict[str, float]:
-    """The ``sgpo/*`` metrics verl logs for one batch."""
-    metrics = dict(result.metrics()) if result is not None else {}
-    metrics["sgpo/judged_rows"] = float(judged_rows)
-    metrics["sgpo/judge_calls"] = float(judge_calls)
-    return metrics
+def metrics_of(result: SGPORewards, judge_calls: int) -> Dict[str, float]:
+    """The ``sgpo/*`` metrics verl logs for one batch (``judge_calls``: rows the judge was asked about)."""
+    return {**result.metrics(), "sgpo/judge_calls": float(judge_calls)}

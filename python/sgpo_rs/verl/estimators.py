@@ -58,7 +58,7 @@ def sgpo(
         correct=pending.correct,
         norm=norm_by_std(config),
     )
-    pending.metrics.update(metrics_of(result, int(pending.judged.sum()), int(pending.judged.sum())))
+    pending.metrics.update(metrics_of(result, int(pending.judged.sum())))
     advantages = torch.from_numpy(out) if isinstance(token_level_rewards, torch.Tensor) else out
     return advantages, advantages
 
