@@ -177,14 +177,10 @@ def data_proto(rng, with_verdicts=True):
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensor)
 
 
-def test_legacy_trainer_compute_advantage_runs_sgpo_with_metrics():
-    from verl.trainer.ppo import ray_trainer
-
-    config = OmegaConf.create({"norm_adv_by_std_in_grpo": True, "sgpo": {"credit_scale": 0.5}})
-    data = data_proto(np.random.default_rng(7))
-    out = ray_trainer.compute_advantage(data, "sgpo", config=config)
+def sgpo_of(data):
+    """``compute_sgpo_outcome_advantage`` on a DataProto's tensors and its ``sgpo_*`` columns."""
     nt = data.non_tensor_batch
-    expected, _ = sv.compute_sgpo_outcome_advantage(
+    advantages, _ = sv.compute_sgpo_outcome_advantage(
         data.batch["token_level_rewards"],
         data.batch["response_mask"],
         nt["uid"],
@@ -192,6 +188,17 @@ def test_legacy_trainer_compute_advantage_runs_sgpo_with_metrics():
         nt["sgpo_num_steps"],
         correct=nt["sgpo_correct"],
     )
+    return advantages
+
+
+def test_legacy_trainer_compute_advantage_runs_sgpo_with_metrics():
+    from verl.trainer.ppo import ray_trainer
+
+    config = OmegaConf.create({"norm_adv_by_std_in_grpo": True, "sgpo": {"credit_scale": 0.5}})
+    data = data_proto(np.random.default_rng(7))
+    out = ray_trainer.compute_advantage(data, "sgpo", config=config)
+    nt = data.non_tensor_batch
+    expected = sgpo_of(data)
     assert torch.equal(out.batch["advantages"], expected)
     metrics = out.meta_info["sgpo_metrics"]
     assert metrics["sgpo/all_negative_frac"] >= 0.5 and metrics["sgpo/diversified_frac"] > 0
@@ -242,14 +249,7 @@ def test_v1_trainer_reads_reward_extra_info(monkeypatch):
     trainer.config = config
     metrics = {}
     out = trainer._compute_advantage(None, metrics)
-    expected, _ = sv.compute_sgpo_outcome_advantage(
-        data.batch["token_level_rewards"],
-        data.batch["response_mask"],
-        nt["uid"],
-        nt["sgpo_first_error"],
-        nt["sgpo_num_steps"],
-        correct=nt["sgpo_correct"],
-    )
+    expected = sgpo_of(data)
     assert torch.equal(out.batch["advantages"], expected)
     assert metrics["sgpo/diversified_frac"] > 0
 
