@@ -11,7 +11,9 @@ move divided by the measured device-to-device copy bandwidth (bytes read + writt
   with beta) and the mask twice (row pass + token pass), writes the float32 gradient:
   ``B*T*(2*s + 2 + 4)`` bytes for element size ``s`` (+ ``B*T*s`` with beta).
 - selective log-softmax forward: reads the logits once, ``N*V*s`` bytes; forward+backward reads
-  them three times (forward, backward recompute, backward pass) and writes dlogits once.
+  them twice (the forward, and the backward, which reuses the forward's row statistics) and
+  writes dlogits once: ``3*N*V*s``. Logits to loss likewise (the loss inputs are negligible).
+- token advantages: reads the bool mask, writes the float32 output: ``N*L*(1 + 4)`` bytes.
 
 "sg" is the sgpo_rs.torch op as a training loop calls it (it reads the metrics and the input
 check, which waits for the stream); "sg kernel" is the launch sequence alone
@@ -114,7 +116,7 @@ def logits_loss_rows(quick: bool) -> List[Dict[str, Any]]:
         row: Dict[str, Any] = {
             "op": "logits->loss fwd+bwd (grpo)",
             "shape": f"{batch}x{length}x{vocab} bf16",
-            "floor_ms": 3 * logits.numel() * 2 / BANDWIDTH[0] * 1e3 + logits.numel() * 2 / BANDWIDTH[0] * 1e3,
+            "floor_ms": 3 * logits.numel() * 2 / BANDWIDTH[0] * 1e3,
             "sg_ms": bench(run_sg, 1, reps=5),
         }
         try:
@@ -254,11 +256,17 @@ def logprob_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
             selective_log_softmax(x, targets).sum().backward()
             x.grad = None
 
+        def kernels_fwd_bwd(_):
+            _, _, stats = _cuda.selective_logprobs(logits, targets, 1.0, False, check=False, keep_stats=True)
+            _cuda.selective_logprobs_backward(logits, targets, 1.0, ones, None, check=False, stats=stats)
+
+        ones = torch.ones(n, device="cuda")
         row2: Dict[str, Any] = {
             "op": "selective_log_softmax fwd+bwd",
             "shape": f"{n}x{v} bf16",
-            "floor_ms": 4 * n * v * 2 / bandwidth * 1e3,
+            "floor_ms": 3 * n * v * 2 / bandwidth * 1e3,
             "sg_ms": bench(fwd_bwd, 1, reps=5),
+            "sg_kernel_ms": bench(kernels_fwd_bwd, 1, reps=5),
         }
         try:
 
@@ -269,11 +277,33 @@ def logprob_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
             row2["eager_ms"] = bench(eager_fwd_bwd, 1, reps=5)
         except torch.OutOfMemoryError:
             row2["eager_ms"] = None
-        row2["bandwidth_frac"] = row2["floor_ms"] / row2["sg_ms"]
+        row2["bandwidth_frac"] = row2["floor_ms"] / row2["sg_kernel_ms"]
         rows.append(row2)
         print_row(row2)
         logits = x = None  # free before the next size
         torch.cuda.empty_cache()
+    return rows
+
+
+def token_advantage_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
+    """The broadcast ``a[:, None] * mask`` (verl's and TRL's token advantages) against torch."""
+    rows = []
+    for n, length in [(8192, 8192)] if not quick else [(2048, 4096)]:
+        sets = [(torch.randn(n, device="cuda"), torch.rand(n, length, device="cuda") > 0.2) for _ in range(3)]
+        out = torch.empty(n, length, device="cuda")
+        row: Dict[str, Any] = {
+            "op": "token_advantages",
+            "shape": f"{n}x{length} bool",
+            "floor_ms": n * length * 5 / bandwidth * 1e3,
+            "sg_kernel_ms": bench(
+                lambda i: _cuda.token_advantages(sets[i][0], sets[i][1], out, check=False), 3
+            ),
+            "sg_ms": bench(lambda i: sgpo_rs.token_advantages(sets[i][0], sets[i][1]), 3),
+            "eager_ms": bench(lambda i: sets[i][0][:, None] * sets[i][1], 3),
+        }
+        row["bandwidth_frac"] = row["floor_ms"] / row["sg_kernel_ms"]
+        rows.append(row)
+        print_row(row)
     return rows
 
 
@@ -313,7 +343,10 @@ def main() -> None:
         f"sgpo-rs {sgpo_rs.__version__}"
     )
     rows = (
-        loss_rows(args.quick, bandwidth) + logprob_rows(args.quick, bandwidth) + logits_loss_rows(args.quick)
+        loss_rows(args.quick, bandwidth)
+        + token_advantage_rows(args.quick, bandwidth)
+        + logprob_rows(args.quick, bandwidth)
+        + logits_loss_rows(args.quick)
     )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

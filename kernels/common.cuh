@@ -45,8 +45,10 @@ __device__ __forceinline__ void store(f16_t* p, float x) {
 }
 
 // The status word every launch sequence writes its input errors into; the host reads it after
-// the launches (one 8-byte copy) and raises the error the CPU path would raise. Bits say what
-// went wrong; the second word keeps the smallest offending flat index (atomicMin: deterministic).
+// the launches (one 16-byte copy) and raises the error the CPU path would raise. Bits say what
+// went wrong; the second word keeps the complement of the smallest offending flat index
+// (atomicMax of ~index: deterministic), so an all-zero buffer - which torch makes on the device
+// without a host-to-device copy - is a clean status.
 #define STATUS_NONFINITE_INPUT 1u
 #define STATUS_BAD_MASK 2u
 #define STATUS_BAD_TARGET 4u
@@ -58,38 +60,62 @@ __device__ __forceinline__ void store(f16_t* p, float x) {
 
 __device__ __forceinline__ void report(u32* status, u32 bit, i64 where) {
     atomicOr(status, bit);
-    // Indices fit 63 bits; the slot starts at all ones.
-    atomicMin((u64*)(status + 2), (u64)where);
+    // Indices fit 63 bits; where = -1 (no index) leaves the slot as it is.
+    atomicMax((u64*)(status + 2), ~(u64)where);
 }
 
-// Fixed-order block reductions: thread t holds a partial; the tree's shape depends only on
-// blockDim, so the result is the same on every run (no atomics on floating-point values).
-template <int BLOCK>
-__device__ __forceinline__ double block_sum(double v, double* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
+// Fixed-order block reductions: each warp folds its lanes with the same shuffle tree, then thread
+// 0 adds the warps' totals in warp order. The shape depends only on the block size, so results
+// are the same on every run (no atomics on floating-point values), and it costs one barrier for
+// any number of values. The totals are valid in thread 0 only. `scratch` holds K * BLOCK / 32
+// values and may be reused after the call (it ends on a barrier).
+template <int BLOCK, int K>
+__device__ __forceinline__ void block_sums(double* v, double* scratch) {
+    constexpr int WARPS = BLOCK / 32;
 #pragma unroll
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-        __syncthreads();
+    for (int k = 0; k < K; k++) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], offset);
     }
-    double total = scratch[0];
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int k = 0; k < K; k++) scratch[k * WARPS + threadIdx.x / 32] = v[k];
+    }
     __syncthreads();
-    return total;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            double total = scratch[k * WARPS];
+            for (int w = 1; w < WARPS; w++) total += scratch[k * WARPS + w];
+            v[k] = total;
+        }
+    }
+    __syncthreads();
 }
 
-template <int BLOCK>
-__device__ __forceinline__ double block_max(double v, double* scratch) {
-    scratch[threadIdx.x] = v;
-    __syncthreads();
+// The same for maxima (fmax: NaN loses to any number).
+template <int BLOCK, int K>
+__device__ __forceinline__ void block_maxes(double* v, double* scratch) {
+    constexpr int WARPS = BLOCK / 32;
 #pragma unroll
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] = fmax(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
-        __syncthreads();
+    for (int k = 0; k < K; k++) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) v[k] = fmax(v[k], __shfl_down_sync(0xffffffffu, v[k], offset));
     }
-    double total = scratch[0];
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int k = 0; k < K; k++) scratch[k * WARPS + threadIdx.x / 32] = v[k];
+    }
     __syncthreads();
-    return total;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            double total = scratch[k * WARPS];
+            for (int w = 1; w < WARPS; w++) total = fmax(total, scratch[k * WARPS + w]);
+            v[k] = total;
+        }
+    }
+    __syncthreads();
 }
 
 __device__ __forceinline__ double clampd(double x, double lo, double hi) {

@@ -111,36 +111,41 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_groups(
 // credit sum, credited rows.
 extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_stats(i64 num_groups, const double* group_stats,
                                                                            double* out) {
-    __shared__ double scratch[GROUP_BLOCK];
+    __shared__ double scratch[GROUP_STATS * GROUP_BLOCK / 32];
+    double acc[GROUP_STATS];
     for (int k = 0; k < GROUP_STATS; k++) {
-        double acc = 0.0;
-        for (i64 g = threadIdx.x; g < num_groups; g += GROUP_BLOCK) acc += group_stats[g * GROUP_STATS + k];
-        acc = block_sum<GROUP_BLOCK>(acc, scratch);
-        if (threadIdx.x == 0) out[k] = acc;
+        acc[k] = 0.0;
+        for (i64 g = threadIdx.x; g < num_groups; g += GROUP_BLOCK) acc[k] += group_stats[g * GROUP_STATS + k];
+    }
+    block_sums<GROUP_BLOCK, GROUP_STATS>(acc, scratch);
+    if (threadIdx.x == 0) {
+        for (int k = 0; k < GROUP_STATS; k++) out[k] = acc[k];
     }
 }
 
 // Sample standard deviation of the non-NaN rewards (two passes), NaN below two values.
 extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) batch_std(const double* rewards, i64 rows, double* out) {
-    __shared__ double scratch[GROUP_BLOCK];
-    double n = 0.0, sum = 0.0;
+    __shared__ double scratch[2 * GROUP_BLOCK / 32];
+    __shared__ double shared_mean;
+    double v[2] = {0.0, 0.0};  // count, sum
     for (i64 i = threadIdx.x; i < rows; i += GROUP_BLOCK) {
         double r = rewards[i];
         if (!isnan(r)) {
-            n += 1.0;
-            sum += r;
+            v[0] += 1.0;
+            v[1] += r;
         }
     }
-    n = block_sum<GROUP_BLOCK>(n, scratch);
-    sum = block_sum<GROUP_BLOCK>(sum, scratch);
-    double mean = sum / n;
-    double centred = 0.0;
+    block_sums<GROUP_BLOCK, 2>(v, scratch);
+    if (threadIdx.x == 0) shared_mean = v[1] / v[0];
+    __syncthreads();
+    double mean = shared_mean;
+    double centred[1] = {0.0};
     for (i64 i = threadIdx.x; i < rows; i += GROUP_BLOCK) {
         double r = rewards[i];
-        if (!isnan(r)) centred += (r - mean) * (r - mean);
+        if (!isnan(r)) centred[0] += (r - mean) * (r - mean);
     }
-    centred = block_sum<GROUP_BLOCK>(centred, scratch);
-    if (threadIdx.x == 0) out[0] = n < 2.0 ? NAN : sqrt(centred / (n - 1.0));
+    block_sums<GROUP_BLOCK, 1>(centred, scratch);
+    if (threadIdx.x == 0) out[0] = v[0] < 2.0 ? NAN : sqrt(centred[0] / (v[0] - 1.0));
 }
 
 // scale: 0 group, 1 batch, 2 none; singleton: 0 zero, 1 unit.
@@ -152,15 +157,19 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) group_advantages(Group
     if (g >= groups.num_groups) return;
     i64 count = group_count(groups, g);
     double n = 0.0, sum = 0.0;
+    // Members are in row order: the first offending member is the group's smallest index, and
+    // reporting once after the loop keeps the atomics out of it.
+    i64 bad_row = -1;
     for (i64 k = 0; k < count; k++) {
         i64 row = group_member(groups, g, k);
         double r = rewards[row];
-        if (isinf(r)) report(status, STATUS_NONFINITE_REWARD, row);
+        if (isinf(r) && bad_row < 0) bad_row = row;
         if (!isnan(r)) {
             n += 1.0;
             sum += r;
         }
     }
+    if (bad_row >= 0) report(status, STATUS_NONFINITE_REWARD, bad_row);
     double mean = n > 0.0 ? sum / n : NAN;
     double std = NAN;
     if (n >= 2.0) {
@@ -178,6 +187,7 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) group_advantages(Group
     } else {
         divisor = scale == 0 ? std + eps : (scale == 1 ? batch_std[0] + eps : 1.0);
     }
+    i64 overflow_row = -1;
     for (i64 k = 0; k < count; k++) {
         i64 row = group_member(groups, g, k);
         double a = (rewards[row] - mean) / divisor;
@@ -186,35 +196,89 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) group_advantages(Group
             continue;
         }
         float a32 = (float)a;
-        if (isinf(a32)) report(status, STATUS_OVERFLOW, row);
+        if (isinf(a32) && overflow_row < 0) overflow_row = row;
         out[row] = a32;
     }
+    if (overflow_row >= 0) report(status, STATUS_OVERFLOW, overflow_row);
+}
+
+// The token broadcast out[i, t] = a_i * mask[i, t]: one block per (row, chunk of
+// TOKEN_CHUNK tokens), four tokens per thread. Where `vec` says the mask and the output are
+// co-aligned, a row's tokens from its first 16-byte boundary of `out` on are read 4 (or 16)
+// bytes and written 16 bytes at a time; the row's head before that boundary and its tail are
+// scalar. The row's advantage is read once per thread and checked once per row.
+#define TOKEN_ITEMS 4
+#define TOKEN_CHUNK (GROUP_BLOCK * TOKEN_ITEMS)
+
+template <typename M>
+__device__ __forceinline__ float token_value(float a, M m, i64 at, u32* status) {
+    float w = to_f32(m);
+    // A uint8 weight is always a valid, finite weight.
+    if (sizeof(M) == 4 && !(w >= 0.0f && w < INFINITY)) report(status, STATUS_BAD_MASK, at);
+    float value = a * w;
+    if (isinf(value)) report(status, STATUS_OVERFLOW, at);
+    return value;
+}
+
+// Four mask values from one aligned load.
+__device__ __forceinline__ void load4(const u8* p, u8* m) {
+    u32 word = *reinterpret_cast<const u32*>(p);
+#pragma unroll
+    for (int q = 0; q < 4; q++) m[q] = (u8)(word >> (8 * q));
+}
+__device__ __forceinline__ void load4(const float* p, float* m) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    m[0] = v.x;
+    m[1] = v.y;
+    m[2] = v.z;
+    m[3] = v.w;
 }
 
 template <typename M>
-__device__ void token_advantages(const float* advantages, const M* mask, i64 rows, i64 len, float* out,
-                                 u32* status) {
-    i64 total = rows * len;
-    for (i64 at = (i64)blockIdx.x * GROUP_BLOCK + threadIdx.x; at < total; at += (i64)gridDim.x * GROUP_BLOCK) {
-        i64 row = at / len;
-        float a = advantages[row];
-        float w = to_f32(mask[at]);
-        if (!(fabsf(a) < INFINITY)) report(status, STATUS_NONFINITE_INPUT, row);
-        if (!(w >= 0.0f && w < INFINITY)) report(status, STATUS_BAD_MASK, at);
-        float value = a * w;
-        if (isinf(value)) report(status, STATUS_OVERFLOW, at);
-        out[at] = value;
+__device__ void token_advantages(const float* advantages, const M* mask, i64 rows, i64 len, i64 chunks, int vec,
+                                 float* out, u32* status) {
+    i64 i = blockIdx.x / chunks;
+    i64 chunk = blockIdx.x % chunks;
+    if (i >= rows) return;
+    float a = advantages[i];
+    if (chunk == 0 && threadIdx.x == 0 && !(fabsf(a) < INFINITY)) report(status, STATUS_NONFINITE_INPUT, i);
+    i64 base = i * len;
+    // Tokens before the row's first 16-byte boundary of `out` (mask and out are co-aligned).
+    i64 head = vec ? (TOKEN_ITEMS - base % TOKEN_ITEMS) % TOKEN_ITEMS : 0;
+    if (head > len) head = len;
+    if (chunk == 0 && threadIdx.x < head) {
+        i64 at = base + threadIdx.x;
+        out[at] = token_value(a, mask[at], at, status);
+    }
+    i64 t0 = head + chunk * TOKEN_CHUNK + (i64)threadIdx.x * TOKEN_ITEMS;
+    if (vec && t0 + TOKEN_ITEMS <= len) {
+        i64 at = base + t0;
+        M m[TOKEN_ITEMS];
+        load4(mask + at, m);
+        float4 v;
+        v.x = token_value(a, m[0], at, status);
+        v.y = token_value(a, m[1], at + 1, status);
+        v.z = token_value(a, m[2], at + 2, status);
+        v.w = token_value(a, m[3], at + 3, status);
+        *reinterpret_cast<float4*>(out + at) = v;
+    } else {
+#pragma unroll
+        for (int q = 0; q < TOKEN_ITEMS; q++) {
+            i64 t = t0 + q;
+            if (t < len) out[base + t] = token_value(a, mask[base + t], base + t, status);
+        }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) token_advantages_u8(const float* advantages, const u8* mask,
-                                                                            i64 rows, i64 len, float* out,
-                                                                            u32* status) {
-    token_advantages<u8>(advantages, mask, rows, len, out, status);
+                                                                            i64 rows, i64 len, i64 chunks, int vec,
+                                                                            float* out, u32* status) {
+    token_advantages<u8>(advantages, mask, rows, len, chunks, vec, out, status);
 }
 
 extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) token_advantages_f32(const float* advantages,
                                                                              const float* mask, i64 rows, i64 len,
-                                                                             float* out, u32* status) {
-    token_advantages<float>(advantages, mask, rows, len, out, status);
+                                                                             i64 chunks, int vec, float* out,
+                                                                             u32* status) {
+    token_advantages<float>(advantages, mask, rows, len, chunks, vec, out, status);
 }

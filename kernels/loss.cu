@@ -50,7 +50,7 @@ struct LossParams {
     int chunks;           // chunks of LOSS_TOKENS per row
     int loss_type, sequence, kl_estimator, bias_correction, advantages_per_token, has_old, has_ref;
     int aggregation;
-    int reserved;         // keeps the doubles 8-byte aligned with no implicit padding
+    int vec;              // every row of every input and of grad starts 16-byte aligned (4-token loads)
     double divisor;       // AGG_DIVISOR
     double beta, lo, hi, delta, epsilon_high, clip_ratio_c;
     double tau_pos, tau_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg;
@@ -110,7 +110,7 @@ __device__ RowTerms row_terms(const LossParams& p, const double* row_stats, cons
 template <typename T, typename M>
 __device__ void loss_rows(const T* logp, const T* old, const float* advantages, const M* mask, LossParams p,
                           double* row_stats, u32* status) {
-    __shared__ double scratch[LOSS_BLOCK];
+    __shared__ double scratch[3 * LOSS_BLOCK / 32];
     i64 i = blockIdx.x;
     if (i >= p.rows) return;
     double n = 0.0, seq = 0.0, vespo = 0.0;
@@ -138,30 +138,28 @@ __device__ void loss_rows(const T* logp, const T* old, const float* advantages, 
             vespo += clampd(d, -20.0, 20.0) * w;
         }
     }
-    n = block_sum<LOSS_BLOCK>(n, scratch);
-    seq = block_sum<LOSS_BLOCK>(seq, scratch);
-    vespo = block_sum<LOSS_BLOCK>(vespo, scratch);
+    double v[3] = {n, seq, vespo};
+    block_sums<LOSS_BLOCK, 3>(v, scratch);
     if (threadIdx.x == 0) {
-        row_stats[i * 3] = n;
-        row_stats[i * 3 + 1] = seq;
-        row_stats[i * 3 + 2] = vespo;
+        row_stats[i * 3] = v[0];
+        row_stats[i * 3 + 1] = v[1];
+        row_stats[i * 3 + 2] = v[2];
         if (!p.advantages_per_token && !isfinite(advantages[i])) report(status, STATUS_NONFINITE_INPUT, i * p.len);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_batch(LossParams p, const double* row_stats, double* batch) {
-    __shared__ double scratch[LOSS_BLOCK];
-    double tokens = 0.0, valid = 0.0;
+    __shared__ double scratch[2 * LOSS_BLOCK / 32];
+    double v[2] = {0.0, 0.0};  // tokens, rows with tokens
     for (i64 i = threadIdx.x; i < p.rows; i += LOSS_BLOCK) {
         double n = row_stats[i * 3];
-        tokens += n;
-        valid += n > 0.0 ? 1.0 : 0.0;
+        v[0] += n;
+        v[1] += n > 0.0 ? 1.0 : 0.0;
     }
-    tokens = block_sum<LOSS_BLOCK>(tokens, scratch);
-    valid = block_sum<LOSS_BLOCK>(valid, scratch);
+    block_sums<LOSS_BLOCK, 2>(v, scratch);
     if (threadIdx.x == 0) {
-        batch[0] = tokens;
-        batch[1] = valid;
+        batch[0] = v[0];
+        batch[1] = v[1];
     }
 }
 
@@ -252,14 +250,55 @@ __device__ void kl_terms(int estimator, double x, double* kl, double* d, double*
     *sum = estimator == KL_K3 ? -x : *kl + *d;
 }
 
+// Four consecutive tokens of a row as float: one 16-byte (float32) or 8-byte (half) load when
+// `vec`, else n <= 4 scalar loads (the rest 0).
+__device__ __forceinline__ void load4(const float* p, i64 at, int n, bool vec, float* out) {
+    if (vec) {
+        float4 v = *reinterpret_cast<const float4*>(p + at);
+        out[0] = v.x;
+        out[1] = v.y;
+        out[2] = v.z;
+        out[3] = v.w;
+        return;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) out[q] = q < n ? p[at + q] : 0.0f;
+}
+template <typename H>
+__device__ __forceinline__ void load4(const H* p, i64 at, int n, bool vec, float* out) {
+    if (vec) {
+        uint2 v = *reinterpret_cast<const uint2*>(p + at);
+        const H* e = reinterpret_cast<const H*>(&v);
+#pragma unroll
+        for (int q = 0; q < 4; q++) out[q] = to_f32(e[q]);
+        return;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) out[q] = q < n ? to_f32(p[at + q]) : 0.0f;
+}
+__device__ __forceinline__ void load4(const u8* p, i64 at, int n, bool vec, float* out) {
+    if (vec) {
+        u32 word = *reinterpret_cast<const u32*>(p + at);
+#pragma unroll
+        for (int q = 0; q < 4; q++) out[q] = (float)((word >> (8 * q)) & 0xffu);
+        return;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) out[q] = q < n ? (float)p[at + q] : 0.0f;
+}
+
 // write_grad = 0: only the partial sums (first pass of sequence-level importance sampling);
 // write_grad = 1: also the gradient (token level: the only pass; sequence level: the second,
 // using the row ratio gradients loss_finalize left in row_common, without partial sums).
+//
+// Each thread owns LOSS_ITEMS consecutive tokens and loads all of their inputs before computing
+// any of them (one round trip to memory per thread, not one per token), 16 bytes at a time
+// where the rows are aligned.
 template <typename T, typename M>
 __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const float* advantages, const M* mask,
                             LossParams p, const double* row_stats, const double* batch, const double* row_common,
                             int write_grad, float* grad, double* partials, u32* status) {
-    __shared__ double scratch[LOSS_BLOCK];
+    __shared__ double scratch[LOSS_PARTIALS * LOSS_BLOCK / 32];
     i64 i = blockIdx.x / p.chunks;
     i64 chunk = blockIdx.x % p.chunks;
     if (i >= p.rows) return;
@@ -271,27 +310,39 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
     double ratio_clamp = vanilla ? 20.0 : INFINITY;
     double sums[LOSS_PARTIALS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     bool bad_value = false, bad_grad = false;
-    i64 end = min((chunk + 1) * (i64)LOSS_TOKENS, p.len);
+    i64 t0 = chunk * LOSS_TOKENS + (i64)threadIdx.x * LOSS_ITEMS;
+    i64 left = p.len - t0;
+    int n = left <= 0 ? 0 : (left >= LOSS_ITEMS ? LOSS_ITEMS : (int)left);
+    bool vec = p.vec != 0 && n == LOSS_ITEMS;
+    i64 at0 = i * p.len + t0;
+    float wv[LOSS_ITEMS], lpv[LOSS_ITEMS], ov[LOSS_ITEMS], rv[LOSS_ITEMS], av[LOSS_ITEMS];
+    load4(mask, at0, n, vec, wv);
+    load4(logp, at0, n, vec, lpv);
+    if (p.has_old) load4(old, at0, n, vec, ov);
+    if (has_kl) load4(ref, at0, n, vec, rv);
+    if (p.advantages_per_token) {
+        load4(advantages, at0, n, vec, av);
+    } else {
+        float a_row = n > 0 ? advantages[i] : 0.0f;
 #pragma unroll
-    for (int k = 0; k < LOSS_ITEMS; k++) {
-        i64 t = chunk * LOSS_TOKENS + k * LOSS_BLOCK + threadIdx.x;
-        if (t >= end) break;
-        i64 at = i * p.len + t;
-        float w32 = to_f32(mask[at]);
+        for (int q = 0; q < LOSS_ITEMS; q++) av[q] = a_row;
+    }
+    float gv[LOSS_ITEMS] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int q = 0; q < LOSS_ITEMS; q++) {
+        if (q >= n) break;
+        i64 at = at0 + q;
+        float w32 = wv[q];
         bool on = w32 != 0.0f && w32 >= 0.0f && w32 < INFINITY;
-        if (!on) {
-            if (write_grad) grad[at] = 0.0f;
-            continue;
-        }
+        if (!on) continue;
         double w = w32;
-        double lp = to_f32(logp[at]);
-        double a = p.advantages_per_token ? (double)advantages[at] : (double)advantages[i];
-        double o = p.has_old ? (double)to_f32(old[at]) : lp;
-        double rf = has_kl ? (double)to_f32(ref[at]) : 0.0;
+        double lp = lpv[q];
+        double a = av[q];
+        double o = p.has_old ? (double)ov[q] : lp;
+        double rf = has_kl ? (double)rv[q] : 0.0;
         if (!isfinite(lp) || !isfinite(a) || !isfinite(o) || !isfinite(rf)) {
             if (!bad_value) report(status, STATUS_NONFINITE_INPUT, at);
             bad_value = true;
-            if (write_grad) grad[at] = 0.0f;
             continue;
         }
         double d, r, slope;
@@ -333,7 +384,7 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
                 if (!bad_grad) report(status, STATUS_OVERFLOW, at);
                 bad_grad = true;
             }
-            grad[at] = g32;
+            gv[q] = g32;
         }
         sums[0] += w * term.loss;
         sums[1] += w * kl_metric;
@@ -342,11 +393,26 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
         sums[4] += w * term.m2;
         sums[5] += w * term.d_ratio;
     }
-    if (write_grad && p.sequence) return;
+    if (write_grad) {
+        if (vec) {
+            float4 v;
+            v.x = gv[0];
+            v.y = gv[1];
+            v.z = gv[2];
+            v.w = gv[3];
+            *reinterpret_cast<float4*>(grad + at0) = v;
+        } else {
 #pragma unroll
-    for (int k = 0; k < LOSS_PARTIALS; k++) {
-        double total = block_sum<LOSS_BLOCK>(sums[k], scratch);
-        if (threadIdx.x == 0) partials[(i64)blockIdx.x * LOSS_PARTIALS + k] = total;
+            for (int q = 0; q < LOSS_ITEMS; q++) {
+                if (q < n) grad[at0 + q] = gv[q];
+            }
+        }
+    }
+    if (write_grad && p.sequence) return;
+    block_sums<LOSS_BLOCK, LOSS_PARTIALS>(sums, scratch);
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int k = 0; k < LOSS_PARTIALS; k++) partials[(i64)blockIdx.x * LOSS_PARTIALS + k] = sums[k];
     }
 }
 
@@ -370,7 +436,7 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
                                                                      const double* row_stats, const double* batch,
                                                                      const double* partials, double* row_common,
                                                                      double* out, u32* status) {
-    __shared__ double scratch[LOSS_BLOCK];
+    __shared__ double scratch[FIN_SUMS * LOSS_BLOCK / 32];
     // Thread sums: loss_weighted, kl, m0, m1, m2, clip_row[3], cispo_row, phi_row, and row count.
     double acc[FIN_SUMS];
     for (int k = 0; k < FIN_SUMS; k++) acc[k] = 0.0;
@@ -412,13 +478,12 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
             row_common[i] = rt.rho * p.grad_scale * row[5] * rt.seq_ratio * rt.seq_slope / fmax(rt.n, 1.0);
         }
     }
-    for (int k = 0; k < FIN_SUMS; k++) acc[k] = block_sum<LOSS_BLOCK>(acc[k], scratch);
+    block_sums<LOSS_BLOCK, FIN_SUMS>(acc, scratch);
     // min/max: NaN-skipping folds, reduced with +-inf standing for "no row".
-    double lm = isnan(low_min) ? INFINITY : low_min;
-    double hm = isnan(high_max) ? -INFINITY : high_max;
-    lm = -block_max<LOSS_BLOCK>(-lm, scratch);
-    hm = block_max<LOSS_BLOCK>(hm, scratch);
+    double extremes[2] = {isnan(low_min) ? -INFINITY : -low_min, isnan(high_max) ? -INFINITY : high_max};
+    block_maxes<LOSS_BLOCK, 2>(extremes, scratch);
     if (threadIdx.x != 0) return;
+    double lm = -extremes[0], hm = extremes[1];
     double tokens = batch[0];
     double rows = (double)p.rows;
     double token_mean_div = fmax(tokens, 1.0);

@@ -31,7 +31,7 @@ print("sgpo_rs from", sgpo_rs.__file__)
 print(json.dumps(c.availability(), indent=1))
 PY
 status=0
-python3 -m pytest tests/python/test_cuda.py -q -p no:cacheprovider -x 2>&1 | tee "$out/tests.txt"
+python3 -m pytest tests/python/test_cuda.py -q -p no:cacheprovider -rfE 2>&1 | tee "$out/tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 python3 benches/cuda_compare.py --out "$out/bench.json" ${GPU_CHECK_QUICK:+--quick} 2>&1 | tee "$out/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

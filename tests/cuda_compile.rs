@@ -29,9 +29,15 @@ fn every_kernel_compiles_cleanly_for_sm80_and_sm90() {
                 source.name,
                 built.log
             );
+            // Every resource line ptxas prints (NVRTC 13.0 prints none) reports no spills.
+            let spills: Vec<&str> = lower
+                .lines()
+                .filter(|line| line.contains("spill"))
+                .filter(|line| !line.contains(" 0 bytes spill stores, 0 bytes spill loads"))
+                .collect();
             assert!(
-                !lower.contains("bytes spill stores") || lower.contains("0 bytes spill stores"),
-                "{} for sm_{arch} spills registers:\n{}",
+                spills.is_empty(),
+                "{} for sm_{arch} spills registers: {spills:?}\n{}",
                 source.name,
                 built.log
             );

@@ -8,7 +8,7 @@ step, on Rust kernels.
 
 from ._core import __version__
 from .advantages import group_advantages, token_advantages
-from .logprob import selective_logprobs
+from .logprob import selective_logprobs, selective_logprobs_backward
 from .loss import LossOutput, policy_loss
 from .rewards import SGPORewards, sgpo_rewards
 from .text import (
@@ -30,6 +30,7 @@ __all__ = [
     "parse_verdicts",
     "policy_loss",
     "selective_logprobs",
+    "selective_logprobs_backward",
     "sgpo_rewards",
     "split_steps",
     "split_steps_batch",

@@ -9,54 +9,27 @@ waits for the stream - and raises the ``ValueError`` the CPU path would raise. `
 keeps everything asynchronous (then invalid inputs give NaN or undefined values, as in torch).
 
 libnvrtc is found in the ``nvidia-cuda-nvrtc`` package that CUDA builds of torch install (or at
-``$SGPO_RS_NVRTC``) and loaded before the first compile.
+``$SGPO_RS_NVRTC``), preferring the CUDA major version torch was built with, and loaded before the
+first compile (``sgpo_rs._nvrtc``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
-import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from . import _core
+from . import _core, _nvrtc
 
 # Status bits the host distinguishes (kernels/common.cuh, src/cuda/status.rs); every other bit
 # is located from the inputs on the error path.
 NONFINITE_INPUT = 1
 OVERFLOW = 16
 
-_NVRTC_HANDLE: Optional[ctypes.CDLL] = None
-_NVRTC_PATH: Optional[str] = None
-
-
-def _nvrtc_candidates() -> List[str]:
-    found = []
-    explicit = os.environ.get("SGPO_RS_NVRTC")
-    if explicit:
-        found.append(explicit)
-    for entry in sys.path:
-        for pattern in ("nvidia/cu1*/lib/libnvrtc.so.1*", "nvidia/cuda_nvrtc/lib/libnvrtc.so.1*"):
-            found.extend(sorted(glob.glob(os.path.join(entry, pattern)), reverse=True))
-    # Only the library itself, not libnvrtc-builtins; newest major first.
-    return [p for p in found if "builtins" not in os.path.basename(p)]
-
 
 def load_nvrtc() -> Optional[str]:
-    """Loads libnvrtc from the Python environment, globally, so the core's loader finds it by its
-    soname. Returns its path, or None when the system's library path has to provide it."""
-    global _NVRTC_HANDLE, _NVRTC_PATH
-    if _NVRTC_HANDLE is not None:
-        return _NVRTC_PATH
-    for path in _nvrtc_candidates():
-        try:
-            _NVRTC_HANDLE = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        _NVRTC_PATH = path
-        return path
-    return None
+    """Loads libnvrtc from the Python environment (the one of torch's CUDA major first, see
+    ``sgpo_rs._nvrtc``), globally, so the core's loader finds it by its soname. Returns its path,
+    or None when the system's library path has to provide it."""
+    return _nvrtc.load()
 
 
 def built() -> bool:
@@ -105,13 +78,18 @@ def _same_device(device: Any, **tensors: Any) -> None:
 def _new_status(device: Any) -> Any:
     import torch
 
-    # [bits: u32, unused: u32, first: u64 = all ones]
-    return torch.tensor([0, -1], dtype=torch.int64, device=device)
+    # [bits: u32, unused: u32, ~first: u64], all zeros when clean: a memset on the stream, with no
+    # host-to-device copy (which would wait for the stream).
+    return torch.zeros(2, dtype=torch.int64, device=device)
+
+
+def _decode_status(bits: int, complement: int) -> Tuple[int, int]:
+    """``(bits, first)`` from the two int64 words; ``first`` is -1 when no index was reported."""
+    return bits & 0xFFFFFFFF, (-complement - 1 if complement != 0 else -1)
 
 
 def _read_status(status: Any) -> Tuple[int, int]:
-    bits, first = status.tolist()
-    return bits & 0xFFFFFFFF, first
+    return _decode_status(*status.tolist())
 
 
 def _mask_input(mask: Any) -> Tuple[Any, str]:
@@ -166,13 +144,17 @@ def _first(flags: Any) -> Optional[int]:
     return None if hit.numel() == 0 else int(hit[0, 0])
 
 
-def _check_logprob_status(status: Any, logits: Any, targets: Any, temperature: float) -> None:
+def _check_logprob_status(
+    status: Any, logits: Any, targets: Any, temperature: float, grads: Tuple[Tuple[str, Any], ...] = ()
+) -> None:
     """Raises the CPU path's error for the inputs the kernels flagged. The status only says that
-    something is wrong; the offending element is located here, in the CPU's order (targets,
-    then non-finite logits, then rows without a finite logit)."""
+    something is wrong; the offending element is located here, in the CPU's order (upstream
+    gradients, targets, then non-finite logits, then rows without a finite logit)."""
     bits, _ = _read_status(status)
     if bits == 0:
         return
+    for name, g in grads:
+        _check_finite_rows(name, g)
     vocab = logits.shape[-1]
     row = _first((targets < 0) | (targets >= vocab))
     if row is not None:
@@ -202,9 +184,12 @@ def _check_finite_rows(name: str, g: Optional[Any]) -> None:
 
 
 def selective_logprobs(
-    logits: Any, targets: Any, temperature: float, entropy: bool, check: bool = True
-) -> Tuple[Any, Optional[Any]]:
-    """``(logp, entropy | None)``, float32 with the leading shape of ``logits``."""
+    logits: Any, targets: Any, temperature: float, entropy: bool, check: bool = True, keep_stats: bool = False
+) -> Any:
+    """``(logp, entropy | None)``, float32 with the leading shape of ``logits``; with
+    ``keep_stats``, ``(logp, entropy | None, stats)`` where ``stats`` (float32 ``(N, 3)``: each
+    row's max, log-sum and entropy) lets :func:`selective_logprobs_backward` skip its own pass
+    over the logits."""
     import torch
 
     _require()
@@ -219,6 +204,7 @@ def selective_logprobs(
         )
     logp = torch.empty(rows, dtype=torch.float32, device=x.device)
     ent = torch.empty(rows, dtype=torch.float32, device=x.device) if entropy else None
+    stats = torch.empty((rows, 3), dtype=torch.float32, device=x.device) if keep_stats else None
     status = _new_status(x.device)
     device, stream = _stream(x.device)
     _core.cuda_selective_logprobs(
@@ -230,10 +216,12 @@ def selective_logprobs(
         logp.data_ptr(),
         None if ent is None else ent.data_ptr(),
         status.data_ptr(),
+        None if stats is None else stats.data_ptr(),
     )
     if check:
         _check_logprob_status(status, logits, t, temperature)
-    return logp.reshape(lead), None if ent is None else ent.reshape(lead)
+    result = (logp.reshape(lead), None if ent is None else ent.reshape(lead))
+    return result + (stats,) if keep_stats else result
 
 
 def selective_logprobs_backward(
@@ -244,8 +232,12 @@ def selective_logprobs_backward(
     grad_entropy: Optional[Any],
     in_place: bool = False,
     check: bool = True,
+    stats: Optional[Any] = None,
 ) -> Any:
-    """``dlogits`` in the logits' dtype and shape (written into ``logits`` itself with ``in_place``)."""
+    """``dlogits`` in the logits' dtype and shape (written into ``logits`` itself with ``in_place``).
+    ``stats``: the forward's saved row statistics of these logits at this temperature
+    (``selective_logprobs(..., keep_stats=True)``), which spare the kernel a pass over the logits.
+    Non-finite upstream gradients are found by the kernel and raised with the status read."""
     import torch
 
     _require()
@@ -254,11 +246,15 @@ def selective_logprobs_backward(
     t = targets.detach().reshape(-1).to(torch.int64).contiguous()
     g = None if grad_logp is None else grad_logp.detach().reshape(-1).to(torch.float32).contiguous()
     gh = None if grad_entropy is None else grad_entropy.detach().reshape(-1).to(torch.float32).contiguous()
+    # A tensor on another device would hand the kernel a pointer it cannot read.
+    _same_device(x.device, targets=t, grad_logp=g, grad_entropy=gh, stats=stats)
+    for name, v in (("targets", t), ("grad_logp", g), ("grad_entropy", gh)):
+        if v is not None and v.numel() != rows:
+            raise ValueError(f"{name}: expected {rows} values (one per row of logits), got {v.numel()}")
+    if stats is not None and (tuple(stats.shape) != (rows, 3) or stats.dtype != torch.float32):
+        raise ValueError(f"stats: expected the forward's float32 ({rows}, 3) row statistics on {x.device}")
     if g is None:
         g = torch.zeros(rows, dtype=torch.float32, device=x.device)
-    if check:
-        _check_finite_rows("grad_logp", g)
-        _check_finite_rows("grad_entropy", gh)
     if in_place and x.data_ptr() != logits.data_ptr():
         raise ValueError("logits: an in-place backward needs logits whose last dimension is contiguous")
     out = x if in_place else torch.empty((rows, vocab), dtype=x.dtype, device=x.device)
@@ -275,9 +271,10 @@ def selective_logprobs_backward(
         out.data_ptr(),
         vocab,
         status.data_ptr(),
+        None if stats is None else stats.contiguous().data_ptr(),
     )
     if check:
-        _check_logprob_status(status, logits, t, temperature)
+        _check_logprob_status(status, logits, t, temperature, (("grad_logp", g), ("grad_entropy", gh)))
     return logits if in_place else out.reshape(logits.shape)
 
 
@@ -379,8 +376,11 @@ def policy_loss(
     per_token = adv.dim() == 2
     grad = torch.empty((batch, length), dtype=torch.float32, device=device)
     workspace = torch.empty(_core.cuda_loss_workspace_len(batch, length), dtype=torch.float64, device=device)
-    out = torch.empty(12, dtype=torch.float64, device=device)
-    status = _new_status(device)
+    # The loss and metric slots (12 float64) and the status (2 int64) in one zeroed buffer, so
+    # the host reads both with one copy (one wait for the stream).
+    results = torch.zeros(14, dtype=torch.int64, device=device)
+    out = results[:12].view(torch.float64)
+    status = results[12:]
     ordinal, stream = _stream(device)
     slots = _core.cuda_policy_loss(
         ordinal,
@@ -403,11 +403,12 @@ def policy_loss(
     )
     metrics: Dict[str, float] = {}
     if check:
-        bits, first = _read_status(status)
+        host = results.cpu()
+        bits, first = _decode_status(*host[12:].tolist())
         if bits:
             weights = m.float() if m.dtype == torch.uint8 else m
             raise _loss_error(bits, first, lp, old, ref, adv, weights)
-        values = out.tolist()
+        values = host[:12].view(torch.float64).tolist()
         metrics = {name: values[slot] for name, slot in slots}
         for name, value in metrics.items():
             if value in (float("inf"), float("-inf")):
@@ -667,8 +668,9 @@ def group_advantages(
     return out
 
 
-def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None) -> Any:
-    """``advantages[:, None] * mask`` in one pass on the device (float32 ``(N, L)``)."""
+def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None, check: bool = True) -> Any:
+    """``advantages[:, None] * mask`` in one pass on the device (float32 ``(N, L)``); ``check``
+    reads the status (one wait for the stream) and raises on invalid inputs."""
     import torch
 
     _require()
@@ -700,5 +702,6 @@ def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None) -> A
         out.data_ptr(),
         status.data_ptr(),
     )
-    _check_group_status(status, "token_advantages", advantages=a, mask=m)
+    if check:
+        _check_group_status(status, "token_advantages", advantages=a, mask=m)
     return out

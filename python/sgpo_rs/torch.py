@@ -355,7 +355,11 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         ctx.return_entropy = return_entropy
         if logits.device.type == "cuda":
             _check_targets(targets, lead)
-            logp_t, ent_t = _cuda.selective_logprobs(logits, targets, temperature, return_entropy)
+            # ``stats`` (float32 (N, 3): each row's max, log-sum and entropy) lets the backward
+            # read the logits once instead of twice.
+            logp_t, ent_t, ctx.stats = _cuda.selective_logprobs(
+                logits, targets, temperature, return_entropy, keep_stats=True
+            )
             return (logp_t, ent_t) if return_entropy else logp_t
         x, half = _logits_numpy(logits)
         t = _targets_numpy(targets, lead)
@@ -376,7 +380,9 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         lead = tuple(logits.shape[:-1])
         if logits.device.type == "cuda":
             gh = grads[1] if ctx.return_entropy else None
-            dlogits = _cuda.selective_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh)
+            dlogits = _cuda.selective_logprobs_backward(
+                logits, targets, ctx.temperature, grads[0], gh, stats=ctx.stats
+            )
             return dlogits, None, None, None
         x, half = _logits_numpy(logits)
         t = _targets_numpy(targets, lead)

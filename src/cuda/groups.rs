@@ -231,6 +231,9 @@ pub fn group_advantages(
     )
 }
 
+/// Tokens per `token_advantages` block (`TOKEN_CHUNK`).
+const TOKEN_CHUNK: usize = 1024;
+
 /// `out[i, t] = advantages[i] * mask[i, t]` (float32 `(rows, len)`).
 #[allow(clippy::too_many_arguments)]
 pub fn token_advantages(
@@ -243,24 +246,35 @@ pub fn token_advantages(
     out: u64,
     status: u64,
 ) -> Result<()> {
-    let total = rows.checked_mul(len).ok_or_else(|| {
-        Error::shape(
-            "mask",
-            "(N, L) with N * L addressable",
-            format!("({rows}, {len})"),
-        )
-    })?;
-    if total == 0 {
+    if rows == 0 || len == 0 {
         return Ok(());
     }
-    // A grid-stride loop: enough blocks to fill any current GPU, never more than the work.
-    let blocks = total.div_ceil(BLOCK as usize).min(65_536) as u32;
+    // One block per (row, chunk of TOKEN_CHUNK tokens); the head a row may have before its first
+    // 16-byte boundary is left out of the chunks, so they cover `len` tokens.
+    let chunks = len.div_ceil(TOKEN_CHUNK);
+    let blocks = rows
+        .checked_mul(chunks)
+        .filter(|&b| b <= i32::MAX as usize)
+        .ok_or_else(|| {
+            Error::shape(
+                "mask",
+                "(N, L) with N * ceil(L / 1024) < 2^31",
+                format!("({rows}, {len})"),
+            )
+        })?;
+    // 16-byte stores need `out` on a 16-byte boundary and the mask co-aligned with it (its
+    // element k at a 4-element boundary when out's is), which every fresh torch tensor is.
+    let mask_align = match mask_dtype {
+        MaskDtype::U8 => 4,
+        MaskDtype::F32 => 16,
+    };
+    let vec = out % 16 == 0 && mask % mask_align == 0;
     launch(
         stream,
         &GROUPS,
         &format!("token_advantages_{}", mask_dtype.suffix()),
         Shape {
-            grid: (blocks, 1, 1),
+            grid: (blocks as u32, 1, 1),
             block: BLOCK,
             shared_bytes: 0,
         },
@@ -269,6 +283,8 @@ pub fn token_advantages(
             Arg::Ptr(mask),
             Arg::I64(rows as i64),
             Arg::I64(len as i64),
+            Arg::I64(chunks as i64),
+            Arg::I32(i32::from(vec)),
             Arg::Ptr(out),
             Arg::Ptr(status),
         ],

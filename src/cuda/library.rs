@@ -1,5 +1,8 @@
 //! Whether the CUDA libraries can be loaded, checked before any call that would make cudarc
-//! panic on a missing library.
+//! panic on a missing library. A successful check is remembered for the process (cudarc keeps
+//! the library it opened); a failed one is not, so a library loaded later is still found.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::{driver, nvrtc};
 
@@ -22,9 +25,25 @@ pub struct Availability {
     pub reason: Option<String>,
 }
 
+/// Set once libnvrtc has been found; a failure is not remembered, because Python may load
+/// libnvrtc (`ctypes.CDLL(..., RTLD_GLOBAL)`) after a first, failed probe.
+static NVRTC_FOUND: AtomicBool = AtomicBool::new(false);
+
+/// Set once libcuda has loaded and `cuInit` succeeded; a failure is probed again next time.
+static DRIVER_READY: AtomicBool = AtomicBool::new(false);
+
 pub(crate) fn require_nvrtc() -> Result<()> {
+    if NVRTC_FOUND.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    probe_nvrtc()
+}
+
+#[cold]
+fn probe_nvrtc() -> Result<()> {
     // SAFETY: only tries to open the library.
     if unsafe { nvrtc::sys::is_culib_present() } {
+        NVRTC_FOUND.store(true, Ordering::Release);
         Ok(())
     } else {
         Err(Error::Cuda(
@@ -35,7 +54,18 @@ pub(crate) fn require_nvrtc() -> Result<()> {
     }
 }
 
+/// Checks that the driver loads and is initialised. Called before every launch: after the first
+/// success it is one atomic load (no `dlopen`, no `cuInit`).
+#[inline]
 pub(crate) fn require_driver() -> Result<()> {
+    if DRIVER_READY.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    probe_driver()
+}
+
+#[cold]
+fn probe_driver() -> Result<()> {
     // SAFETY: only tries to open the library.
     if !unsafe { driver::sys::is_culib_present() } {
         return Err(Error::Cuda(
@@ -43,10 +73,13 @@ pub(crate) fn require_driver() -> Result<()> {
                 .into(),
         ));
     }
+    // `cuInit` is idempotent and thread-safe, so threads racing here are harmless.
     guarded(|| {
         driver::result::init()
             .map_err(|e| Error::Cuda(format!("cuInit failed: {e:?} (no usable GPU?)")))
-    })
+    })?;
+    DRIVER_READY.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// Probes the libraries and the devices; never fails.

@@ -62,11 +62,14 @@ impl Logits {
                 format!("expected a finite value > 0, got {temperature}"),
             ));
         }
-        // The kernels divide in float32.
-        if !(temperature as f32).is_normal() {
+        // The kernels multiply by 1/T in float32.
+        if !(temperature as f32).is_normal() || !((1.0 / temperature) as f32).is_normal() {
             return Err(Error::value(
                 "temperature",
-                format!("expected a value float32 can hold (about 1.2e-38 to 3.4e38) on CUDA, got {temperature}"),
+                format!(
+                    "expected a value that float32 holds with its reciprocal (about 1.2e-38 to \
+                     8.5e37) on CUDA, got {temperature}"
+                ),
             ));
         }
         Ok(())
@@ -83,7 +86,7 @@ impl Logits {
     }
 
     /// Launches `{kernel}_{dtype}` with the arguments every logprob kernel starts with (layout,
-    /// packing, targets, temperature) followed by `rest`.
+    /// packing, targets, 1 / temperature) followed by `rest`.
     fn launch(
         &self,
         stream: &Stream,
@@ -101,7 +104,8 @@ impl Logits {
             Arg::I64(self.group_stride as i64),
             Arg::I32(self.packed()),
             Arg::Ptr(targets),
-            Arg::F32(temperature as f32),
+            // The reciprocal once, in float64, as the CPU path takes it.
+            Arg::F32((1.0 / temperature) as f32),
         ];
         args.extend_from_slice(rest);
         let name = format!("{kernel}_{}", self.dtype.suffix());
@@ -117,9 +121,15 @@ impl Logits {
     }
 }
 
+/// Float32 elements of the row statistics the forward can save for the backward: `(m, ln s, H)`
+/// per row.
+pub const STATS_PER_ROW: usize = 3;
+
 /// Forward: `logp[i] = log_softmax(logits[i] / T)[targets[i]]` (float32 `(N,)`) and, when
-/// `entropy` is given, the row entropies. `targets` are int64; `status` a status buffer initialised
-/// as [`super::status`] says.
+/// `entropy` is given, the row entropies; when `stats` is given (float32, [`STATS_PER_ROW`] per
+/// row), each row's statistics for [`selective_logprobs_backward`]. `targets` are int64; `status`
+/// a status buffer initialised as [`super::status`] says.
+#[allow(clippy::too_many_arguments)]
 pub fn selective_logprobs(
     stream: &Stream,
     logits: &Logits,
@@ -127,6 +137,7 @@ pub fn selective_logprobs(
     temperature: f64,
     logp: u64,
     entropy: Option<u64>,
+    stats: Option<u64>,
     status: u64,
 ) -> Result<()> {
     logits.check(temperature)?;
@@ -141,6 +152,7 @@ pub fn selective_logprobs(
         &[
             Arg::Ptr(logp),
             Arg::Ptr(entropy.unwrap_or(0)),
+            Arg::Ptr(stats.unwrap_or(0)),
             Arg::Ptr(status),
         ],
     )
@@ -149,13 +161,15 @@ pub fn selective_logprobs(
 /// Backward: writes `dlogits` (the logits' dtype, rows `out_stride` elements apart) from the
 /// gradients of the log-probabilities and, optionally, of the entropies (float32 `(N,)`).
 /// `dlogits` is dense (rows `out_stride` apart), or the logits buffer itself (in place, same
-/// layout as the logits).
+/// layout as the logits). `stats`, the forward's saved row statistics of these logits at this
+/// temperature, spares the kernel its own pass over the logits.
 #[allow(clippy::too_many_arguments)]
 pub fn selective_logprobs_backward(
     stream: &Stream,
     logits: &Logits,
     targets: u64,
     temperature: f64,
+    stats: Option<u64>,
     grad_logp: u64,
     grad_entropy: Option<u64>,
     dlogits: u64,
@@ -175,16 +189,25 @@ pub fn selective_logprobs_backward(
             ),
         ));
     }
+    // 16-byte stores where every output row starts on a 16-byte boundary.
+    let size = logits.dtype.size() as u64;
+    let out_packed = if dlogits == logits.ptr {
+        logits.packed()
+    } else {
+        i32::from(dlogits % 16 == 0 && (out_stride as u64 * size) % 16 == 0)
+    };
     logits.launch(
         stream,
         "logprob_backward",
         targets,
         temperature,
         &[
+            Arg::Ptr(stats.unwrap_or(0)),
             Arg::Ptr(grad_logp),
             Arg::Ptr(grad_entropy.unwrap_or(0)),
             Arg::Ptr(dlogits),
             Arg::I64(out_stride as i64),
+            Arg::I32(out_packed),
             Arg::Ptr(status),
         ],
     )

@@ -63,7 +63,9 @@ struct LossParams {
     has_old: i32,
     has_ref: i32,
     aggregation: i32,
-    reserved: i32,
+    /// 1 when every row of every input and of `grad` starts 16-byte aligned (`len % 4 == 0`
+    /// and aligned buffers): the kernel then loads and stores four tokens at a time.
+    vec: i32,
     divisor: f64,
     beta: f64,
     lo: f64,
@@ -96,7 +98,7 @@ impl LossParams {
             self.has_old,
             self.has_ref,
             self.aggregation,
-            self.reserved,
+            self.vec,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -124,6 +126,25 @@ impl LossParams {
 
 fn chunks(len: usize) -> usize {
     len.div_ceil(TOKENS_PER_BLOCK).max(1)
+}
+
+/// Whether the token kernel may read and write four tokens at a time: every row of every input
+/// and of the gradient starts on a boundary of four elements' bytes (16 for float32, 8 for
+/// half, 4 for a byte mask), which fresh torch tensors with `len % 4 == 0` satisfy.
+fn vectorizable(inputs: &DeviceLossInputs, grad: u64) -> bool {
+    let size = inputs.dtype.size() as u64;
+    let mask_size = match inputs.mask_dtype {
+        MaskDtype::U8 => 1,
+        MaskDtype::F32 => 4,
+    };
+    let aligned = |ptr: u64, size: u64| ptr % (4 * size) == 0;
+    inputs.len % 4 == 0
+        && aligned(inputs.logp, size)
+        && aligned(inputs.old_logp, size)
+        && aligned(inputs.ref_logp, size)
+        && (!inputs.advantages_per_token || aligned(inputs.advantages, 4))
+        && aligned(inputs.mask, mask_size)
+        && aligned(grad, 4)
 }
 
 /// float64 elements of the workspace for a `(batch, len)` loss.
@@ -246,7 +267,7 @@ pub fn policy_loss(
         has_old: i32::from(inputs.old_logp != 0),
         has_ref: i32::from(inputs.ref_logp != 0),
         aggregation,
-        reserved: 0,
+        vec: i32::from(vectorizable(inputs, buffers.grad)),
         divisor,
         beta: options.beta,
         lo: 1.0 - options.epsilon_low,
@@ -378,7 +399,7 @@ mod tests {
             has_old: 9,
             has_ref: 10,
             aggregation: 11,
-            reserved: 0,
+            vec: 0,
             divisor: 1.5,
             beta: 0.0,
             lo: 0.0,

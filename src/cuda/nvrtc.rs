@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use cudarc::nvrtc::{result, sys};
 
@@ -40,17 +40,22 @@ pub fn compile(source: &KernelSource, arch: u32, verbose: bool) -> Result<Compil
     guarded(|| compile_unguarded(source, arch, verbose))
 }
 
-/// The process-wide compiled copy of `source` for `arch` (compiled on first use).
+/// The process-wide compiled copy of `source` for `arch` (compiled on first use). The cache lock
+/// is not held while NVRTC runs: two threads missing together both compile, and the first result
+/// stored is the one every caller gets.
 pub(crate) fn compiled(source: &KernelSource, arch: u32) -> Result<Arc<CompiledKernel>> {
     let key = (arch, source.name);
-    if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return Ok(hit);
+    if let Some(hit) = lock_cache().get(&key) {
+        return Ok(hit.clone());
     }
     let built = Arc::new(compile(source, arch, false)?);
-    if let Ok(mut c) = cache().lock() {
-        c.insert(key, built.clone());
-    }
-    Ok(built)
+    Ok(lock_cache().entry(key).or_insert(built).clone())
+}
+
+/// The cache, also after a panic elsewhere poisoned its lock: entries are inserted whole, so the
+/// map is always consistent.
+fn lock_cache() -> MutexGuard<'static, HashMap<(u32, &'static str), Arc<CompiledKernel>>> {
+    cache().lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn text(chars: &[c_char]) -> String {
@@ -145,5 +150,33 @@ mod tests {
         };
         let err = compile(&broken, 80, false).expect_err("does not compile");
         assert!(err.to_string().contains("undefined"), "{err}");
+    }
+
+    /// Threads compiling the same source at once all get the one result the cache keeps.
+    #[test]
+    fn racing_compiles_keep_one_result() {
+        if require_nvrtc().is_err() {
+            eprintln!("skipped: no libnvrtc");
+            return;
+        }
+        let source = KernelSource {
+            name: "race.cu",
+            code: "extern \"C\" __global__ void k(int* p) { p[0] = 1; }",
+            kernels: &["k"],
+        };
+        let start = std::sync::Barrier::new(4);
+        let built: Vec<_> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        compiled(&source, 80).expect("compiles")
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let kept = compiled(&source, 80).unwrap();
+        assert!(built.iter().all(|b| Arc::ptr_eq(b, &kept)));
     }
 }

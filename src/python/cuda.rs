@@ -76,7 +76,7 @@ fn logits_view(layout: LogitsLayout) -> PyResult<logprob::Logits> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, targets, temperature, logp, entropy, status))]
+#[pyo3(signature = (device, stream_handle, logits, targets, temperature, logp, entropy, status, stats=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs(
     py: Python<'_>,
@@ -88,17 +88,27 @@ pub(crate) fn cuda_selective_logprobs(
     logp: u64,
     entropy: Option<u64>,
     status: u64,
+    stats: Option<u64>,
 ) -> PyResult<()> {
     let view = logits_view(logits)?;
     let s = stream(device, stream_handle);
     py.detach(|| {
-        logprob::selective_logprobs(&s, &view, targets, temperature, logp, entropy, status)
+        logprob::selective_logprobs(
+            &s,
+            &view,
+            targets,
+            temperature,
+            logp,
+            entropy,
+            stats,
+            status,
+        )
     })
     .map_err(to_py)
 }
 
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status))]
+#[pyo3(signature = (device, stream_handle, logits, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status, stats=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs_backward(
     py: Python<'_>,
@@ -112,6 +122,7 @@ pub(crate) fn cuda_selective_logprobs_backward(
     dlogits: u64,
     out_stride: usize,
     status: u64,
+    stats: Option<u64>,
 ) -> PyResult<()> {
     let view = logits_view(logits)?;
     let s = stream(device, stream_handle);
@@ -121,6 +132,7 @@ pub(crate) fn cuda_selective_logprobs_backward(
             &view,
             targets,
             temperature,
+            stats,
             grad_logp,
             grad_entropy,
             dlogits,
