@@ -180,7 +180,7 @@ __device__ Term policy_term(const LossParams& p, const RowTerms& rt, double r, d
         }
         case LT_SAPO: {
             double tau = a > 0.0 ? p.tau_pos : p.tau_neg;
-            double s = 1.0 / (1.0 + exp_c(-tau * (r - 1.0)));
+            double s = 1.0 / (1.0 + exp_token(-tau * (r - 1.0)));
             out.loss = -(s * 4.0 / tau) * a;
             out.d_ratio = -4.0 * a * s * (1.0 - s);
             break;
@@ -234,14 +234,14 @@ __device__ void kl_terms(int estimator, double x, double* kl, double* d, double*
         case KL_ABS: *kl = fabs(x); *d = flagd(x < 0.0) - flagd(x > 0.0); break;
         case KL_K2: *kl = 0.5 * x * x; *d = -x; break;
         case KL_K3: {
-            double e = exp_c(x);
+            double e = exp_token(x);
             *kl = e - x - 1.0;
             *d = 1.0 - e;
             break;
         }
         default: {
             double clamped = clampd(x, -20.0, 20.0);
-            double e = exp_c(clamped);
+            double e = exp_token(clamped);
             double y = e - clamped - 1.0;
             *d = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
             *kl = clampd(y, -10.0, 10.0);
@@ -353,7 +353,7 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
         } else {
             double raw = lp - o;
             d = clampd(raw, -ratio_clamp, ratio_clamp);
-            r = exp_c(d);
+            r = exp_token(d);
             slope = vanilla ? clamp_slope(raw, -20.0, 20.0) : 1.0;
         }
         Term term = policy_term(p, rt, r, a, lp, d);
@@ -510,7 +510,7 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
         u32* status) {                                                                                    \
         loss_rows<T, M>(logp, old, advantages, mask, p, row_stats, status);                               \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens_##NAME(                          \
+    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens_##NAME(                           \
         const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
         const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
         float* grad, double* partials, u32* status) {                                                     \

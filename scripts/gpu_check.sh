@@ -6,8 +6,9 @@
 # Installs the abi3 wheel built on the CPU machine (`maturin build --release`, default: the newest
 # in target/wheels or dist/) into a private folder, plus any extra wheels carried in .whl/
 # (e.g. liger-kernel for the comparison), then runs the CUDA test suite (every kernel against
-# the CPU path and float64 references, fresh random inputs each run) and the benchmarks, and
-# prints one table. Logs and JSON go to $OUT (or ./gpu_check_out).
+# the CPU path and float64 references, fresh random inputs each run), the benchmarks and the
+# loss profile (benches/cuda_profile.py), and prints one table. Logs and JSON go to $OUT (or
+# ./gpu_check_out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-$PWD/gpu_check_out}"
@@ -34,6 +35,8 @@ status=0
 python3 -m pytest tests/python/test_cuda.py -q -p no:cacheprovider -rfE 2>&1 | tee "$out/tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 python3 benches/cuda_compare.py --out "$out/bench.json" ${GPU_CHECK_QUICK:+--quick} 2>&1 | tee "$out/bench.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+python3 benches/cuda_profile.py 2>&1 | tee "$out/profile.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== summary =="
 tail -n 1 "$out/tests.txt"

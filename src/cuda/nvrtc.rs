@@ -67,8 +67,30 @@ fn text(chars: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
+/// The text NVRTC compiles: `common.cuh` and the source as embedded in the library, or, for
+/// kernel development on a machine without a Rust toolchain, the files of the same names in
+/// `$SGPO_RS_KERNEL_DIR` (read when the source is first compiled in the process).
+fn source_text(source: &KernelSource) -> Result<String> {
+    let (common, code) = match std::env::var_os("SGPO_RS_KERNEL_DIR") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.join(name)).map_err(|e| {
+                    Error::Cuda(format!(
+                        "SGPO_RS_KERNEL_DIR: cannot read {}: {e}",
+                        dir.join(name).display()
+                    ))
+                })
+            };
+            (read("common.cuh")?, read(source.name)?)
+        }
+        None => (COMMON.to_string(), source.code.to_string()),
+    };
+    Ok(format!("{common}\n#line 1 \"{}\"\n{code}", source.name))
+}
+
 fn compile_unguarded(source: &KernelSource, arch: u32, verbose: bool) -> Result<CompiledKernel> {
-    let code = format!("{COMMON}\n#line 1 \"{}\"\n{}", source.name, source.code);
+    let code = source_text(source)?;
     let code = CString::new(code)
         .map_err(|_| Error::Cuda(format!("{}: the source contains a NUL byte", source.name)))?;
     let name = CString::new(source.name).unwrap_or_default();
