@@ -57,6 +57,8 @@ struct LossParams {
     double grad_scale;
 };
 
+__device__ __forceinline__ bool near_bound(double r, double bound) { return fabs(r - bound) <= 1e-6 * fabs(bound); }
+
 __device__ __forceinline__ bool is_clipped(int t) {
     return t == LT_GRPO || t == LT_BNPO || t == LT_DR_GRPO || t == LT_DAPO || t == LT_LUSPO;
 }
@@ -86,7 +88,9 @@ __device__ double vespo_phi(double log_w, double k, double lam) {
     return isfinite(phi) ? phi : 0.0;
 }
 
-// The row-level quantities every token of row i needs (cheap; each thread derives them).
+// The row-level quantities every token of row i needs. Every thread of every token block
+// derives them, so only what the loss uses is computed: the sequence ratio under sequence-level
+// importance sampling, the VESPO weights for VESPO (each an exp or three in float64).
 struct RowTerms {
     double n, rho, seq_d, seq_ratio, seq_slope, phi_nonneg, phi_neg;
 };
@@ -95,16 +99,63 @@ __device__ RowTerms row_terms(const LossParams& p, const double* row_stats, cons
     RowTerms rt;
     rt.n = row_stats[i * 3];
     rt.rho = row_weight(p, rt.n, batch[0], batch[1]);
-    bool vanilla = p.loss_type == LT_VANILLA;
-    double ratio_clamp = vanilla ? 20.0 : INFINITY;
-    double seq_log_ratio = (p.sequence && p.has_old) ? row_stats[i * 3 + 1] / fmax(rt.n, 1.0) : 0.0;
-    rt.seq_d = clampd(seq_log_ratio, -ratio_clamp, ratio_clamp);
-    rt.seq_ratio = exp_c(rt.seq_d);
-    rt.seq_slope = vanilla ? clamp_slope(seq_log_ratio, -20.0, 20.0) : 1.0;
-    double log_w = clampd(row_stats[i * 3 + 2], log(1e-8), 20.0);
-    rt.phi_nonneg = vespo_phi(log_w, p.vespo_k_pos, p.vespo_lambda_pos);
-    rt.phi_neg = vespo_phi(log_w, p.vespo_k_neg, p.vespo_lambda_neg);
+    rt.seq_d = 0.0;
+    rt.seq_ratio = 1.0;
+    rt.seq_slope = 1.0;
+    if (p.sequence && p.has_old) {
+        bool vanilla = p.loss_type == LT_VANILLA;
+        double ratio_clamp = vanilla ? 20.0 : INFINITY;
+        double seq_log_ratio = row_stats[i * 3 + 1] / fmax(rt.n, 1.0);
+        rt.seq_d = clampd(seq_log_ratio, -ratio_clamp, ratio_clamp);
+        rt.seq_ratio = exp_c(rt.seq_d);
+        rt.seq_slope = vanilla ? clamp_slope(seq_log_ratio, -20.0, 20.0) : 1.0;
+    }
+    // Read only for VESPO (its per-row metric slot is reported for VESPO alone).
+    rt.phi_nonneg = 0.0;
+    rt.phi_neg = 0.0;
+    if (p.loss_type == LT_VESPO) {
+        double log_w = clampd(row_stats[i * 3 + 2], -18.420680743952367, 20.0);  // log(1e-8)
+        rt.phi_nonneg = vespo_phi(log_w, p.vespo_k_pos, p.vespo_lambda_pos);
+        rt.phi_neg = vespo_phi(log_w, p.vespo_k_neg, p.vespo_lambda_neg);
+    }
     return rt;
+}
+
+// Four consecutive tokens of a row as float: one 16-byte (float32) or 8-byte (half) load when
+// `vec`, else n <= 4 scalar loads (the rest 0).
+__device__ __forceinline__ void load4(const float* p, i64 at, int n, bool vec, float* out) {
+    if (vec) {
+        float4 v = *reinterpret_cast<const float4*>(p + at);
+        out[0] = v.x;
+        out[1] = v.y;
+        out[2] = v.z;
+        out[3] = v.w;
+        return;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) out[q] = q < n ? p[at + q] : 0.0f;
+}
+template <typename H>
+__device__ __forceinline__ void load4(const H* p, i64 at, int n, bool vec, float* out) {
+    if (vec) {
+        uint2 v = *reinterpret_cast<const uint2*>(p + at);
+        const H* e = reinterpret_cast<const H*>(&v);
+#pragma unroll
+        for (int q = 0; q < 4; q++) out[q] = to_f32(e[q]);
+        return;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) out[q] = q < n ? to_f32(p[at + q]) : 0.0f;
+}
+__device__ __forceinline__ void load4(const u8* p, i64 at, int n, bool vec, float* out) {
+    if (vec) {
+        u32 word = *reinterpret_cast<const u32*>(p + at);
+#pragma unroll
+        for (int q = 0; q < 4; q++) out[q] = (float)((word >> (8 * q)) & 0xffu);
+        return;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) out[q] = q < n ? (float)p[at + q] : 0.0f;
 }
 
 template <typename T, typename M>
@@ -114,30 +165,47 @@ __device__ void loss_rows(const T* logp, const T* old, const float* advantages, 
     i64 i = blockIdx.x;
     if (i >= p.rows) return;
     double n = 0.0, seq = 0.0, vespo = 0.0;
-    bool bad_mask = false, bad_value = false;
+    // The thread's first offending tokens (its tokens come in increasing order), reported once
+    // after the loop: the atomics stay out of it.
+    i64 bad_mask = -1, bad_value = -1;
     // Only GSPO and VESPO need the row's log-ratio sums: otherwise this pass reads the mask alone.
     bool need_ratio = p.has_old && (p.sequence || p.loss_type == LT_VESPO);
-    for (i64 t = threadIdx.x; t < p.len; t += LOSS_BLOCK) {
-        i64 at = i * p.len + t;
-        float w32 = to_f32(mask[at]);
-        if (!(w32 >= 0.0f && w32 < INFINITY)) {
-            if (!bad_mask) report(status, STATUS_BAD_MASK, at);
-            bad_mask = true;
-            continue;
+    // Four tokens per thread and step, one load each where the rows are aligned.
+    for (i64 t0 = (i64)threadIdx.x * LOSS_ITEMS; t0 < p.len; t0 += LOSS_TOKENS) {
+        i64 left = p.len - t0;
+        int count = left >= LOSS_ITEMS ? LOSS_ITEMS : (int)left;
+        bool vec = p.vec != 0 && count == LOSS_ITEMS;
+        i64 at0 = i * p.len + t0;
+        float wv[LOSS_ITEMS], lpv[LOSS_ITEMS], ov[LOSS_ITEMS];
+        load4(mask, at0, count, vec, wv);
+        if (need_ratio) {
+            load4(logp, at0, count, vec, lpv);
+            load4(old, at0, count, vec, ov);
         }
-        double w = w32;
-        n += w;
-        if (need_ratio && w != 0.0) {
-            double d = (double)to_f32(logp[at]) - (double)to_f32(old[at]);
-            if (!isfinite(d)) {
-                if (!bad_value) report(status, STATUS_NONFINITE_INPUT, at);
-                bad_value = true;
+#pragma unroll
+        for (int q = 0; q < LOSS_ITEMS; q++) {
+            if (q >= count) break;
+            i64 at = at0 + q;
+            float w32 = wv[q];
+            if (!(w32 >= 0.0f && w32 < INFINITY)) {
+                if (bad_mask < 0) bad_mask = at;
                 continue;
             }
-            seq += d * w;
-            vespo += clampd(d, -20.0, 20.0) * w;
+            double w = w32;
+            n += w;
+            if (need_ratio && w != 0.0) {
+                double d = (double)lpv[q] - (double)ov[q];
+                if (!isfinite(d)) {
+                    if (bad_value < 0) bad_value = at;
+                    continue;
+                }
+                seq += d * w;
+                vespo += clampd(d, -20.0, 20.0) * w;
+            }
         }
     }
+    if (bad_mask >= 0) report(status, STATUS_BAD_MASK, bad_mask);
+    if (bad_value >= 0) report(status, STATUS_NONFINITE_INPUT, bad_value);
     double v[3] = {n, seq, vespo};
     block_sums<LOSS_BLOCK, 3>(v, scratch);
     if (threadIdx.x == 0) {
@@ -243,48 +311,16 @@ __device__ void kl_terms(int estimator, double x, double* kl, double* d, double*
             double clamped = clampd(x, -20.0, 20.0);
             double e = exp_token(clamped);
             double y = e - clamped - 1.0;
+            // The clamp of y at +-10 is a decision: near it, the float64 exp decides.
+            if (fabs(fabs(y) - 10.0) <= 1e-5) {
+                e = exp_c(clamped);
+                y = e - clamped - 1.0;
+            }
             *d = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
             *kl = clampd(y, -10.0, 10.0);
         }
     }
     *sum = estimator == KL_K3 ? -x : *kl + *d;
-}
-
-// Four consecutive tokens of a row as float: one 16-byte (float32) or 8-byte (half) load when
-// `vec`, else n <= 4 scalar loads (the rest 0).
-__device__ __forceinline__ void load4(const float* p, i64 at, int n, bool vec, float* out) {
-    if (vec) {
-        float4 v = *reinterpret_cast<const float4*>(p + at);
-        out[0] = v.x;
-        out[1] = v.y;
-        out[2] = v.z;
-        out[3] = v.w;
-        return;
-    }
-#pragma unroll
-    for (int q = 0; q < 4; q++) out[q] = q < n ? p[at + q] : 0.0f;
-}
-template <typename H>
-__device__ __forceinline__ void load4(const H* p, i64 at, int n, bool vec, float* out) {
-    if (vec) {
-        uint2 v = *reinterpret_cast<const uint2*>(p + at);
-        const H* e = reinterpret_cast<const H*>(&v);
-#pragma unroll
-        for (int q = 0; q < 4; q++) out[q] = to_f32(e[q]);
-        return;
-    }
-#pragma unroll
-    for (int q = 0; q < 4; q++) out[q] = q < n ? to_f32(p[at + q]) : 0.0f;
-}
-__device__ __forceinline__ void load4(const u8* p, i64 at, int n, bool vec, float* out) {
-    if (vec) {
-        u32 word = *reinterpret_cast<const u32*>(p + at);
-#pragma unroll
-        for (int q = 0; q < 4; q++) out[q] = (float)((word >> (8 * q)) & 0xffu);
-        return;
-    }
-#pragma unroll
-    for (int q = 0; q < 4; q++) out[q] = q < n ? (float)p[at + q] : 0.0f;
 }
 
 // write_grad = 0: only the partial sums (first pass of sequence-level importance sampling);
@@ -354,6 +390,12 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
             double raw = lp - o;
             d = clampd(raw, -ratio_clamp, ratio_clamp);
             r = exp_token(d);
+            // Clip decisions compare r with the bounds: within 1e-6 of one (a band wider than
+            // exp_token's error), the float64 exp decides, as on the CPU path.
+            if (near_bound(r, p.lo) || near_bound(r, p.hi) || near_bound(r, p.delta) ||
+                near_bound(r, p.epsilon_high) || near_bound(r, p.clip_ratio_c)) {
+                r = exp_c(d);
+            }
             slope = vanilla ? clamp_slope(raw, -20.0, 20.0) : 1.0;
         }
         Term term = policy_term(p, rt, r, a, lp, d);
