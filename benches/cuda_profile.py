@@ -9,7 +9,8 @@ For each dtype and beta at the given shape, prints:
 - the same sequence launched eagerly (device time + the host time of the Python and Rust wrapper);
 - the op as a training loop calls it (``sgpo_loss`` forward + backward, which reads the metrics);
 - each kernel's device time in the op (torch.profiler, CUPTI), and the host functions that take
-  the op's time (cProfile, by own time).
+  the op's time (cProfile, by own time);
+- then logits to loss (``--logits``, TRL's slicing): each kernel's device time, torch's too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import statistics
 import torch
 from sgpo_rs import _cuda
 from sgpo_rs.torch import _options as loss_options
-from sgpo_rs.torch import sgpo_loss
+from sgpo_rs.torch import selective_log_softmax, sgpo_loss
 
 
 def timed(fn, reps: int = 30) -> float:
@@ -114,11 +115,41 @@ def profile(batch: int, length: int, dtype: torch.dtype, beta: float, bandwidth:
             print("  " + line[:150])
 
 
+def profile_logits(batch: int, length: int, vocab: int) -> None:
+    """Logits to loss as TRL slices them (``logits[:, :-1]``): each kernel's device time, including
+    what autograd adds around the ops (the slice's backward fills and copies a full-size gradient)."""
+    logits = torch.randn(batch, length + 1, vocab, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, vocab, (batch, length), device="cuda")
+    old = torch.randn(batch, length, device="cuda").mul(0.1).sub(10)
+    ref = old + 0.05 * torch.randn_like(old)
+    adv = torch.randn(batch, device="cuda")
+    mask = torch.rand(batch, length, device="cuda") > 0.1
+
+    def step():
+        x = logits.detach().requires_grad_(True)
+        lp = selective_log_softmax(x[:, :-1], ids)
+        loss, _ = sgpo_loss(lp, old, adv, mask, ref_logp=ref, beta=0.04, loss_type="grpo")
+        loss.backward()
+
+    print(f"\n== logits -> loss {batch}x{length}x{vocab} bf16: op fwd+bwd {timed(step, reps=5):.3f} ms")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    for event in sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:10]:
+        if event.self_device_time_total > 0:
+            print(
+                f"  kernel {event.key[:60]:60s} x{event.count // 3:<3d} "
+                f"{event.self_device_time_total / event.count / 1e3:9.3f} ms"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shape", default="512x8192")
+    parser.add_argument("--logits", default="8x1024x152064", help="logits to loss shape; '' skips it")
     args = parser.parse_args()
     batch, length = (int(v) for v in args.shape.split("x"))
     bandwidth = copy_bandwidth()
@@ -126,6 +157,8 @@ def main() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         for beta in (0.0, 0.04):
             profile(batch, length, dtype, beta, bandwidth, host=dtype == torch.float32 and beta == 0.0)
+    if args.logits:
+        profile_logits(*(int(v) for v in args.logits.split("x")))
 
 
 if __name__ == "__main__":
