@@ -25,43 +25,53 @@ __device__ __forceinline__ i64 group_member(const Groups& g, i64 group, i64 k) {
     return g.group_size > 0 ? group * g.group_size + k : g.order[g.starts[group] + k];
 }
 
-// A row's credit, or -1 for "not judged"; reports an invalid verdict.
-__device__ double row_credit(const i64* first_error, const i64* num_steps, const double* credit, i64 row,
-                             u32* status) {
+#define CREDIT_NONE -1.0
+#define CREDIT_BAD_VERDICT -2.0
+#define CREDIT_BAD_CREDIT -3.0
+
+// A row's credit; CREDIT_NONE for "not judged", CREDIT_BAD_* for an invalid verdict (the caller
+// reports it once, after its loop: atomics inside the loops made ptxas spill).
+__device__ double row_credit(const i64* first_error, const i64* num_steps, const double* credit, i64 row) {
     if (first_error) {
         i64 k = first_error[row], n = num_steps[row];
-        if (n < 0 || k < -2 || (k != -2 && (n == 0 || k >= n))) {
-            report(status, STATUS_BAD_VERDICT, row);
-            return -1.0;
-        }
-        if (k == -2) return -1.0;
+        if (n < 0 || k < -2 || (k != -2 && (n == 0 || k >= n))) return CREDIT_BAD_VERDICT;
+        if (k == -2) return CREDIT_NONE;
         return k == -1 ? 1.0 : (double)k / (double)n;
     }
     double c = credit[row];
-    if (isnan(c)) return -1.0;
+    if (isnan(c)) return CREDIT_NONE;
     if (c >= 0.0 && c <= 1.0) return c;
-    report(status, STATUS_BAD_CREDIT, row);
-    return -1.0;
+    return CREDIT_BAD_CREDIT;
+}
+
+// The credit rule f(c) (src/credit_rule.rs): rule 0 prefix (c), 1 logistic sigma(beta (c - gamma)).
+__device__ __forceinline__ double credit_rule(int rule, double beta, double gamma, double c) {
+    // __drcp_rn is 1 / x correctly rounded, as the division is, without its slow-path call.
+    return rule == 1 ? __drcp_rn(1.0 + exp(-beta * (c - gamma))) : c;
 }
 
 // mode: 0 all_negative, 1 all_incorrect. group_stats[g * 5 ..]: all_negative, diversified,
 // judge_missing, credit sum, credited rows.
 extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_groups(
     Groups groups, const double* rewards, const i64* first_error, const i64* num_steps, const double* credit,
-    const u8* correct, double credit_scale, int mode, float* out_rewards, float* out_credit, u8* out_all_negative,
-    u8* out_diversified, double* group_stats, u32* status) {
+    const u8* correct, double credit_scale, int mode, int rule, double beta, double gamma, float* out_rewards,
+    float* out_credit, u8* out_all_negative, u8* out_diversified, double* group_stats, u32* status) {
     i64 g = (i64)blockIdx.x * GROUP_BLOCK + threadIdx.x;
     if (g >= groups.num_groups) return;
     i64 count = group_count(groups, g);
     bool any_scorable = false, any_correct = false;
+    // The group's first offending rows (members come in row order), reported after the loop.
+    i64 inf_row = -1, overflow_row = -1, verdict_row = -1, credit_row = -1;
     for (i64 k = 0; k < count; k++) {
         i64 row = group_member(groups, g, k);
         double r = rewards[row];
-        if (isinf(r)) report(status, STATUS_NONFINITE_REWARD, row);
-        double c = row_credit(first_error, num_steps, credit, row, status);
+        if (isinf(r) && inf_row < 0) inf_row = row;
+        double c = row_credit(first_error, num_steps, credit, row);
+        if (c == CREDIT_BAD_VERDICT && verdict_row < 0) verdict_row = row;
+        if (c == CREDIT_BAD_CREDIT && credit_row < 0) credit_row = row;
         out_credit[row] = c < 0.0 ? 0.0f : (float)c;
         out_rewards[row] = (float)r;
-        if (isinf((float)r) && !isinf(r)) report(status, STATUS_OVERFLOW, row);
+        if (isinf((float)r) && !isinf(r) && overflow_row < 0) overflow_row = row;
         out_diversified[row] = 0;
         bool scorable = !isnan(r);
         bool is_correct = correct ? correct[row] != 0 : r > 0.0;
@@ -80,7 +90,7 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_groups(
         bool is_correct = correct ? correct[row] != 0 : r > 0.0;
         if (isnan(r) || is_correct) continue;
         to_credit++;
-        if (row_credit(first_error, num_steps, credit, row, status) < 0.0) missing = true;
+        if (row_credit(first_error, num_steps, credit, row) < 0.0) missing = true;
     }
     double credit_sum = 0.0, credited = 0.0;
     bool diversified = eligible && to_credit > 0 && !missing;
@@ -90,15 +100,19 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) sgpo_rewards_groups(
             double r = rewards[row];
             bool is_correct = correct ? correct[row] != 0 : r > 0.0;
             if (isnan(r) || is_correct) continue;
-            double c = row_credit(first_error, num_steps, credit, row, status);
-            float value = (float)(r + credit_scale * c);
-            if (isinf(value)) report(status, STATUS_OVERFLOW, row);
+            double c = row_credit(first_error, num_steps, credit, row);
+            float value = (float)(r + credit_scale * credit_rule(rule, beta, gamma, c));
+            if (isinf(value) && (overflow_row < 0 || row < overflow_row)) overflow_row = row;
             out_rewards[row] = value;
             out_diversified[row] = 1;
             credit_sum += c;
             credited += 1.0;
         }
     }
+    if (inf_row >= 0) report(status, STATUS_NONFINITE_REWARD, inf_row);
+    if (verdict_row >= 0) report(status, STATUS_BAD_VERDICT, verdict_row);
+    if (credit_row >= 0) report(status, STATUS_BAD_CREDIT, credit_row);
+    if (overflow_row >= 0) report(status, STATUS_OVERFLOW, overflow_row);
     double* stats = group_stats + g * GROUP_STATS;
     stats[0] = all_negative ? 1.0 : 0.0;
     stats[1] = diversified ? 1.0 : 0.0;

@@ -6,6 +6,7 @@
 
 pub mod advantages;
 mod cpu;
+pub mod credit_rule;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod elem;

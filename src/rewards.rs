@@ -6,10 +6,12 @@
 //! wrong step; `-1` the judge found none; `-2` not judged) or a credit in `[0, 1]` given directly
 //! (NaN = not judged). Prefix credit is `c_i = first_error_i / num_steps_i`, and `1` for `-1`.
 //! A group is diversified when it is eligible (mode) and every row that would be credited has a
-//! verdict; then `r'_i = r_i + credit_scale * c_i` on those rows. Rows whose reward is NaN are
+//! verdict; then `r'_i = r_i + credit_scale * f(c_i)` on those rows, `f` the credit rule
+//! ([`crate::credit_rule`]: `c` itself, or the paper's logistic map). Rows whose reward is NaN are
 //! "unscorable" (TRL's convention): they keep NaN, are never credited, and do not count when
 //! deciding whether a group is all-negative.
 
+pub use crate::credit_rule::CreditRule;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 
@@ -58,6 +60,8 @@ pub enum Verdicts<'a> {
 pub struct RewardOptions {
     pub credit_scale: f64,
     pub mode: DiversifyMode,
+    /// How a score becomes credit: the added reward is `credit_scale * rule.apply(c)`.
+    pub rule: CreditRule,
 }
 
 impl Default for RewardOptions {
@@ -65,6 +69,7 @@ impl Default for RewardOptions {
         RewardOptions {
             credit_scale: 0.5,
             mode: DiversifyMode::AllNegative,
+            rule: CreditRule::Prefix,
         }
     }
 }
@@ -79,7 +84,7 @@ pub struct RewardStats {
     pub diversified_groups: usize,
     /// Eligible groups left as plain GRPO because a row that needed a verdict had none.
     pub judge_missing_groups: usize,
-    /// Mean credit `c_i` over the credited rows (0 when none was credited).
+    /// Mean score `c_i` over the credited rows (0 when none was credited), before the rule.
     pub mean_credit: f64,
 }
 
@@ -91,7 +96,7 @@ pub struct SgpoRewards {
     pub credit: Vec<f32>,
     /// Row belongs to an all-negative group.
     pub all_negative: Vec<bool>,
-    /// Row received `credit_scale * c_i`.
+    /// Row received `credit_scale * f(c_i)`.
     pub diversified: Vec<bool>,
     pub stats: RewardStats,
 }
@@ -183,6 +188,7 @@ pub fn sgpo_rewards(
             format!("expected a finite value >= 0, got {}", options.credit_scale),
         ));
     }
+    options.rule.validate()?;
     if let Some(row) = rewards.iter().position(|r| r.is_infinite()) {
         return Err(Error::NonFinite {
             arg: "rewards",
@@ -242,7 +248,7 @@ pub fn sgpo_rewards(
         out.stats.diversified_groups += 1;
         for row in to_credit {
             let c = row_credits[row].unwrap_or(0.0);
-            out.rewards[row] = (rewards[row] + options.credit_scale * c) as f32;
+            out.rewards[row] = (rewards[row] + options.credit_scale * options.rule.apply(c)) as f32;
             out.diversified[row] = true;
             credit_sum += c;
             credited_rows += 1;
@@ -314,6 +320,7 @@ mod tests {
         let options = RewardOptions {
             credit_scale: 0.5,
             mode: DiversifyMode::AllIncorrect,
+            ..RewardOptions::default()
         };
         let out = sgpo_rewards(
             &[1.0, 0.0, 0.0],

@@ -337,6 +337,7 @@ fn group_statistics_and_rewards_are_bit_identical_for_any_thread_count() {
             let options = RewardOptions {
                 credit_scale: 0.3,
                 mode,
+                ..RewardOptions::default()
             };
             same_everywhere("sgpo_rewards", || {
                 let out = sgpo_rewards(

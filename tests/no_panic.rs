@@ -668,6 +668,7 @@ fn reward_case(full_range: bool) -> impl Strategy<Value = RewardCase> {
                     } else {
                         DiversifyMode::AllNegative
                     },
+                    ..RewardOptions::default()
                 },
                 same_rows,
             },
@@ -958,6 +959,7 @@ fn sgpo_rewards_outside_f32_range_are_not_returned_as_infinity() {
         RewardOptions {
             credit_scale: 1e300,
             mode: DiversifyMode::AllNegative,
+            ..RewardOptions::default()
         },
     );
     for out in [huge_reward, huge_scale].into_iter().flatten() {

@@ -357,6 +357,7 @@ fn sgpo_rule_table() {
         let options = RewardOptions {
             credit_scale: case.credit_scale,
             mode: case.mode,
+            ..RewardOptions::default()
         };
         let out = sgpo_rewards(
             &case.rewards,
@@ -419,6 +420,7 @@ fn invalid_inputs_name_their_argument() {
             RewardOptions {
                 credit_scale: scale,
                 mode: DiversifyMode::AllNegative,
+                ..RewardOptions::default()
             },
         )
     };
@@ -577,4 +579,76 @@ fn diversified_group_gets_nonzero_advantages() {
         let want = dev / (std + 1e-4);
         assert!((*a as f64 - want).abs() <= 1e-6, "{adv:?}");
     }
+}
+
+/// The logistic rule against a float64 reference, `r' = r + scale * sigma(beta (c - gamma))` on
+/// the credited rows of diversified groups: steep and flat maps, thresholds at and outside
+/// [0, 1], a `-1` verdict, a NaN row, a mixed group and a singleton group.
+#[test]
+fn logistic_rule_matches_a_float64_reference() {
+    use sgpo_rs::rewards::CreditRule;
+    let rewards = [0.0, 0.0, 0.0, 0.0, NAN, 0.0, 1.0, 0.0, 0.0];
+    let first_error = [0, 2, -1, 1, -2, 3, -2, 1, 0];
+    let num_steps = [4, 4, 3, 2, 0, 5, 0, 3, 1];
+    // Groups: rows 0-2 all wrong; 3-5 all wrong with an unscorable row; 6-7 mixed; 8 alone.
+    let groups = Groups::from_ids(&[0, 0, 0, 1, 1, 1, 2, 2, 3]).unwrap();
+    let credited = [T, T, T, T, F, T, F, F, T];
+    let score = |row: usize| match first_error[row] {
+        -1 => 1.0,
+        k => k as f64 / num_steps[row] as f64,
+    };
+    for (beta, gamma) in [
+        (5.0, 0.5),
+        (1e-3, 0.5),
+        (1e6, 0.5),
+        (5.0, -1.0),
+        (5.0, 2.0),
+        (5.0, 0.0),
+        (5.0, 1.0),
+    ] {
+        for scale in [1.0, 0.5] {
+            let options = RewardOptions {
+                credit_scale: scale,
+                rule: CreditRule::Logistic { beta, gamma },
+                ..RewardOptions::default()
+            };
+            let out = sgpo_rewards(
+                &rewards,
+                Verdicts::Steps {
+                    first_error: &first_error,
+                    num_steps: &num_steps,
+                },
+                None,
+                &groups,
+                options,
+            )
+            .unwrap();
+            for row in 0..rewards.len() {
+                let expected = if credited[row] {
+                    let sigma = 1.0 / (1.0 + f64::exp(-beta * (score(row) - gamma)));
+                    (rewards[row] + scale * sigma) as f32
+                } else {
+                    rewards[row] as f32
+                };
+                let got = out.rewards[row];
+                assert!(
+                    got == expected || (got.is_nan() && expected.is_nan()),
+                    "beta {beta} gamma {gamma} scale {scale} row {row}: {got} != {expected}"
+                );
+                assert_eq!(out.diversified[row], credited[row]);
+            }
+            // The credit output is the score itself, before the rule.
+            assert_eq!(out.credit[1], 0.5);
+            assert!(
+                (out.stats.mean_credit - (0.0 + 0.5 + 1.0 + 0.5 + 0.6 + 0.0) / 6.0).abs() < 1e-12
+            );
+        }
+    }
+    // A later first error never earns less, under any valid parameters.
+    let rule = CreditRule::Logistic {
+        beta: 5.0,
+        gamma: 0.5,
+    };
+    let credits: Vec<f64> = (0..=20).map(|k| rule.apply(k as f64 / 20.0)).collect();
+    assert!(credits.windows(2).all(|w| w[0] <= w[1]));
 }

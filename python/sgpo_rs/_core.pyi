@@ -18,6 +18,9 @@ def sgpo_rewards_core(
     group_ids: Optional[npt.NDArray[np.int64]],
     credit_scale: float,
     mode: str,
+    rule: str = "prefix",
+    beta: float = 5.0,
+    gamma: float = 0.5,
 ) -> Tuple[
     npt.NDArray[np.float32],
     npt.NDArray[np.float32],
@@ -25,6 +28,9 @@ def sgpo_rewards_core(
     npt.NDArray[np.bool_],
     Dict[str, Any],
 ]: ...
+def credit_rule_apply(
+    scores: npt.NDArray[np.float64], rule: str, beta: float, gamma: float
+) -> npt.NDArray[np.float64]: ...
 def group_advantages_core(
     rewards: npt.NDArray[np.float64],
     group_size: Optional[int],
@@ -116,6 +122,7 @@ def cuda_selective_logprobs(
     logp: int,
     entropy: Optional[int],
     status: int,
+    stats: Optional[int] = None,
 ) -> None: ...
 def cuda_selective_logprobs_backward(
     device: int,
@@ -128,6 +135,7 @@ def cuda_selective_logprobs_backward(
     dlogits: int,
     out_stride: int,
     status: int,
+    stats: Optional[int] = None,
 ) -> None: ...
 def cuda_loss_workspace_len(batch: int, len: int) -> int: ...
 def cuda_policy_loss(
@@ -172,6 +180,9 @@ def cuda_sgpo_rewards(
     out_stats: int,
     scratch: int,
     status: int,
+    rule: str = "prefix",
+    beta: float = 5.0,
+    gamma: float = 0.5,
 ) -> None: ...
 def cuda_group_advantages(
     device: int,

@@ -547,6 +547,9 @@ def sgpo_rewards(
     correct: Optional[Any],
     credit_scale: float,
     mode: str,
+    rule: str = "prefix",
+    beta: float = 5.0,
+    gamma: float = 0.5,
 ) -> Dict[str, Any]:
     """The SGPO reward rule on the device: a dict with ``rewards``, ``credit``, ``all_negative``,
     ``diversified`` (tensors) and ``stats``."""
@@ -610,6 +613,9 @@ def sgpo_rewards(
         stats.data_ptr(),
         scratch.data_ptr(),
         status.data_ptr(),
+        rule,
+        float(beta),
+        float(gamma),
     )
     _check_group_status(status, "rewards", rewards=r, first_error=fe, num_steps=ns, credit=cr)
     an, dv, missing, credit_sum, credited = stats.tolist()

@@ -51,6 +51,7 @@ from typing import List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from .advantages import group_advantages
+from .credit import RULES, CreditOptions
 from .loss import policy_loss
 from .rewards import sgpo_rewards
 
@@ -74,6 +75,9 @@ class DemoConfig:
     lr: float = 80.0
     credit_scale: float = 0.5
     judge_noise: float = 0.0
+    rule: str = "prefix"
+    beta: float = 5.0
+    gamma: float = 0.5
 
     def validate(self) -> None:
         if self.steps < 1 or self.choices < 2 or self.group_size < 2:
@@ -84,6 +88,9 @@ class DemoConfig:
             raise ValueError("need --seeds >= 1 and --iterations >= 1")
         if not 0.0 <= self.judge_noise <= 1.0:
             raise ValueError("--judge-noise is a probability in [0, 1]")
+        CreditOptions.resolve(
+            credit_scale=self.credit_scale, rule=self.rule, beta=self.beta, gamma=self.gamma
+        )
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,16 @@ def method_advantages(
     if method == "GRPO":
         return group_advantages(rewards, group_size=g)
     num_steps = np.full(rewards.shape, config.steps, dtype=np.int64)
-    out = sgpo_rewards(rewards, verdicts, num_steps, group_size=g, credit_scale=config.credit_scale)
+    out = sgpo_rewards(
+        rewards,
+        verdicts,
+        num_steps,
+        group_size=g,
+        credit_scale=config.credit_scale,
+        rule=config.rule,
+        beta=config.beta,
+        gamma=config.gamma,
+    )
     return group_advantages(out.rewards, group_size=g)
 
 
@@ -406,7 +422,12 @@ def settings_line(config: DemoConfig) -> str:
     return (
         f"{c.seeds} seeds, {c.iterations} iterations, K={c.steps} steps x {c.choices} choices, "
         f"difficulty {c.difficulty:g}, G={c.group_size}, {c.batch_problems}/{c.problems} problems per "
-        f"batch, lr {c.lr:g}, credit_scale {c.credit_scale:g}, judge noise {c.judge_noise:g}"
+        f"batch, lr {c.lr:g}, credit_scale {c.credit_scale:g}, judge noise {c.judge_noise:g}, "
+        + (
+            f"logistic credit rule (beta {c.beta:g}, gamma {c.gamma:g})"
+            if c.rule == "logistic"
+            else "prefix credit rule"
+        )
     )
 
 
@@ -472,6 +493,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=float, default=d.lr, help="step size on the logits (for the batch-mean DAPO loss)")
     add("--credit-scale", type=float, default=d.credit_scale, help="SGPO credit_scale")
     add(
+        "--rule",
+        choices=RULES,
+        default=d.rule,
+        help="SGPO credit rule: prefix f(c) = c, logistic sigma(beta (c - gamma))",
+    )
+    add("--beta", type=float, default=d.beta, help="steepness of the logistic rule")
+    add("--gamma", type=float, default=d.gamma, help="threshold of the logistic rule")
+    add(
         "--judge-noise",
         type=float,
         default=d.judge_noise,
@@ -496,6 +525,9 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         lr=args.lr,
         credit_scale=args.credit_scale,
         judge_noise=args.judge_noise,
+        rule=args.rule,
+        beta=args.beta,
+        gamma=args.gamma,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import _arrays, _core, _cuda
+from .credit import CreditOptions
 
 
 @dataclass(frozen=True)
@@ -16,9 +17,10 @@ class SGPORewards:
 
     Attributes:
         rewards: float32 ``(N,)`` diversified rewards; equal to the input where no credit was given.
-        credit: float32 ``(N,)`` credit ``c_i`` in ``[0, 1]`` of every judged row, 0 where unjudged.
+        credit: float32 ``(N,)`` score ``c_i`` in ``[0, 1]`` of every judged row (before the credit
+            rule), 0 where unjudged.
         all_negative: bool ``(N,)``, the row's group has no correct (scorable) response.
-        diversified: bool ``(N,)``, the row received ``credit_scale * c_i``.
+        diversified: bool ``(N,)``, the row received ``credit_scale * f(c_i)``.
         stats: ``num_groups``, ``all_negative_groups``, ``diversified_groups``,
             ``judge_missing_groups`` (ints) and ``mean_credit`` (mean ``c_i`` of credited rows).
     """
@@ -48,17 +50,22 @@ def sgpo_rewards(
     group_size: Optional[int] = None,
     group_ids: Any = None,
     correct: Any = None,
-    credit_scale: float = 0.5,
+    credit_scale: Optional[float] = None,
     mode: str = "all_negative",
     credit: Any = None,
+    rule: Optional[str] = None,
+    beta: Optional[float] = None,
+    gamma: Optional[float] = None,
+    preset: Optional[str] = None,
 ) -> SGPORewards:
     """Diversify the rewards of all-wrong groups with the step-wise judge's verdicts.
 
     Per row ``i``: outcome reward ``r_i``, ``correct_i`` (default ``r_i > 0``), and the judge's
     ``first_error_i`` (0-based index of the earliest wrong step; ``-1`` no wrong step found;
-    ``-2`` not judged) of ``num_steps_i >= 1`` steps. Prefix credit
-    ``c_i = first_error_i / num_steps_i`` (``1`` for ``-1``). In a diversified group
-    ``r'_i = r_i + credit_scale * c_i``.
+    ``-2`` not judged) of ``num_steps_i >= 1`` steps. Score ``c_i = first_error_i / num_steps_i``
+    (``1`` for ``-1``). In a diversified group ``r'_i = r_i + credit_scale * f(c_i)``, where the
+    credit rule ``f`` is ``c`` itself (``rule="prefix"``, the default) or the paper's
+    ``sigma(beta * (c - gamma))`` (``rule="logistic"``); see :mod:`sgpo_rs.credit`.
 
     Args:
         rewards: ``(N,)`` outcome rewards. NaN marks an unscorable row (TRL): it stays NaN, gets
@@ -68,12 +75,16 @@ def sgpo_rewards(
         group_size: groups are ``group_size`` consecutive rows (TRL ``num_generations``).
         group_ids: or one id per row (verl ``uid``; any ints or strings, unsorted, any sizes).
         correct: optional ``(N,)`` bool correctness; default ``rewards > 0``.
-        credit_scale: reward added for full credit (default 0.5). In mode ``"all_incorrect"``
-            keep it below the correct/incorrect reward margin.
+        credit_scale: reward added for ``f(c) = 1`` (None: 0.5, or the preset's). In mode
+            ``"all_incorrect"`` keep it below the correct/incorrect reward margin.
         mode: ``"all_negative"`` (the paper: only groups with no correct response) or
             ``"all_incorrect"`` (incorrect rows of every group).
         credit: instead of ``first_error``/``num_steps``, ``(N,)`` credits in ``[0, 1]`` from
             another rule (PRM min or product scores); NaN = not judged.
+        rule: ``"prefix"`` (None: the default, or the preset's) or ``"logistic"``.
+        beta, gamma: the logistic rule's steepness (> 0; None: 5) and threshold (None: 0.5).
+        preset: ``"paper"``: ``rule="logistic", beta=5, gamma=0.5, credit_scale=1``; options
+            given explicitly override it.
 
     A group is diversified only if every row that would be credited has a verdict; otherwise it
     stays plain GRPO and counts in ``stats["judge_missing_groups"]``.
@@ -82,6 +93,7 @@ def sgpo_rewards(
     are moved there if they are not): the fields are then CUDA tensors (float32, bool), and the
     stats are read back once.
     """
+    options = CreditOptions.resolve(preset, credit_scale=credit_scale, rule=rule, beta=beta, gamma=gamma)
     if _cuda.is_cuda(rewards):
         out = _cuda.sgpo_rewards(
             rewards,
@@ -91,8 +103,9 @@ def sgpo_rewards(
             _arrays.group_size(group_size),
             group_ids,
             correct,
-            _arrays.real("credit_scale", credit_scale),
+            options.credit_scale,
             _arrays.choice("mode", mode),
+            **options.rule_kwargs(),
         )
         fields = ("rewards", "credit", "all_negative", "diversified", "stats")
         return SGPORewards(*(out[name] for name in fields))
@@ -109,7 +122,8 @@ def sgpo_rewards(
         ok,
         _arrays.group_size(group_size),
         _arrays.group_ids(group_ids),
-        _arrays.real("credit_scale", credit_scale),
+        options.credit_scale,
         _arrays.choice("mode", mode),
+        **options.rule_kwargs(),
     )
     return SGPORewards(out_rewards, out_credit, all_negative, diversified, stats)

@@ -134,6 +134,8 @@ pub fn sgpo_rewards(
         } => (first_error, num_steps, 0),
         DeviceVerdicts::Credit(c) => (0, 0, c),
     };
+    options.rule.validate()?;
+    let (rule, beta, gamma) = options.rule.code();
     let mode = match options.mode {
         DiversifyMode::AllNegative => 0,
         DiversifyMode::AllIncorrect => 1,
@@ -152,6 +154,9 @@ pub fn sgpo_rewards(
             Arg::Ptr(correct),
             Arg::F64(options.credit_scale),
             Arg::I32(mode),
+            Arg::I32(rule),
+            Arg::F64(beta),
+            Arg::F64(gamma),
             Arg::Ptr(out.rewards),
             Arg::Ptr(out.credit),
             Arg::Ptr(out.all_negative),

@@ -10,7 +10,7 @@ use super::errors::to_py;
 use super::loss::LossOptionArgs;
 use crate::advantages::{AdvantageOptions, Scale, Singleton};
 use crate::cuda::{self, groups, logprob, loss, FloatDtype, MaskDtype, Stream, SOURCES};
-use crate::rewards::{DiversifyMode, RewardOptions};
+use crate::rewards::{CreditRule, DiversifyMode, RewardOptions};
 
 /// What the CUDA path can use here: `nvrtc`, `nvrtc_version`, `driver`, `driver_version`,
 /// `device_count`, `reason` (why not, or None).
@@ -221,7 +221,7 @@ pub(crate) fn cuda_reward_scratch_len(num_groups: usize) -> usize {
 }
 
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, rows, num_groups, group_size, order, starts, rewards, first_error, num_steps, credit, correct, credit_scale, mode, out_rewards, out_credit, out_all_negative, out_diversified, out_stats, scratch, status))]
+#[pyo3(signature = (device, stream_handle, rows, num_groups, group_size, order, starts, rewards, first_error, num_steps, credit, correct, credit_scale, mode, out_rewards, out_credit, out_all_negative, out_diversified, out_stats, scratch, status, rule="prefix", beta=5.0, gamma=0.5))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_sgpo_rewards(
     py: Python<'_>,
@@ -246,6 +246,9 @@ pub(crate) fn cuda_sgpo_rewards(
     out_stats: u64,
     scratch: u64,
     status: u64,
+    rule: &str,
+    beta: f64,
+    gamma: f64,
 ) -> PyResult<()> {
     let verdicts = if credit != 0 {
         groups::DeviceVerdicts::Credit(credit)
@@ -258,6 +261,7 @@ pub(crate) fn cuda_sgpo_rewards(
     let options = RewardOptions {
         credit_scale,
         mode: DiversifyMode::parse(mode).map_err(to_py)?,
+        rule: CreditRule::parse(rule, beta, gamma).map_err(to_py)?,
     };
     let outputs = groups::DeviceRewardOutputs {
         rewards: out_rewards,

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(rewards::sgpo_rewards_core, m)?)?;
+    m.add_function(wrap_pyfunction!(rewards::credit_rule_apply, m)?)?;
     m.add_function(wrap_pyfunction!(advantages::group_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(advantages::token_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(outcome::sequence_scores_core, m)?)?;

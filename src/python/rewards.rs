@@ -6,11 +6,11 @@ use pyo3::types::PyDict;
 
 use super::arrays::{groups, optional_view, View};
 use super::errors::{to_py, value_error};
-use crate::rewards::{sgpo_rewards, DiversifyMode, RewardOptions, Verdicts};
+use crate::rewards::{sgpo_rewards, CreditRule, DiversifyMode, RewardOptions, Verdicts};
 
 /// Returns `(rewards, credit, all_negative, diversified, stats)`.
 #[pyfunction]
-#[pyo3(signature = (rewards, first_error, num_steps, credit, correct, group_size, group_ids, credit_scale, mode))]
+#[pyo3(signature = (rewards, first_error, num_steps, credit, correct, group_size, group_ids, credit_scale, mode, rule="prefix", beta=5.0, gamma=0.5))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgpo_rewards_core<'py>(
     py: Python<'py>,
@@ -23,6 +23,9 @@ pub(crate) fn sgpo_rewards_core<'py>(
     group_ids: Option<&Bound<'py, PyAny>>,
     credit_scale: f64,
     mode: &str,
+    rule: &str,
+    beta: f64,
+    gamma: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let rewards = View::<f64>::new("rewards", rewards)?.expect_ndim("rewards", 1)?;
     let first_error = optional_view::<i64>("first_error", first_error)?;
@@ -33,6 +36,7 @@ pub(crate) fn sgpo_rewards_core<'py>(
     let options = RewardOptions {
         credit_scale,
         mode: DiversifyMode::parse(mode).map_err(to_py)?,
+        rule: CreditRule::parse(rule, beta, gamma).map_err(to_py)?,
     };
     let verdicts = match (&first_error, &num_steps, &credit) {
         (Some(k), Some(n), None) => Verdicts::Steps {
@@ -77,4 +81,21 @@ pub(crate) fn sgpo_rewards_core<'py>(
     )
         .into_pyobject(py)
         .map(|t| t.into_any())
+}
+
+/// `f(c)` of the credit rule for every score (float64 in, float64 out); checks the rule's
+/// parameters as `sgpo_rewards_core` does (an empty array checks them alone).
+#[pyfunction]
+#[pyo3(signature = (scores, rule, beta, gamma))]
+pub(crate) fn credit_rule_apply<'py>(
+    py: Python<'py>,
+    scores: &Bound<'py, PyAny>,
+    rule: &str,
+    beta: f64,
+    gamma: f64,
+) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
+    let rule = CreditRule::parse(rule, beta, gamma).map_err(to_py)?;
+    let scores = View::<f64>::new("scores", scores)?.expect_ndim("scores", 1)?;
+    let out: Vec<f64> = scores.slice().iter().map(|&c| rule.apply(c)).collect();
+    Ok(out.into_pyarray(py))
 }

@@ -61,8 +61,13 @@ def sgpo_rewards(
     credit_scale=0.5,
     mode="all_negative",
     credit=None,
+    rule="prefix",
+    beta=5.0,
+    gamma=0.5,
 ) -> Dict[str, Any]:
-    """The SGPO prefix-credit rule.
+    """The SGPO reward rule, with the prefix (``f(c) = c``) or logistic
+    (``f(c) = 1 / (1 + exp(-beta (c - gamma)))``) credit rule: credited rows get
+    ``r + credit_scale * f(c)``.
 
     Returns a dict with ``rewards``, ``credit``, ``all_negative``, ``diversified`` (per row) and
     ``stats`` (``num_groups``, ``all_negative_groups``, ``diversified_groups``,
@@ -137,7 +142,9 @@ def sgpo_rewards(
         if judged[to_credit].all():
             stats["diversified_groups"] += 1
             diversified[to_credit] = True
-            out[to_credit] = r[to_credit] + credit_scale * c[to_credit]
+            with np.errstate(over="ignore"):  # exp -> inf, 1 / inf = 0: the limit
+                f = c[to_credit] if rule == "prefix" else 1.0 / (1.0 + np.exp(-beta * (c[to_credit] - gamma)))
+            out[to_credit] = r[to_credit] + credit_scale * f
         else:
             stats["judge_missing_groups"] += 1
     stats["mean_credit"] = float(c[diversified].mean()) if diversified.any() else 0.0

@@ -384,7 +384,10 @@ def test_policy_loss_bad_inputs_name_the_argument(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["all_negative", "all_incorrect"])
-def test_sgpo_rewards_and_advantages_match_the_cpu_path(mode, device):
+@pytest.mark.parametrize(
+    "rule", [{}, {"preset": "paper"}, {"rule": "logistic", "beta": 40.0, "gamma": 0.2, "credit_scale": 0.3}]
+)
+def test_sgpo_rewards_and_advantages_match_the_cpu_path(rule, mode, device):
     rng = np.random.default_rng(SEED + 11)
     for rows, group_size in [(8, 4), (1024, 8), (4096, 16)]:
         rewards = rng.choice([0.0, 0.0, 0.0, 1.0, np.nan], rows)
@@ -392,7 +395,7 @@ def test_sgpo_rewards_and_advantages_match_the_cpu_path(mode, device):
         first_error = np.minimum(rng.integers(-2, 9, rows), num_steps - 1)
         ids = rng.permutation(np.repeat(np.arange(rows // group_size), group_size))
         for groups in (dict(group_size=group_size), dict(group_ids=ids)):
-            cpu = sg.sgpo_rewards(rewards, first_error, num_steps, mode=mode, **groups)
+            cpu = sg.sgpo_rewards(rewards, first_error, num_steps, mode=mode, **groups, **rule)
             gpu_groups = groups if "group_size" in groups else dict(group_ids=on(device, ids))
             # On CPU the numpy-level functions return numpy arrays for CPU tensors.
             out = sg.sgpo_rewards(
@@ -401,6 +404,7 @@ def test_sgpo_rewards_and_advantages_match_the_cpu_path(mode, device):
                 on(device, num_steps),
                 mode=mode,
                 **gpu_groups,
+                **rule,
             )
             np.testing.assert_array_equal(host(out.rewards), cpu.rewards)
             np.testing.assert_array_equal(host(out.credit), cpu.credit)

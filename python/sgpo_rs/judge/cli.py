@@ -3,10 +3,12 @@
 ``judge`` reads records ``{"problem", "response", "correct"?}`` (or ``"steps"`` instead of
 ``"response"``), judges the incorrect ones (``correct`` false or absent; every record with
 ``--all``) and writes every record, in input order, with ``first_error``, ``num_steps``, ``credit``
-(prefix credit ``first_error / num_steps``, 1 for ``-1``, null without a verdict), ``judged`` and,
-for failures, ``judge_error``. Rows not judged get ``first_error = -2`` and ``credit = null``, so
-the ``credit`` column lines up with the input and feeds ``sgpo_rs.sgpo_rewards(credit=...)``
-(NaN for null).
+(the score ``first_error / num_steps``, 1 for ``-1``, null without a verdict), ``judged`` and,
+for failures, ``judge_error``; with ``--rule``/``--preset`` (and ``--beta``, ``--gamma``) also
+``rule_credit``, the score under that credit rule (``sgpo_rs.credit``), and ``credit_rule``.
+Rows not judged get ``first_error = -2`` and ``credit = null``, so the ``credit`` column lines up
+with the input and feeds ``sgpo_rs.sgpo_rewards(credit=...)`` (NaN for null), which applies the
+rule itself.
 
 Resuming: each output line carries ``record_key`` (the record's ``id``, else a hash of problem
 and response; a repeat gets ``#2``, ``#3``...). A rerun with the same ``--output`` keeps the
@@ -26,6 +28,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Set, TextIO, Tuple
 
+from ..credit import PRESETS, RULES, CreditOptions
 from ..text import split_steps
 from .cache import CachedJudge
 from .evaluate import evaluate, record_response
@@ -210,7 +213,11 @@ class ProgressBar:
 
 
 def output_record(
-    record: Dict[str, Any], key: str, verdict: Optional[Verdict], num_steps: int
+    record: Dict[str, Any],
+    key: str,
+    verdict: Optional[Verdict],
+    num_steps: int,
+    credit_options: Optional[CreditOptions] = None,
 ) -> Dict[str, Any]:
     out = dict(record)
     if verdict is None:
@@ -222,6 +229,13 @@ def output_record(
             credit=prefix_credit(verdict.first_error, verdict.num_steps),
             judged=True,
         )
+    if credit_options is not None:
+        # The score under the chosen rule, f(c), next to the score itself (which is what
+        # sgpo_rewards(credit=...) takes: it applies the rule once).
+        score = out["credit"]
+        out["rule_credit"] = None if score is None else float(credit_options.apply([score])[0])
+        out["credit_rule"] = credit_options.rule
+    if verdict is not None:
         if verdict.error is not None:
             out["judge_error"] = verdict.error
     out["record_key"] = key
@@ -245,9 +259,14 @@ def run_judge(args: argparse.Namespace) -> int:
         print("sgpo-rs judge: --batch-size must be >= 1", file=sys.stderr)
         return 2
     try:
+        credit_options = None
+        if any(getattr(args, name, None) is not None for name in ("rule", "beta", "gamma", "preset")):
+            credit_options = CreditOptions.resolve(
+                args.preset, rule=args.rule, beta=args.beta, gamma=args.gamma
+            )
         judge = _with_cache(make_judge(args.judge, args), args.cache)
         records = [record for _, record in read_jsonl(args.input)]
-    except (OSError, ValueError, ImportError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, ImportError, AttributeError) as exc:
         print(f"sgpo-rs judge: {exc}", file=sys.stderr)
         return 2
     keys = record_keys(records)
@@ -284,7 +303,11 @@ def run_judge(args: argparse.Namespace) -> int:
                 else:
                     counts["no_verdict"] += 1
                     failures.append(f"{keys[i]}: {verdict.error or 'no verdict'}")
-                out.write(json.dumps(output_record(records[i], keys[i], verdict, steps), ensure_ascii=False))
+                out.write(
+                    json.dumps(
+                        output_record(records[i], keys[i], verdict, steps, credit_options), ensure_ascii=False
+                    )
+                )
                 out.write("\n")
                 out.flush()
                 bar.update(b + n + 1)
@@ -331,6 +354,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cache", default=None, help="sqlite verdict cache path")
     add("--batch-size", type=int, default=16, help="responses per judge call")
     add("--quiet", action="store_true", help="no progress bar")
+    group = parser.add_argument_group(
+        "credit rule (any of these adds rule_credit and credit_rule to each line)"
+    )
+    group.add_argument(
+        "--rule", choices=RULES, default=None, help="prefix: f(c) = c; logistic: sigma(beta (c - gamma))"
+    )
+    group.add_argument("--beta", type=float, default=None, help="logistic steepness (> 0; unset: 5)")
+    group.add_argument("--gamma", type=float, default=None, help="logistic threshold (unset: 0.5)")
+    group.add_argument(
+        "--preset", choices=tuple(PRESETS), default=None, help="paper: logistic, beta 5, gamma 0.5"
+    )
     parser.set_defaults(run=run_judge)
 
 

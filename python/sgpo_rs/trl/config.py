@@ -8,6 +8,8 @@ from typing import Optional
 
 from trl import GRPOConfig
 
+from ..credit import CreditOptions
+
 MODES = ("all_negative", "all_incorrect")
 
 
@@ -18,7 +20,13 @@ class SGPOConfig(GRPOConfig):
     Every GRPO option keeps its TRL meaning. The SGPO options (``sgpo_rs.sgpo_rewards``):
 
     - ``sgpo_credit_scale`` (0.5): reward added for full credit; a wrong response whose first
-      error is at step ``k`` of ``n`` gets ``sgpo_credit_scale * k / n`` (``-1``: the full amount).
+      error is at step ``k`` of ``n`` (score ``c = k / n``; ``-1``: ``c = 1``) gets
+      ``sgpo_credit_scale * f(c)``.
+    - ``sgpo_rule`` (``"prefix"``: ``f(c) = c``) or ``"logistic"`` (the paper's
+      ``f(c) = sigma(sgpo_beta * (c - sgpo_gamma))``); ``sgpo_beta`` (5.0, > 0), ``sgpo_gamma``
+      (0.5). ``sgpo_preset="paper"`` sets ``sgpo_rule="logistic"``, ``sgpo_beta=5``,
+      ``sgpo_gamma=0.5`` and ``sgpo_credit_scale=1`` unless they are given (``sgpo_rs.credit``).
+      After construction the four fields hold the resolved values.
     - ``sgpo_mode`` (``"all_negative"``): credit only groups with no correct response (the
       paper); ``"all_incorrect"`` also credits the wrong responses of mixed groups (keep
       ``sgpo_credit_scale`` below the correct/incorrect reward margin).
@@ -35,9 +43,27 @@ class SGPOConfig(GRPOConfig):
       (same value, gradient and logged metrics as TRL's; CPU tensors only for now).
     """
 
-    sgpo_credit_scale: float = field(
-        default=0.5,
-        metadata={"help": "SGPO: reward added for full credit (first_error / num_steps, 1 for no error)."},
+    sgpo_credit_scale: Optional[float] = field(
+        default=None,
+        metadata={"help": "SGPO: reward added for full credit (None: 0.5, or the preset's)."},
+    )
+    sgpo_rule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "SGPO: credit rule, 'prefix' (c, the default) or 'logistic' (sigma(beta (c - gamma)))."
+        },
+    )
+    sgpo_beta: Optional[float] = field(
+        default=None,
+        metadata={"help": "SGPO: steepness of the logistic rule (> 0; None: 5)."},
+    )
+    sgpo_gamma: Optional[float] = field(
+        default=None,
+        metadata={"help": "SGPO: threshold of the logistic rule (None: 0.5)."},
+    )
+    sgpo_preset: Optional[str] = field(
+        default=None,
+        metadata={"help": "SGPO: 'paper' = logistic rule, beta 5, gamma 0.5, credit_scale 1."},
     )
     sgpo_mode: str = field(
         default="all_negative",
@@ -66,10 +92,18 @@ class SGPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (isinstance(self.sgpo_credit_scale, (int, float)) and math.isfinite(self.sgpo_credit_scale)):
-            raise ValueError(f"sgpo_credit_scale: expected a finite number, got {self.sgpo_credit_scale!r}")
-        if self.sgpo_credit_scale < 0:
-            raise ValueError(f"sgpo_credit_scale: expected a value >= 0, got {self.sgpo_credit_scale}")
+        credit = CreditOptions.resolve(
+            self.sgpo_preset,
+            credit_scale=self.sgpo_credit_scale,
+            rule=self.sgpo_rule,
+            beta=self.sgpo_beta,
+            gamma=self.sgpo_gamma,
+            prefix="sgpo_",
+        )
+        self.sgpo_credit_scale = credit.credit_scale
+        self.sgpo_rule = credit.rule
+        self.sgpo_beta = credit.beta
+        self.sgpo_gamma = credit.gamma
         if self.sgpo_mode not in MODES:
             raise ValueError(f"sgpo_mode: expected one of {', '.join(MODES)}, got {self.sgpo_mode!r}")
         if not math.isfinite(self.sgpo_correctness_threshold):

@@ -4,7 +4,8 @@ How the SGPO credit reaches TRL's advantages. TRL 1.16 turns the ``(N, K)`` rewa
 reward functions into one reward per row, ``R_i = nansum_k(w_k * r_ik)`` (``reward_weights``;
 NaN when every function returned None), and group-normalises ``R``. ``SGPOTrainer`` appends one
 column to the rewards that ``_calculate_rewards`` returns, with weight 1 (``reward_weights`` is
-extended by one entry): ``credit_scale * c_i`` on the rows of diversified groups, NaN elsewhere
+extended by one entry): ``credit_scale * f(c_i)`` on the rows of diversified groups (``f`` the
+credit rule, ``sgpo_rs.credit``), NaN elsewhere
 (``nansum`` skips it, and an unscorable row stays unscorable). So the reward TRL normalises is
 exactly ``sgpo_rs.sgpo_rewards(R, ...).rewards`` (up to float32 rounding): the credit is added to
 the final weighted sum, whatever the weights; it is never scaled by the correctness function's
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
+from ..credit import CreditOptions
 from ..judge.verdict import NO_VERDICT
 from ..rewards import SGPORewards, sgpo_rewards
 from . import loss as _loss
@@ -44,6 +46,10 @@ _DEFAULTS = {
     name: SGPOConfig.__dataclass_fields__[name].default
     for name in (
         "sgpo_credit_scale",
+        "sgpo_rule",
+        "sgpo_beta",
+        "sgpo_gamma",
+        "sgpo_preset",
         "sgpo_mode",
         "sgpo_correctness_reward",
         "sgpo_correctness_threshold",
@@ -102,6 +108,15 @@ class SGPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
 
         self._sgpo: Dict[str, Any] = {name: getattr(self.args, name, v) for name, v in _DEFAULTS.items()}
+        # A plain GRPOConfig has none of the credit fields: resolve them as SGPOConfig does.
+        self._sgpo_credit = CreditOptions.resolve(
+            self._sgpo["sgpo_preset"],
+            credit_scale=self._sgpo["sgpo_credit_scale"],
+            rule=self._sgpo["sgpo_rule"],
+            beta=self._sgpo["sgpo_beta"],
+            gamma=self._sgpo["sgpo_gamma"],
+            prefix="sgpo_",
+        )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
                 f"multi_objective_aggregation={self.multi_objective_aggregation!r}: SGPO credits the summed "
@@ -149,9 +164,9 @@ class SGPOTrainer(GRPOTrainer):
         credit_column = torch.full((rewards_per_func.shape[0], 1), float("nan"), device=device)
         if self.model.training:
             sgpo = self._sgpo_rewards(rewards_per_func, inputs, prompts, completions, completion_ids_list)
-            credit = torch.as_tensor(sgpo.credit, dtype=torch.float32, device=device)
             diversified = torch.as_tensor(sgpo.diversified, device=device)
-            credit_column[diversified, 0] = self._sgpo["sgpo_credit_scale"] * credit[diversified]
+            bonus = torch.as_tensor(self._sgpo_credit.bonus(sgpo.credit), dtype=torch.float32, device=device)
+            credit_column[diversified, 0] = bonus[diversified]
         return torch.cat([rewards_per_func, credit_column], dim=1)
 
     def _correct(self, rewards_per_func, inputs, prompts, completions, completion_ids_list) -> np.ndarray:
@@ -231,8 +246,9 @@ class SGPOTrainer(GRPOTrainer):
             verdicts[:, 1],
             group_size=group_size,
             correct=correct,
-            credit_scale=self._sgpo["sgpo_credit_scale"],
             mode=self._sgpo["sgpo_mode"],
+            credit_scale=self._sgpo_credit.credit_scale,
+            **self._sgpo_credit.rule_kwargs(),
         )
         self.last_sgpo = out
         for key, value in out.metrics().items():

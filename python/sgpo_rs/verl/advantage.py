@@ -10,7 +10,7 @@ rewards are a torch tensor, numpy otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -143,8 +143,9 @@ def sgpo_scores(
         num_steps,
         group_ids=codes,
         correct=correct,
-        credit_scale=options.credit_scale,
         mode=options.mode,
+        credit_scale=options.credit_scale,
+        **options.credit.rule_kwargs(),
     )
     return scores, result
 
@@ -157,7 +158,7 @@ def compute_sgpo_outcome_advantage(
     num_steps: Any,
     *,
     correct: Any = None,
-    credit_scale: float = 0.5,
+    credit_scale: Optional[float] = None,
     mode: str = "all_negative",
     epsilon: float = 1e-6,
     norm_adv_by_std_in_grpo: bool = True,
@@ -169,11 +170,13 @@ def compute_sgpo_outcome_advantage(
     The score of row ``i`` is the row sum of ``token_level_rewards``; ``correct`` defaults to
     ``score > 0``; ``first_error``/``num_steps`` are the judge's verdicts per row (``-1`` no wrong
     step, ``-2`` not judged; see :func:`sgpo_rs.sgpo_rewards`). In a diversified group the score
-    becomes ``s_i + credit_scale * c_i`` with ``c_i = first_error_i / num_steps_i``.
+    becomes ``s_i + credit_scale * f(c_i)`` with ``c_i = first_error_i / num_steps_i`` and ``f``
+    the credit rule (``sgpo_rs.credit``; ``credit_scale`` None: 0.5, or the preset's).
 
     ``config`` (verl's ``algorithm`` config, a ``DictConfig`` or ``AlgoConfig``), when given,
-    overrides ``norm_adv_by_std_in_grpo`` and the ``sgpo`` options (``credit_scale``, ``mode``) with
-    the values it sets. Returns ``(A, A)`` as float32 ``(N, L)``.
+    overrides ``norm_adv_by_std_in_grpo`` and the ``sgpo`` options (``credit_scale``, ``mode``,
+    ``rule``, ``beta``, ``gamma``, ``preset``) with the values it sets. Returns ``(A, A)`` as
+    float32 ``(N, L)``.
     """
     options = SGPOOptions.from_config(config, credit_scale=credit_scale, mode=mode)
     norm = norm_by_std(config, norm_adv_by_std_in_grpo)

@@ -4,7 +4,9 @@ leading ``+``), read from an OmegaConf ``DictConfig``, verl's ``AlgoConfig`` dat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
+
+from ..credit import CreditOptions
 
 MODES = ("all_negative", "all_incorrect")
 
@@ -46,27 +48,39 @@ def check_no_group_filtering(config: Any) -> None:
 
 @dataclass(frozen=True)
 class SGPOOptions:
-    """The SGPO rule's options (see :func:`sgpo_rs.sgpo_rewards`)."""
+    """The SGPO rule's options (see :func:`sgpo_rs.sgpo_rewards` and :mod:`sgpo_rs.credit`):
+    ``credit_scale``, ``rule``, ``beta``, ``gamma`` (None: the default, or the preset's),
+    ``preset`` and ``mode``. After construction the credit fields hold the resolved values."""
 
-    credit_scale: float = 0.5
+    credit_scale: Optional[float] = None
     mode: str = "all_negative"
+    rule: Optional[str] = None
+    beta: Optional[float] = None
+    gamma: Optional[float] = None
+    preset: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.credit_scale, bool) or not isinstance(self.credit_scale, (int, float)):
-            raise TypeError(f"credit_scale: expected a real number, got {type(self.credit_scale).__name__}")
-        if not (self.credit_scale >= 0 and self.credit_scale < float("inf")):
-            raise ValueError(f"credit_scale: expected a finite value >= 0, got {self.credit_scale}")
+        credit = CreditOptions.resolve(
+            self.preset, credit_scale=self.credit_scale, rule=self.rule, beta=self.beta, gamma=self.gamma
+        )
+        for name in ("credit_scale", "rule", "beta", "gamma"):
+            object.__setattr__(self, name, getattr(credit, name))
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
 
+    @property
+    def credit(self) -> CreditOptions:
+        return CreditOptions(self.credit_scale, self.rule, self.beta, self.gamma)
+
     @classmethod
     def from_config(cls, config: Any, **defaults: Any) -> SGPOOptions:
-        """``algorithm.sgpo.{credit_scale,mode}`` over ``defaults``; also refuses group filtering."""
+        """``algorithm.sgpo.{credit_scale,mode,rule,beta,gamma,preset}`` over ``defaults``; also
+        refuses group filtering."""
         check_no_group_filtering(config)
         sgpo = _get(config, "sgpo")
         values = dict(defaults)
-        for key in ("credit_scale", "mode"):
+        for key in ("credit_scale", "mode", "rule", "beta", "gamma", "preset"):
             value = _get(sgpo, key)
             if value is not None:
-                values[key] = float(value) if key == "credit_scale" and isinstance(value, int) else value
+                values[key] = value
         return cls(**values)

@@ -1,0 +1,89 @@
+"""The credit rule's options, defined once for numpy, torch, TRL, verl and the CLI.
+
+A wrong response with trajectory score ``c`` in ``[0, 1]`` (how far it got before its first wrong
+step) receives ``credit_scale * f(c)`` in a diversified group:
+
+- ``rule="prefix"`` (the default): ``f(c) = c``.
+- ``rule="logistic"``: ``f(c) = sigma(beta * (c - gamma)) = 1 / (1 + exp(-beta * (c - gamma)))``,
+  ``beta > 0`` the steepness, ``gamma`` the score that earns half the credit.
+
+``preset="paper"`` sets the paper's values in one word: the logistic rule with ``beta = 5``,
+``gamma = 0.5`` and ``credit_scale = 1``, so that on 0/1 rewards a wrong response's reward becomes
+``sigma(5 (c - 0.5))`` in place of 0 (between 0.076 and 0.924). Options given explicitly win over
+the preset's. On other reward scales the credit is still added to the outcome reward: with -1/1
+rewards and ``credit_scale = 1`` a wrong response moves from -1 to ``-1 + sigma(..)``, still below
+every right one; in mode ``"all_incorrect"`` keep ``credit_scale`` below the margin between right
+and wrong rewards.
+
+The Rust core checks the values (``beta`` finite and > 0, ``gamma`` finite) and applies the rule;
+this module only resolves defaults and presets, so every entry point reads the same options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _arrays, _core
+
+RULES = ("prefix", "logistic")
+DEFAULTS: Dict[str, Any] = {"credit_scale": 0.5, "rule": "prefix", "beta": 5.0, "gamma": 0.5}
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {"credit_scale": 1.0, "rule": "logistic", "beta": 5.0, "gamma": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class CreditOptions:
+    """Resolved credit options: how much a score adds to a wrong response's reward."""
+
+    credit_scale: float = DEFAULTS["credit_scale"]
+    rule: str = DEFAULTS["rule"]
+    beta: float = DEFAULTS["beta"]
+    gamma: float = DEFAULTS["gamma"]
+
+    @classmethod
+    def resolve(
+        cls,
+        preset: Optional[str] = None,
+        *,
+        credit_scale: Any = None,
+        rule: Any = None,
+        beta: Any = None,
+        gamma: Any = None,
+        prefix: str = "",
+    ) -> CreditOptions:
+        """Each option from its argument, else the preset, else the default; checked by the core.
+        ``prefix`` is put before the option names in errors (``"sgpo_"`` for ``SGPOConfig``)."""
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(
+                f"{prefix}preset: expected one of {', '.join(map(repr, PRESETS))} or None, got {preset!r}"
+            )
+        values = dict(DEFAULTS, **(PRESETS[preset] if preset else {}))
+        given = {"credit_scale": credit_scale, "rule": rule, "beta": beta, "gamma": gamma}
+        values.update({k: v for k, v in given.items() if v is not None})
+        scale = _arrays.real(prefix + "credit_scale", values["credit_scale"])
+        if not (scale >= 0 and scale < float("inf")):
+            raise ValueError(f"{prefix}credit_scale: expected a finite value >= 0, got {scale}")
+        name = _arrays.choice(prefix + "rule", values["rule"])
+        b = _arrays.real(prefix + "beta", values["beta"])
+        g = _arrays.real(prefix + "gamma", values["gamma"])
+        try:
+            _core.credit_rule_apply(np.zeros(0), name, b, g)
+        except ValueError as error:
+            raise ValueError(f"{prefix}{error}") from None
+        return cls(credit_scale=scale, rule=name, beta=b, gamma=g)
+
+    def rule_kwargs(self) -> Dict[str, Any]:
+        """``rule``, ``beta``, ``gamma`` as the core's reward functions take them."""
+        return {"rule": self.rule, "beta": self.beta, "gamma": self.gamma}
+
+    def apply(self, scores: Any) -> np.ndarray:
+        """``f(c)`` of each score (float64), the Rust core's own evaluation."""
+        return _core.credit_rule_apply(np.asarray(scores, dtype=np.float64).reshape(-1), **self.rule_kwargs())
+
+    def bonus(self, scores: Any) -> np.ndarray:
+        """``credit_scale * f(c)``: what a credited row's reward gains (float64)."""
+        return self.credit_scale * self.apply(scores)
