@@ -388,3 +388,59 @@ def test_config_from_the_command_line(tmp_path):
     assert (args.sgpo_credit_scale, args.sgpo_correctness_reward) == (0.3, "accuracy")
     assert args.sgpo_judge_timeout_s == 5
     assert args.use_sgpo_loss and args.sgpo_mode == "all_incorrect" and args.num_generations == 8
+
+
+class ReferenceCritic:
+    """A StepJudge that takes reference solutions; records them."""
+
+    identity = "reference-critic"
+    accepts_references = True
+
+    def __init__(self):
+        self.references = []
+
+    def judge(self, problems, responses, references=None):
+        self.references.append(references)
+        return [Verdict(0, 2) for _ in responses]
+
+
+def test_reference_column_and_dataset_columns_are_checked_at_construction(tiny_lm, tokenizer, tmp_path):
+    from sgpo_rs.judge import RuleJudge
+
+    rows = [dict(r, solution=f"worked solution {r['uid']}") for r in reward_rows()]
+    data = Dataset.from_list(rows)
+
+    def build(judge, **extra):
+        return SGPOTrainer(
+            model=tiny_lm,
+            reward_funcs=[accuracy],
+            args=config(tmp_path, **extra),
+            train_dataset=data,
+            processing_class=tokenizer,
+            judge=judge,
+        )
+
+    with pytest.raises(
+        ValueError, match=r"sgpo_problem_column='question': the train dataset has no such column"
+    ):
+        build(RowJudge(), sgpo_problem_column="question")
+    with pytest.raises(ValueError, match=r"sgpo_reference_column='answer'.*columns: prompt, a, b"):
+        build(ReferenceCritic(), sgpo_reference_column="answer")
+    with pytest.raises(TypeError, match="RuleJudge does not take reference solutions"):
+        build(RuleJudge(), sgpo_reference_column="solution")
+    critic = ReferenceCritic()
+    trainer = build(critic, sgpo_reference_column="solution", sgpo_preset="paper")
+    trainer.model.train()
+    trainer._generate_and_score_completions(rows)
+    judged = [r for r in rows if r["a"] == 0]  # every wrong row of the all-wrong groups is judged
+    assert critic.references and all(ref.startswith("worked solution") for ref in critic.references[-1])
+    assert len(critic.references[-1]) <= len(judged)
+    # The paper preset: credited rows gain sigma(5 (c - 0.5)) with c = 0 / 2.
+    out = trainer.last_sgpo
+    credited = out.diversified
+    assert credited.any()
+    np.testing.assert_allclose(
+        out.rewards[credited] - np.nan_to_num(np.array([r["a"] for r in rows]))[credited],
+        1 / (1 + np.exp(2.5)),
+        rtol=1e-6,
+    )

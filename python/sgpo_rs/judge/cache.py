@@ -33,10 +33,16 @@ CREATE TABLE IF NOT EXISTS verdicts (
 """
 
 
-def cache_key(identity: str, prompt_version: str, problem: str, response: str) -> str:
-    """The cache key: a hex sha256 of the four fields (JSON-encoded, so no field can run into
-    the next)."""
-    blob = json.dumps([identity, prompt_version, problem, response], ensure_ascii=False)
+def cache_key(
+    identity: str, prompt_version: str, problem: str, response: str, reference: Optional[str] = None
+) -> str:
+    """The cache key: a hex sha256 of the fields (JSON-encoded, so no field can run into the
+    next). A reference solution, when the critic saw one, is part of it (without one the key is
+    the four-field key of earlier versions, so existing caches stay valid)."""
+    fields = [identity, prompt_version, problem, response]
+    if reference is not None:
+        fields.append({"reference": reference})
+    blob = json.dumps(fields, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -144,16 +150,36 @@ class CachedJudge:
     def identity(self) -> str:
         return self.inner.identity
 
-    def judge(self, problems: List[str], responses: List[str]) -> List[Verdict]:
+    @property
+    def accepts_references(self) -> bool:
+        return bool(getattr(self.inner, "accepts_references", False))
+
+    def judge(
+        self, problems: List[str], responses: List[str], references: Optional[List[Optional[str]]] = None
+    ) -> List[Verdict]:
         identity, version = self.inner.identity, self.prompt_version
-        keys = [cache_key(identity, version, p, r) for p, r in zip(problems, responses)]
+        if references is not None and not any(r is not None for r in references):
+            references = None
+        if references is not None and not self.accepts_references:
+            raise TypeError(f"references: the judge {identity} does not take reference solutions")
+        refs = references if references is not None else [None] * len(responses)
+        # A reference changes the prompt: its template's version joins the key.
+        ref_version = f"{version}|{getattr(self.inner, 'reference_prompt_version', '')}"
+        keys = [
+            cache_key(identity, version if ref is None else ref_version, p, r, ref)
+            for p, r, ref in zip(problems, responses, refs)
+        ]
         cached = self.cache.get_many(list(set(keys)))
         todo = [i for i, key in enumerate(keys) if key not in cached]
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         out: List[Optional[Verdict]] = [cached.get(key) for key in keys]
         if todo:
-            fresh = self.inner.judge([problems[i] for i in todo], [responses[i] for i in todo])
+            sub_problems, sub_responses = [problems[i] for i in todo], [responses[i] for i in todo]
+            if references is None:
+                fresh = self.inner.judge(sub_problems, sub_responses)
+            else:
+                fresh = self.inner.judge(sub_problems, sub_responses, references=[refs[i] for i in todo])
             if len(fresh) != len(todo):
                 raise RuntimeError(f"{identity}: judged {len(todo)} responses, got {len(fresh)} verdicts")
             for i, verdict in zip(todo, fresh):

@@ -1,7 +1,8 @@
 """Calling a step-wise judge from a trainer (TRL's or verl's): timeouts and validation.
 
-A judge is either a :class:`sgpo_rs.judge.StepJudge` (``judge.judge(problems, responses)``
-returning :class:`~sgpo_rs.judge.Verdict` objects) or a plain callable
+A judge is either a :class:`sgpo_rs.judge.StepJudge` (``judge.judge(problems, responses)``, or
+``judge.judge(problems, responses, references=...)`` for a prompted critic given reference
+solutions, returning :class:`~sgpo_rs.judge.Verdict` objects) or a plain callable
 ``fn(problems, responses, rows)`` returning one ``(first_error, num_steps)`` pair (or ``Verdict``)
 per response, where ``rows`` are the dataset rows (dicts) of those responses.
 
@@ -22,18 +23,38 @@ from .verdict import NO_ERROR, NO_VERDICT
 JudgeFn = Callable[[List[str], List[str], List[Dict[str, Any]]], Sequence[Any]]
 
 
-def as_judge_fn(judge: Any) -> JudgeFn:
+def as_judge_fn(judge: Any, reference_key: Optional[str] = None) -> JudgeFn:
     """``judge`` as ``fn(problems, responses, rows)``: a StepJudge's ``judge`` method (``rows``
-    dropped) or the callable itself."""
+    dropped) or the callable itself. With ``reference_key``, a StepJudge is given each row's
+    ``row[reference_key]`` as its reference solution (it must declare ``accepts_references``, as
+    the prompted critics do); a callable reads the rows itself."""
     method = getattr(judge, "judge", None)
     if callable(method):
-        return lambda problems, responses, rows: method(problems, responses)
+        if reference_key is None:
+            return lambda problems, responses, rows: method(problems, responses)
+        if not getattr(judge, "accepts_references", False):
+            raise TypeError(
+                f"judge: {type(judge).__name__} does not take reference solutions (a reference column "
+                f"{reference_key!r} was given); use a prompted critic (CriticJudge, OpenAIJudge, "
+                f"HFJudge, or a CachedJudge of one) or drop the reference column"
+            )
+
+        def with_references(problems: List[str], responses: List[str], rows: List[Dict[str, Any]]) -> Any:
+            references = [reference_text(row.get(reference_key)) for row in rows]
+            return method(problems, responses, references=references)
+
+        return with_references
     if callable(judge):
         return judge
     raise TypeError(
         f"judge: expected a sgpo_rs.judge.StepJudge (an object with judge(problems, responses)) or a "
         f"callable (problems, responses, rows) -> [(first_error, num_steps), ...], got {type(judge).__name__}"
     )
+
+
+def reference_text(value: Any) -> Optional[str]:
+    """A dataset cell as a reference solution: None stays None (no reference for that row)."""
+    return None if value is None else str(value)
 
 
 class JudgeTimeout(Exception):

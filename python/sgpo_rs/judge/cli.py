@@ -1,8 +1,9 @@
 """`sgpo-rs judge` (judge a JSONL file of responses, resumably) and `sgpo-rs judge-eval`.
 
-``judge`` reads records ``{"problem", "response", "correct"?}`` (or ``"steps"`` instead of
-``"response"``), judges the incorrect ones (``correct`` false or absent; every record with
-``--all``) and writes every record, in input order, with ``first_error``, ``num_steps``, ``credit``
+``judge`` reads records ``{"problem", "response", "correct"?, "reference"?}`` (or ``"steps"``
+instead of ``"response"``; ``reference``, a reference solution, is shown to a prompted critic),
+judges the incorrect ones (``correct`` false or absent; every record with ``--all``) and writes
+every record, in input order, with ``first_error``, ``num_steps``, ``credit``
 (the score ``first_error / num_steps``, 1 for ``-1``, null without a verdict), ``judged`` and,
 for failures, ``judge_error``; with ``--rule``/``--preset`` (and ``--beta``, ``--gamma``) also
 ``rule_credit``, the score under that credit rule (``sgpo_rs.credit``), and ``credit_rule``.
@@ -31,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, TextIO, Tuple
 from ..credit import PRESETS, RULES, CreditOptions
 from ..text import split_steps
 from .cache import CachedJudge
+from .calling import reference_text
 from .evaluate import evaluate, record_response
 from .rule import CallableJudge, RuleJudge
 from .synthetic import make_synthetic, write_jsonl
@@ -246,9 +248,18 @@ def judge_batch(judge: StepJudge, records: List[Dict[str, Any]], rows: List[int]
     """The verdicts of ``records[i]`` for ``i`` in ``rows``, by row."""
     if not rows:
         return {}
-    verdicts = judge.judge(
-        [str(records[i].get("problem", "")) for i in rows], [record_response(records[i]) for i in rows]
-    )
+    problems = [str(records[i].get("problem", "")) for i in rows]
+    responses = [record_response(records[i]) for i in rows]
+    references = [reference_text(records[i].get("reference")) for i in rows]
+    if any(r is not None for r in references):
+        if not getattr(judge, "accepts_references", False):
+            raise ValueError(
+                f"the records carry a 'reference' field, and the judge {judge.identity} does not take "
+                f"reference solutions (use a prompted critic: --judge openai or hf)"
+            )
+        verdicts = judge.judge(problems, responses, references=references)
+    else:
+        verdicts = judge.judge(problems, responses)
     if len(verdicts) != len(rows):
         raise RuntimeError(f"{judge.identity} returned {len(verdicts)} verdicts for {len(rows)} responses")
     return dict(zip(rows, verdicts))
@@ -266,6 +277,13 @@ def run_judge(args: argparse.Namespace) -> int:
             )
         judge = _with_cache(make_judge(args.judge, args), args.cache)
         records = [record for _, record in read_jsonl(args.input)]
+        if any(r.get("reference") is not None for r in records) and not getattr(
+            judge, "accepts_references", False
+        ):
+            raise ValueError(
+                f"{args.input}: the records carry a 'reference' field, and the judge {judge.identity} "
+                f"does not take reference solutions (use a prompted critic: --judge openai or hf)"
+            )
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as exc:
         print(f"sgpo-rs judge: {exc}", file=sys.stderr)
         return 2

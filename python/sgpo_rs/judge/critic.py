@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Callable, List, Optional, Sequence, Union
 
-from .prompt import PROMPT_VERSION, build_prompt, parse_reply
+from .prompt import PROMPT_VERSION, REFERENCE_PROMPT_VERSION, build_prompt, parse_reply
 from .verdict import Verdict, missing
 
 Generate = Callable[[List[str]], Sequence[Union[str, BaseException]]]
@@ -29,7 +29,14 @@ class CriticJudge:
         template: prompt template (default :data:`~sgpo_rs.judge.prompt.DEFAULT_TEMPLATE`).
         prompt_version: defaults to :data:`~sgpo_rs.judge.prompt.PROMPT_VERSION`; set your own
             when you pass a ``template``.
+
+    ``judge(problems, responses, references=None)``: with ``references`` (one reference solution
+    or None per response), the critic sees each reference next to the problem
+    (:data:`~sgpo_rs.judge.prompt.REFERENCE_TEMPLATE`, versioned by ``reference_prompt_version``).
     """
+
+    # The trainers and the CLI pass reference solutions only to judges that declare this.
+    accepts_references = True
 
     def __init__(
         self,
@@ -44,11 +51,22 @@ class CriticJudge:
         if prompt_version is None:
             prompt_version = PROMPT_VERSION if template is None else f"{PROMPT_VERSION}+custom"
         self.prompt_version = prompt_version
+        self.reference_prompt_version = (
+            REFERENCE_PROMPT_VERSION if template is None else f"{self.prompt_version}+reference"
+        )
 
-    def judge(self, problems: List[str], responses: List[str]) -> List[Verdict]:
+    def judge(
+        self, problems: List[str], responses: List[str], references: Optional[List[Optional[str]]] = None
+    ) -> List[Verdict]:
+        if references is None:
+            references = [None] * len(responses)
+        elif len(references) != len(responses):
+            raise ValueError(
+                f"references: expected one per response ({len(responses)}), got {len(references)}"
+            )
         built = [
-            build_prompt(p, r, template=self.template, delimiter=self.delimiter)
-            for p, r in zip(problems, responses)
+            build_prompt(p, r, template=self.template, delimiter=self.delimiter, reference=ref)
+            for p, r, ref in zip(problems, responses, references)
         ]
         todo = [i for i, (_, n) in enumerate(built) if n > 0]
         out = [missing(0, "empty response: no steps") for _ in built]

@@ -89,7 +89,9 @@ class StepJudge(Protocol):
     settings, threshold); it is part of the cache key, so change it when the verdicts would change.
     ``judge`` returns one :class:`Verdict` per ``(problem, response)`` pair, in order, and should
     not raise for a single bad response: it returns a verdict with ``first_error = -2`` and
-    ``error`` set instead.
+    ``error`` set instead. A judge that can use reference solutions (the prompted critics) sets
+    ``accepts_references = True`` and takes ``judge(problems, responses, references=...)``, one
+    reference text or None per response; the trainers and the CLI pass them only to such judges.
     """
 
     identity: str

@@ -39,6 +39,9 @@ class SGPOConfig(GRPOConfig):
       process; past it the rows of that call get no verdict (their groups stay plain GRPO).
     - ``sgpo_problem_column``: a dataset column holding the problem text shown to the judge
       (default: the prompt's text; for conversational prompts the last user message).
+    - ``sgpo_reference_column``: a dataset column holding a reference solution for each problem;
+      a prompted critic (``CriticJudge``, ``OpenAIJudge``, ...) then judges against it (the
+      paper's setting). A judge that takes no reference is refused at construction.
     - ``use_sgpo_loss`` (``False``): compute the policy loss with ``sgpo_rs.torch.sgpo_loss``
       (same value, gradient and logged metrics as TRL's; CPU tensors only for now).
     """
@@ -84,6 +87,10 @@ class SGPOConfig(GRPOConfig):
     sgpo_problem_column: Optional[str] = field(
         default=None,
         metadata={"help": "SGPO: dataset column with the problem text for the judge (default: prompt)."},
+    )
+    sgpo_reference_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "SGPO: dataset column with a reference solution shown to a prompted critic."},
     )
     use_sgpo_loss: bool = field(
         default=False,

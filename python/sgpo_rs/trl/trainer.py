@@ -55,6 +55,7 @@ _DEFAULTS = {
         "sgpo_correctness_threshold",
         "sgpo_judge_timeout_s",
         "sgpo_problem_column",
+        "sgpo_reference_column",
         "use_sgpo_loss",
     )
 }
@@ -100,7 +101,7 @@ class SGPOTrainer(GRPOTrainer):
                 "SGPOTrainer: judge is required (a sgpo_rs.judge.StepJudge such as RuleJudge(), or a "
                 "callable (problems, responses, rows) -> [(first_error, num_steps), ...])"
             )
-        self._sgpo_judge_fn = as_judge_fn(judge)
+        as_judge_fn(judge)  # refuse what is no judge before loading anything
         self.judge = judge
         if correctness_func is not None and not callable(correctness_func):
             raise TypeError(f"correctness_func: expected a callable, got {type(correctness_func).__name__}")
@@ -108,6 +109,8 @@ class SGPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
 
         self._sgpo: Dict[str, Any] = {name: getattr(self.args, name, v) for name, v in _DEFAULTS.items()}
+        self._sgpo_judge_fn = as_judge_fn(judge, self._sgpo["sgpo_reference_column"])
+        self._check_dataset_columns()
         # A plain GRPOConfig has none of the credit fields: resolve them as SGPOConfig does.
         self._sgpo_credit = CreditOptions.resolve(
             self._sgpo["sgpo_preset"],
@@ -155,6 +158,19 @@ class SGPOTrainer(GRPOTrainer):
                 f"{', '.join(self.reward_func_names)}"
             )
         return self.reward_func_names.index(name)
+
+    def _check_dataset_columns(self) -> None:
+        """The columns SGPO reads exist in the train dataset (a typo fails here, not at the first
+        judging step after generation)."""
+        columns = getattr(self.train_dataset, "column_names", None)
+        if columns is None:  # an iterable dataset without a schema: checked when rows arrive
+            return
+        for option in ("sgpo_problem_column", "sgpo_reference_column"):
+            name = self._sgpo[option]
+            if name is not None and name not in columns:
+                raise ValueError(
+                    f"{option}={name!r}: the train dataset has no such column (columns: {', '.join(columns)})"
+                )
 
     # --- the reward step ------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ def make_compute_score(
     *,
     problem_key: Optional[str] = None,
     timeout_s: Optional[float] = 120.0,
+    reference_from_ground_truth: bool = False,
 ) -> Callable[..., Dict[str, Any]]:
     """A verl ``compute_score`` that adds the judge's verdict to ``base_score_fn``'s score.
 
@@ -51,8 +52,13 @@ def make_compute_score(
     does not use (it needs all-negative groups only); the reward function cannot see the group.
     A failing judge leaves the row unjudged (``-2``) with a warning, and that row's group stays plain
     GRPO; ``sgpo/judge_missing_frac`` in verl's metrics shows how often.
+
+    ``reference_from_ground_truth=True`` shows verl's ``ground_truth`` to the judge as the reference
+    solution (for a prompted critic such as ``OpenAIJudge``: the paper's reference-anchored
+    judging; a worked solution there helps more than a bare final answer). A callable judge gets it
+    in its row as ``row["ground_truth"]`` either way.
     """
-    judge_fn = as_judge_fn(judge)
+    judge_fn = as_judge_fn(judge, "ground_truth" if reference_from_ground_truth else None)
 
     def compute_score(
         data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
@@ -68,6 +74,7 @@ def make_compute_score(
         first_error, num_steps, judged = NO_VERDICT, 0, False
         if not correct:
             row = dict(extra_info) if isinstance(extra_info, dict) else {}
+            row.setdefault("ground_truth", ground_truth)
             k, n, failure = run_judge(
                 judge_fn, [_problem(extra_info, problem_key)], [solution_str], [row], timeout_s
             )
