@@ -8,6 +8,7 @@ step, on Rust kernels.
 
 from ._core import __version__
 from .advantages import group_advantages, token_advantages
+from .credit import length_scores
 from .logprob import selective_logprobs, selective_logprobs_backward
 from .loss import LossOutput, policy_loss
 from .rewards import SGPORewards, sgpo_rewards
@@ -21,6 +22,7 @@ from .text import (
 )
 
 __all__ = [
+    "length_scores",
     "LossOutput",
     "SGPORewards",
     "__version__",

@@ -22,11 +22,12 @@ this module only resolves defaults and presets, so every entry point reads the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from . import _arrays, _core
+from .text import step_spans
 
 RULES = ("prefix", "logistic")
 DEFAULTS: Dict[str, Any] = {"credit_scale": 0.5, "rule": "prefix", "beta": 5.0, "gamma": 0.5}
@@ -87,3 +88,45 @@ class CreditOptions:
     def bonus(self, scores: Any) -> np.ndarray:
         """``credit_scale * f(c)``: what a credited row's reward gains (float64)."""
         return self.credit_scale * self.apply(scores)
+
+
+# --- scores by length ---------------------------------------------------------------------------
+
+UNITS = ("steps", "length")
+
+
+def length_scores(
+    responses: Sequence[str], first_error: Any, *, delimiter: str = "\n\n", strict: bool = True
+) -> np.ndarray:
+    """Trajectory scores by length: for each response, the characters of its steps before the
+    first wrong one over the characters of all its steps (``sgpo_rs.step_spans`` with the judge's
+    ``delimiter``; separators do not count). ``first_error = -1`` (no wrong step) scores 1, ``-2``
+    (not judged) NaN, so the result feeds ``sgpo_rewards(credit=...)`` directly. The step-count
+    score ``first_error / num_steps`` treats a one-line step like a page of algebra; this one
+    weighs each step by its length, as the paper's trajectory score is described.
+
+    Raises ``ValueError`` naming the row when ``first_error`` is not a step of that response (the
+    judge split it differently) or a response has no steps; with ``strict=False`` such a row
+    scores NaN (not judged) instead.
+    """
+    k = np.asarray(first_error, dtype=np.int64).reshape(-1)
+    if len(responses) != k.shape[0]:
+        raise ValueError(f"first_error: expected one per response ({len(responses)}), got {k.shape[0]}")
+    out = np.full(k.shape[0], np.nan)
+    for row, (text, first) in enumerate(zip(responses, k)):
+        if first == -2:
+            continue
+        if first == -1:
+            out[row] = 1.0
+            continue
+        lengths = [end - start for start, end in step_spans(text, delimiter=delimiter)]
+        if not lengths or not 0 <= first < len(lengths):
+            if not strict:
+                continue
+            raise ValueError(
+                f"first_error: expected -2, -1 or a step index below the response's {len(lengths)} steps, "
+                f"got {first} at row {row}"
+            )
+        total = sum(lengths)
+        out[row] = sum(lengths[:first]) / total if total > 0 else 0.0
+    return out

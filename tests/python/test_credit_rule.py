@@ -179,3 +179,58 @@ def test_the_cli_writes_the_credit_under_the_chosen_rule(tmp_path):
         )
         == 2
     )
+
+
+def test_length_scores_weigh_steps_by_their_characters():
+    responses = ["aa\n\nbbbb\n\ncc", "one\n\n\n\ntwo three", "x", "p\r\n\r\nqq"]
+    scores = sg.length_scores(responses, [1, 1, -1, -2])
+    # Separators do not count: 2 / (2 + 4 + 2); 3 / (3 + 9); no wrong step: 1; not judged: NaN.
+    np.testing.assert_allclose(scores[:3], [0.25, 3 / 12, 1.0], rtol=1e-15)
+    assert np.isnan(scores[3])
+    assert sg.length_scores(["aa\n\nbbbb"], [0])[0] == 0.0
+    # Steps split another way (markers) change the lengths.
+    marked = "Step 1: ab\nStep 2: abcdef"
+    assert sg.length_scores([marked], [1], delimiter="markers")[0] < 0.5
+    with pytest.raises(
+        ValueError,
+        match="first_error: expected -2, -1 or a step index below the response's 1 steps, got 3 at row 0",
+    ):
+        sg.length_scores(["one step"], [3])
+    assert np.isnan(sg.length_scores(["one step"], [3], strict=False)[0])
+    with pytest.raises(ValueError, match="first_error: expected one per response"):
+        sg.length_scores(["a", "b"], [0])
+    # They feed sgpo_rewards(credit=...), under either rule.
+    out = sg.sgpo_rewards(np.zeros(3), credit=scores[:3], group_size=3, preset="paper")
+    np.testing.assert_allclose(out.rewards, 1 / (1 + np.exp(-5 * (scores[:3] - 0.5))), rtol=1e-6)
+
+
+def test_the_cli_scores_by_length(tmp_path):
+    from sgpo_rs.cli import main
+
+    records = [{"problem": "2 + 2", "response": "2 + 2 = 4\n\nso the answer is 5", "correct": False}]
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(records[0]) + "\n")
+    steps_out, length_out = tmp_path / "steps.jsonl", tmp_path / "length.jsonl"
+    assert main(["judge", "--input", str(source), "--output", str(steps_out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                "--input",
+                str(source),
+                "--output",
+                str(length_out),
+                "--quiet",
+                "--credit-unit",
+                "length",
+            ]
+        )
+        == 0
+    )
+    by_steps = json.loads(steps_out.read_text())
+    by_length = json.loads(length_out.read_text())
+    assert by_steps["first_error"] == by_length["first_error"] == 1
+    assert by_steps["credit"] == 0.5
+    assert by_length["credit"] == pytest.approx(
+        len("2 + 2 = 4") / (len("2 + 2 = 4") + len("so the answer is 5"))
+    )

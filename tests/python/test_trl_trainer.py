@@ -444,3 +444,43 @@ def test_reference_column_and_dataset_columns_are_checked_at_construction(tiny_l
         1 / (1 + np.exp(2.5)),
         rtol=1e-6,
     )
+
+
+def test_length_scores_in_the_trainer(tiny_lm, tokenizer, tmp_path):
+    from sgpo_rs.judge.verdict import missing
+
+    class LastStepJudge:
+        """Calls each response's last step wrong; records what it judged."""
+
+        identity = "last-step"
+        delimiter = "\n\n"
+
+        def __init__(self):
+            self.seen = []
+
+        def judge(self, problems, responses):
+            out = []
+            for response in responses:
+                n = len(sg.split_steps(response))
+                out.append(Verdict(n - 1, n) if n else missing(0, "no steps"))
+                self.seen.append((response, out[-1].first_error))
+            return out
+
+    judge = LastStepJudge()
+    trainer = SGPOTrainer(
+        model=tiny_lm,
+        reward_funcs=[accuracy],
+        args=config(tmp_path, sgpo_credit_unit="length"),
+        train_dataset=Dataset.from_list(reward_rows()),
+        processing_class=tokenizer,
+        judge=judge,
+    )
+    trainer.model.train()
+    trainer._generate_and_score_completions(reward_rows())
+    assert judge.seen
+    expected = sg.length_scores([r for r, _ in judge.seen], [k for _, k in judge.seen])
+    credited = trainer.last_sgpo.credit[trainer.last_sgpo.diversified]
+    # Every credited row's score is the length score of a response the judge saw (float32).
+    assert credited.size and all(np.isclose(c, expected, rtol=1e-6, atol=0).any() for c in credited)
+    with pytest.raises(ValueError, match="sgpo_credit_unit"):
+        config(tmp_path, sgpo_credit_unit="tokens")

@@ -6,7 +6,8 @@ judges the incorrect ones (``correct`` false or absent; every record with ``--al
 every record, in input order, with ``first_error``, ``num_steps``, ``credit``
 (the score ``first_error / num_steps``, 1 for ``-1``, null without a verdict), ``judged`` and,
 for failures, ``judge_error``; with ``--rule``/``--preset`` (and ``--beta``, ``--gamma``) also
-``rule_credit``, the score under that credit rule (``sgpo_rs.credit``), and ``credit_rule``.
+``rule_credit``, the score under that credit rule (``sgpo_rs.credit``), and ``credit_rule``;
+``--credit-unit length`` scores by the characters of the correct steps instead of their count.
 Rows not judged get ``first_error = -2`` and ``credit = null``, so the ``credit`` column lines up
 with the input and feeds ``sgpo_rs.sgpo_rewards(credit=...)`` (NaN for null), which applies the
 rule itself.
@@ -29,7 +30,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Set, TextIO, Tuple
 
-from ..credit import PRESETS, RULES, CreditOptions
+from ..credit import PRESETS, RULES, UNITS, CreditOptions, length_scores
 from ..text import split_steps
 from .cache import CachedJudge
 from .calling import reference_text
@@ -220,17 +221,21 @@ def output_record(
     verdict: Optional[Verdict],
     num_steps: int,
     credit_options: Optional[CreditOptions] = None,
+    length_delimiter: Optional[str] = None,
 ) -> Dict[str, Any]:
+    """The output line of one record. ``length_delimiter`` (``--credit-unit length``): the score
+    counts characters of steps split with it (``sgpo_rs.length_scores``) instead of steps."""
     out = dict(record)
     if verdict is None:
         out.update(first_error=NO_VERDICT, num_steps=num_steps, credit=None, judged=False)
     else:
-        out.update(
-            first_error=verdict.first_error,
-            num_steps=verdict.num_steps,
-            credit=prefix_credit(verdict.first_error, verdict.num_steps),
-            judged=True,
-        )
+        credit = prefix_credit(verdict.first_error, verdict.num_steps)
+        if length_delimiter is not None and credit is not None:
+            score = length_scores(
+                [record_response(record)], [verdict.first_error], delimiter=length_delimiter, strict=False
+            )[0]
+            credit = None if math.isnan(score) else float(score)
+        out.update(first_error=verdict.first_error, num_steps=verdict.num_steps, credit=credit, judged=True)
     if credit_options is not None:
         # The score under the chosen rule, f(c), next to the score itself (which is what
         # sgpo_rewards(credit=...) takes: it applies the rule once).
@@ -288,6 +293,7 @@ def run_judge(args: argparse.Namespace) -> int:
         print(f"sgpo-rs judge: {exc}", file=sys.stderr)
         return 2
     keys = record_keys(records)
+    length_delimiter = getattr(judge, "delimiter", "\n\n") if args.credit_unit == "length" else None
     done = done_keys(args.output)
     todo = [i for i, key in enumerate(keys) if key not in done]
     stream = None if args.quiet else sys.stderr
@@ -323,7 +329,8 @@ def run_judge(args: argparse.Namespace) -> int:
                     failures.append(f"{keys[i]}: {verdict.error or 'no verdict'}")
                 out.write(
                     json.dumps(
-                        output_record(records[i], keys[i], verdict, steps, credit_options), ensure_ascii=False
+                        output_record(records[i], keys[i], verdict, steps, credit_options, length_delimiter),
+                        ensure_ascii=False,
                     )
                 )
                 out.write("\n")
@@ -377,6 +384,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--rule", choices=RULES, default=None, help="prefix: f(c) = c; logistic: sigma(beta (c - gamma))"
+    )
+    group.add_argument(
+        "--credit-unit",
+        choices=UNITS,
+        default="steps",
+        help="credit = first_error / num_steps (steps) or the characters of the correct steps (length)",
     )
     group.add_argument("--beta", type=float, default=None, help="logistic steepness (> 0; unset: 5)")
     group.add_argument("--gamma", type=float, default=None, help="logistic threshold (unset: 0.5)")

@@ -8,7 +8,7 @@ from typing import Optional
 
 from trl import GRPOConfig
 
-from ..credit import CreditOptions
+from ..credit import UNITS, CreditOptions
 
 MODES = ("all_negative", "all_incorrect")
 
@@ -27,6 +27,9 @@ class SGPOConfig(GRPOConfig):
       (0.5). ``sgpo_preset="paper"`` sets ``sgpo_rule="logistic"``, ``sgpo_beta=5``,
       ``sgpo_gamma=0.5`` and ``sgpo_credit_scale=1`` unless they are given (``sgpo_rs.credit``).
       After construction the four fields hold the resolved values.
+    - ``sgpo_credit_unit`` (``"steps"``): the score ``c`` counts steps; ``"length"`` counts the
+      characters of the steps before the first wrong one over all of the response's steps
+      (``sgpo_rs.length_scores``, split like the judge splits).
     - ``sgpo_mode`` (``"all_negative"``): credit only groups with no correct response (the
       paper); ``"all_incorrect"`` also credits the wrong responses of mixed groups (keep
       ``sgpo_credit_scale`` below the correct/incorrect reward margin).
@@ -63,6 +66,10 @@ class SGPOConfig(GRPOConfig):
     sgpo_gamma: Optional[float] = field(
         default=None,
         metadata={"help": "SGPO: threshold of the logistic rule (None: 0.5)."},
+    )
+    sgpo_credit_unit: str = field(
+        default="steps",
+        metadata={"help": "SGPO: score by 'steps' (first_error / num_steps) or 'length' (characters)."},
     )
     sgpo_preset: Optional[str] = field(
         default=None,
@@ -111,6 +118,10 @@ class SGPOConfig(GRPOConfig):
         self.sgpo_rule = credit.rule
         self.sgpo_beta = credit.beta
         self.sgpo_gamma = credit.gamma
+        if self.sgpo_credit_unit not in UNITS:
+            raise ValueError(
+                f"sgpo_credit_unit: expected one of {', '.join(UNITS)}, got {self.sgpo_credit_unit!r}"
+            )
         if self.sgpo_mode not in MODES:
             raise ValueError(f"sgpo_mode: expected one of {', '.join(MODES)}, got {self.sgpo_mode!r}")
         if not math.isfinite(self.sgpo_correctness_threshold):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from ..credit import CreditOptions
+from ..credit import CreditOptions, length_scores
 from ..judge.verdict import NO_VERDICT
 from ..rewards import SGPORewards, sgpo_rewards
 from . import loss as _loss
@@ -50,6 +50,7 @@ _DEFAULTS = {
         "sgpo_beta",
         "sgpo_gamma",
         "sgpo_preset",
+        "sgpo_credit_unit",
         "sgpo_mode",
         "sgpo_correctness_reward",
         "sgpo_correctness_threshold",
@@ -235,6 +236,8 @@ class SGPOTrainer(GRPOTrainer):
         local_rows = np.flatnonzero(todo[start : start + n])
         local = np.zeros((n, 2), dtype=np.int64)
         local[:, 0] = NO_VERDICT
+        # Length-based scores (sgpo_credit_unit="length"), NaN where there is no verdict.
+        local_scores = np.full(n, np.nan)
         if local_rows.size:
             column = self._sgpo["sgpo_problem_column"]
             problems = [
@@ -247,6 +250,16 @@ class SGPOTrainer(GRPOTrainer):
             )
             local[local_rows, 0] = first_error
             local[local_rows, 1] = num_steps
+            if self._sgpo["sgpo_credit_unit"] == "length":
+                delimiter = getattr(self.judge, "delimiter", "\n\n")
+                scores = length_scores(responses, first_error, delimiter=delimiter, strict=False)
+                mismatched = int(np.sum(np.isnan(scores) & (first_error != NO_VERDICT)))
+                if mismatched:
+                    failure = (failure + "; " if failure else "") + (
+                        f"{mismatched} verdicts name a step the response does not have when split with "
+                        f"{delimiter!r} (sgpo_credit_unit='length'); those rows are treated as not judged"
+                    )
+                local_scores[local_rows] = scores
             if failure is not None:
                 warnings.warn(
                     f"SGPO (step {self.state.global_step}, process {self.accelerator.process_index}): "
@@ -256,10 +269,14 @@ class SGPOTrainer(GRPOTrainer):
                 )
         self.last_sgpo_judged_rows = int(local_rows.size)
         verdicts = self.accelerator.gather(torch.as_tensor(local, device=device)).cpu().numpy()
+        if self._sgpo["sgpo_credit_unit"] == "length":
+            scores = self.accelerator.gather(torch.as_tensor(local_scores, device=device)).cpu().numpy()
+            judged = dict(credit=scores)
+        else:
+            judged = dict(first_error=verdicts[:, 0], num_steps=verdicts[:, 1])
         out = sgpo_rewards(
             rewards,
-            verdicts[:, 0],
-            verdicts[:, 1],
+            **judged,
             group_size=group_size,
             correct=correct,
             mode=self._sgpo["sgpo_mode"],
