@@ -21,8 +21,11 @@ class SGPORewards:
             rule), 0 where unjudged.
         all_negative: bool ``(N,)``, the row's group has no correct (scorable) response.
         diversified: bool ``(N,)``, the row received ``credit_scale * f(c_i)``.
-        stats: ``num_groups``, ``all_negative_groups``, ``diversified_groups``,
-            ``judge_missing_groups`` (ints) and ``mean_credit`` (mean ``c_i`` of credited rows).
+        stats: ``num_groups``, ``all_negative_groups``, ``diversified_groups`` (groups in which a
+            row received credit), ``varied_groups`` (of those, the groups whose scorable rewards
+            differ after the credit: the ones that now have non-zero advantages),
+            ``judge_missing_groups`` (ints), ``mean_credit`` (mean ``c_i`` of credited rows) and
+            ``outcome_reward_mean`` (the mean scorable reward before any credit).
     """
 
     rewards: np.ndarray
@@ -32,14 +35,58 @@ class SGPORewards:
     stats: Dict[str, float]
 
     def metrics(self) -> Dict[str, float]:
-        """The ``sgpo/*`` metrics TRL logs: fractions of groups and the mean credit."""
+        """The ``sgpo/*`` metrics the trainers log, as fractions of all groups:
+
+        - ``all_negative_frac``: groups with no correct (scorable) response;
+        - ``credited_frac``: groups in which a response received credit;
+        - ``diversified_frac``: credited groups whose rewards now differ (credit that is equal
+          for every response of a group - e.g. every one wrong from its first step - changes no
+          advantage, and is not counted);
+        - ``judge_missing_frac``: groups left plain GRPO for want of a verdict;
+        - ``mean_credit``: the mean score ``c_i`` of the credited responses;
+        - ``outcome_reward_mean``: the mean reward before credit (compare it across GRPO and SGPO
+          runs: TRL's own ``reward`` log includes the credit).
+        """
         groups = max(self.stats["num_groups"], 1)
         return {
             "sgpo/all_negative_frac": self.stats["all_negative_groups"] / groups,
-            "sgpo/diversified_frac": self.stats["diversified_groups"] / groups,
+            "sgpo/credited_frac": self.stats["diversified_groups"] / groups,
+            "sgpo/diversified_frac": self.stats["varied_groups"] / groups,
             "sgpo/judge_missing_frac": self.stats["judge_missing_groups"] / groups,
             "sgpo/mean_credit": float(self.stats["mean_credit"]),
+            "sgpo/outcome_reward_mean": float(self.stats["outcome_reward_mean"]),
         }
+
+
+def _group_codes(rows: int, group_size: Optional[int], group_ids: Any) -> np.ndarray:
+    """Each row's group as a code in ``[0, groups)``."""
+    if group_ids is None:
+        return np.arange(rows) // group_size
+    ids = np.asarray(group_ids.cpu() if hasattr(group_ids, "cpu") else group_ids).reshape(-1)
+    return np.unique(ids, return_inverse=True)[1].reshape(-1)
+
+
+def _host(x: Any) -> np.ndarray:
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+
+
+def _add_group_stats(stats: Dict[str, Any], rewards_in: Any, out: SGPORewards, group_size, group_ids) -> None:
+    """``varied_groups`` and ``outcome_reward_mean`` (see :class:`SGPORewards`), from the result."""
+    before = _host(rewards_in).astype(np.float64).reshape(-1)
+    after = _host(out.rewards).astype(np.float64).reshape(-1)
+    credited = _host(out.diversified).astype(bool).reshape(-1)
+    codes = _group_codes(after.shape[0], group_size, group_ids)
+    groups = int(codes.max()) + 1 if codes.size else 0
+    scorable = ~np.isnan(after)
+    low = np.full(groups, np.inf)
+    high = np.full(groups, -np.inf)
+    np.minimum.at(low, codes[scorable], after[scorable])
+    np.maximum.at(high, codes[scorable], after[scorable])
+    credited_groups = np.zeros(groups, dtype=bool)
+    credited_groups[codes[credited]] = True
+    stats["varied_groups"] = int(np.sum(credited_groups & (high > low)))
+    known = before[~np.isnan(before)]
+    stats["outcome_reward_mean"] = float(known.mean()) if known.size else float("nan")
 
 
 def sgpo_rewards(
@@ -108,7 +155,9 @@ def sgpo_rewards(
             **options.rule_kwargs(),
         )
         fields = ("rewards", "credit", "all_negative", "diversified", "stats")
-        return SGPORewards(*(out[name] for name in fields))
+        result = SGPORewards(*(out[name] for name in fields))
+        _add_group_stats(result.stats, rewards, result, group_size, group_ids)
+        return result
     r = _arrays.float64_rows("rewards", rewards)
     k = None if first_error is None else _arrays.int64_rows("first_error", first_error)
     n = None if num_steps is None else _arrays.int64_rows("num_steps", num_steps)
@@ -126,4 +175,6 @@ def sgpo_rewards(
         _arrays.choice("mode", mode),
         **options.rule_kwargs(),
     )
-    return SGPORewards(out_rewards, out_credit, all_negative, diversified, stats)
+    result = SGPORewards(out_rewards, out_credit, all_negative, diversified, stats)
+    _add_group_stats(result.stats, r, result, group_size, group_ids)
+    return result

@@ -148,6 +148,13 @@ def sgpo_rewards(
         else:
             stats["judge_missing_groups"] += 1
     stats["mean_credit"] = float(c[diversified].mean()) if diversified.any() else 0.0
+    # Credited groups whose scorable rewards differ after the credit; the mean reward before it.
+    stats["varied_groups"] = 0
+    for g in groups(n, group_size, group_ids):
+        if diversified[g].any():
+            values = out[g][~np.isnan(out[g])].astype(np.float32)
+            stats["varied_groups"] += int(values.size > 0 and values.max() > values.min())
+    stats["outcome_reward_mean"] = float(r[scorable].mean()) if scorable.any() else float("nan")
     return {
         "rewards": out,
         "credit": c,

@@ -343,14 +343,16 @@ def test_trainer_judging_step_takes_the_openai_backend(server, tmp_path):
     judge = CachedJudge(fast(server, "oracle", max_concurrency=4), str(tmp_path / "verdicts.sqlite"))
     problems = [PROBLEM, PROBLEM, PROBLEM]
     responses = [WRONG_AT_1, RIGHT, ""]
-    first_error, num_steps, failure = run_judge(as_judge_fn(judge), problems, responses, [{}] * 3, 30.0)
+    outcome = run_judge(as_judge_fn(judge), problems, responses, [{}] * 3, 30.0)
+    first_error, num_steps = outcome.first_error, outcome.num_steps
     assert first_error.tolist() == [1, -1, -2] and num_steps.tolist() == [3, 3, 0]
-    assert failure is None
+    assert outcome.message is None and outcome.failed == 0  # an empty response is no failure
     served = stats(server)["requests"]
     again = run_judge(as_judge_fn(judge), problems, responses, [{}] * 3, 30.0)
-    assert again[0].tolist() == first_error.tolist()
+    assert again.first_error.tolist() == first_error.tolist()
     assert stats(server)["requests"] == served  # the cache answered: nothing judged twice
-    # A server that fails every request: missing verdicts, a message, and no exception.
+    # A server that fails every request: missing verdicts and a message that says so (no exception).
     down = fast("http://127.0.0.1:9/v1", "oracle", max_retries=0, timeout_s=2.0)
-    first_error, _, failure = run_judge(as_judge_fn(down), problems, responses, [{}] * 3, 30.0)
-    assert first_error.tolist() == [-2, -2, -2] and failure is None
+    outcome = run_judge(as_judge_fn(down), problems, responses, [{}] * 3, 30.0)
+    assert outcome.first_error.tolist() == [-2, -2, -2]
+    assert outcome.failed == 2 and "2 of 3 verdicts carry an error" in outcome.message

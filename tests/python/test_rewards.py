@@ -29,15 +29,23 @@ def _compare(out, expect):
     metrics = out.metrics()
     assert set(metrics) == {
         "sgpo/all_negative_frac",
+        "sgpo/credited_frac",
         "sgpo/diversified_frac",
         "sgpo/judge_missing_frac",
         "sgpo/mean_credit",
+        "sgpo/outcome_reward_mean",
     }
     np.testing.assert_allclose(
         metrics["sgpo/all_negative_frac"], expect["stats"]["all_negative_groups"] / groups
     )
+    np.testing.assert_allclose(metrics["sgpo/credited_frac"], expect["stats"]["diversified_groups"] / groups)
+    # Only credited groups whose rewards now differ count as diversified.
+    np.testing.assert_allclose(metrics["sgpo/diversified_frac"], expect["stats"]["varied_groups"] / groups)
     np.testing.assert_allclose(
-        metrics["sgpo/diversified_frac"], expect["stats"]["diversified_groups"] / groups
+        metrics["sgpo/outcome_reward_mean"],
+        expect["stats"]["outcome_reward_mean"],
+        rtol=1e-12,
+        equal_nan=True,
     )
     np.testing.assert_allclose(
         metrics["sgpo/judge_missing_frac"], expect["stats"]["judge_missing_groups"] / groups

@@ -211,6 +211,7 @@ def test_a_failing_judge_leaves_groups_plain_grpo_with_one_warning(two_reward_tr
     saved = trainer._sgpo_judge_fn, trainer.judge, dict(trainer._sgpo)
     trainer._sgpo_judge_fn = trainer.judge = judge
     trainer._sgpo["sgpo_judge_timeout_s"] = 0.3
+    trainer._sgpo_failed_steps = 0  # one failed step: a warning, far from the stopping limit
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -274,7 +275,8 @@ def test_training_diversifies_all_negative_groups(tiny_lm, tokenizer, tmp_path):
     assert len(logs) == 3 and calls
     for entry in logs:
         assert entry["sgpo/all_negative_frac"] > 0
-        assert entry["sgpo/diversified_frac"] == entry["sgpo/all_negative_frac"]
+        assert entry["sgpo/credited_frac"] == entry["sgpo/all_negative_frac"]
+        assert entry["sgpo/diversified_frac"] <= entry["sgpo/credited_frac"]
         assert entry["sgpo/judge_missing_frac"] == 0
         assert 0 <= entry["sgpo/mean_credit"] <= 1
     # The last batch: raw rewards are equal inside each diversified group (plain GRPO would give
@@ -291,21 +293,39 @@ def test_training_diversifies_all_negative_groups(tiny_lm, tokenizer, tmp_path):
     assert any(np.ptp(sgpo.credit.reshape(-1, G)[g]) > 0 for g in np.flatnonzero(groups))
 
 
-def test_training_continues_when_the_judge_raises(tiny_lm, tokenizer, tmp_path):
+def test_a_dead_judge_is_loud(tiny_lm, tokenizer, tmp_path):
     calls = []
 
     def broken(problems, responses, rows):
         calls.append(len(rows))
         raise RuntimeError("judge crashed")
 
-    trainer = SGPOTrainer(
-        model=tiny_lm,
-        reward_funcs=correct_answer,
-        args=config(tmp_path, per_device_train_batch_size=8, max_completion_length=4, max_steps=2),
-        train_dataset=Dataset.from_list(task(8, seed=2)),
-        processing_class=tokenizer,
-        judge=broken,
-    )
+    def build(**extra):
+        return SGPOTrainer(
+            model=tiny_lm,
+            reward_funcs=correct_answer,
+            args=config(tmp_path, per_device_train_batch_size=8, max_completion_length=4, **extra),
+            train_dataset=Dataset.from_list(task(8, seed=2)),
+            processing_class=tokenizer,
+            judge=broken,
+        )
+
+    # At construction: the preflight call fails, with the judge's own error.
+    with pytest.raises(RuntimeError, match=r"failed before training.*RuntimeError: judge crashed") as info:
+        build(max_steps=2)
+    assert isinstance(info.value.__cause__, RuntimeError) and calls == [2]
+    # Without the preflight: training stops once K consecutive judging steps gave nothing.
+    calls.clear()
+    trainer = build(max_steps=6, sgpo_judge_preflight=False, sgpo_judge_max_failed_steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match=r"no verdict in 2 consecutive judging steps.*judge crashed"):
+            trainer.train()
+    assert len(calls) == 2 and trainer.state.global_step < 6
+    assert len([w for w in caught if "judge crashed" in str(w.message)]) == 1  # the first step warns
+    # Opting out of both: training goes on as plain GRPO, one warning per judging step.
+    calls.clear()
+    trainer = build(max_steps=2, sgpo_judge_preflight=False, sgpo_judge_max_failed_steps=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train()
@@ -367,7 +387,7 @@ def test_correctness_func(tiny_lm, tokenizer, tmp_path):
     trainer.model.train()
     trainer._generate_and_score_completions(reward_rows())
     # Only group 1 has a correct row now; the unscorable row 10 is never judged.
-    assert judge.calls[0]["uids"] == [0, 1, 2, 3, 8, 9, 11, 12, 13, 14, 15]
+    assert judge.calls[-1]["uids"] == [0, 1, 2, 3, 8, 9, 11, 12, 13, 14, 15]  # calls[0]: the preflight
 
 
 def test_version_pin():
@@ -484,3 +504,116 @@ def test_length_scores_in_the_trainer(tiny_lm, tokenizer, tmp_path):
     assert credited.size and all(np.isclose(c, expected, rtol=1e-6, atol=0).any() for c in credited)
     with pytest.raises(ValueError, match="sgpo_credit_unit"):
         config(tmp_path, sgpo_credit_unit="tokens")
+
+
+def test_judges_that_cannot_work_are_refused_at_construction(tiny_lm, tokenizer, tmp_path):
+    from sgpo_rs.judge import RuleJudge
+
+    def build(judge, **extra):
+        return SGPOTrainer(
+            model=tiny_lm,
+            reward_funcs=[accuracy],
+            args=config(tmp_path, **extra),
+            train_dataset=Dataset.from_list(reward_rows()),
+            processing_class=tokenizer,
+            judge=judge,
+        )
+
+    with pytest.raises(
+        TypeError, match=r"got the class RuleJudge, not a judge; pass an instance, e\.g\. judge=RuleJudge\(\)"
+    ):
+        build(RuleJudge)
+
+    def per_item(problem, response):
+        return (0, 1)
+
+    with pytest.raises(TypeError, match=r"per_item\(problem, response\) cannot be.*CallableJudge\(fn\)"):
+        build(per_item)
+
+    def wrong_shape(problems, responses, rows):
+        return ["fine"] * len(responses)
+
+    with pytest.raises(RuntimeError, match=r"failed before training.*2 of 2 verdicts are invalid.*'fine'"):
+        build(wrong_shape)
+    build(wrong_shape, sgpo_judge_preflight=False)  # the check can be turned off
+
+
+def test_metrics_count_groups_whose_rewards_differ(two_reward_trainer):
+    trainer, _ = two_reward_trainer
+    saved = trainer._sgpo_judge_fn, trainer.judge
+
+    def same_everywhere(problems, responses, rows):
+        return [(0, 2)] * len(rows)  # every wrong answer wrong from its first step: equal credit
+
+    trainer._sgpo_judge_fn = trainer.judge = same_everywhere
+    try:
+        trainer._generate_and_score_completions(reward_rows())
+    finally:
+        trainer._sgpo_judge_fn, trainer.judge = saved
+    metrics = sgpo_metrics(trainer)
+    # Groups 0, 2 and 3 are credited; the totals of groups 0 and 3 were equal and stay equal (no
+    # advantage), group 2's differ (its style rewards differ).
+    assert metrics["sgpo/credited_frac"] == 0.75
+    assert metrics["sgpo/diversified_frac"] == 0.25
+    rows = reward_rows()
+    a = np.array([r["a"] for r in rows])
+    b = np.array([r["b"] for r in rows])
+    total = np.where(np.isnan(a) & np.isnan(b), np.nan, np.nansum(np.stack([2.0 * a, 0.5 * b]), axis=0))
+    assert metrics["sgpo/outcome_reward_mean"] == pytest.approx(np.nanmean(total), rel=1e-6)
+
+
+def test_unknown_correctness_keeps_the_group_plain_grpo(tiny_lm, tokenizer, tmp_path):
+    judge = RowJudge()
+    unknown = {1, 9}  # rows of groups 0 and 2, which would otherwise be credited
+
+    trainer = SGPOTrainer(
+        model=tiny_lm,
+        reward_funcs=[accuracy, style],
+        args=config(tmp_path, sgpo_judge_preflight=False),
+        train_dataset=Dataset.from_list(reward_rows()),
+        processing_class=tokenizer,
+        judge=judge,
+        correctness_func=lambda prompts, completions, uid, a, **kw: [
+            None if u in unknown else v > 0 for u, v in zip(uid, a)
+        ],
+    )
+    trainer.model.train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer._generate_and_score_completions(reward_rows())
+        trainer._generate_and_score_completions(reward_rows())
+    messages = [str(w.message) for w in caught if "correctness" in str(w.message)]
+    assert len(messages) == 1 and "2 of 16 responses is unknown" in messages[0]
+    # Groups 0 and 2 are neither judged nor credited; group 3 still is.
+    assert all(u not in (0, 1, 2, 3, 8, 9, 10, 11) for u in judge.calls[-1]["uids"])
+    assert not trainer.last_sgpo.diversified[:4].any() and not trainer.last_sgpo.diversified[8:12].any()
+    assert sgpo_metrics(trainer)["sgpo/correctness_unknown_frac"] == 2 / 16
+
+
+def test_all_incorrect_mode_warns_when_credit_can_outrank_a_right_answer(tiny_lm, tokenizer, tmp_path):
+    def build(**extra):
+        return SGPOTrainer(
+            model=tiny_lm,
+            reward_funcs=[accuracy],
+            args=config(tmp_path, sgpo_mode="all_incorrect", sgpo_judge_preflight=False, **extra),
+            train_dataset=Dataset.from_list(reward_rows()),
+            processing_class=tokenizer,
+            judge=RowJudge(),
+        )
+
+    with pytest.warns(
+        RuntimeWarning, match=r"can rank a wrong answer above a right one: full credit adds 1\.2"
+    ):
+        build(reward_weights=[1.0], sgpo_credit_scale=1.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build(reward_weights=[1.0], sgpo_credit_scale=0.5)
+
+
+def test_the_model_card_says_sgpo(two_reward_trainer):
+    import os
+
+    trainer, _ = two_reward_trainer
+    trainer.create_model_card()
+    card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
+    assert "SGPO" in card and "2505.11595" in card and "sgpo-rs" in card

@@ -85,6 +85,7 @@ def main(model, out):
         processing_class=tokenizer,
         judge=judge,
     )
+    judge.calls.clear()  # the preflight call at construction (each process judges its own copy)
     trainer.model.train()
     n = GLOBAL_ROWS // world
     local = rows[rank * n : (rank + 1) * n]

@@ -6,14 +6,20 @@ solutions, returning :class:`~sgpo_rs.judge.Verdict` objects) or a plain callabl
 ``fn(problems, responses, rows)`` returning one ``(first_error, num_steps)`` pair (or ``Verdict``)
 per response, where ``rows`` are the dataset rows (dicts) of those responses.
 
-Nothing a judge does raises here: an exception, a timeout, a result of the wrong length or an
-invalid verdict leaves the affected rows without a verdict (``first_error = -2``), and the
-failure is reported back to the caller as one message, for the trainer to act on.
+Nothing a judge does raises here: an exception, a timeout, a result of the wrong length, an
+invalid verdict or a verdict carrying an error leaves the affected rows without a verdict
+(``first_error = -2``), and the failure comes back to the caller (:class:`JudgeOutcome`: counts,
+the first error, the exception) for the trainer to act on: warn, or stop after several judging
+steps in which nothing was judged. A call past its timeout is abandoned, not cancelled: Python
+cannot stop its thread, which runs to its end (and spends what a remote judge charges) while
+training goes on.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,6 +34,11 @@ def as_judge_fn(judge: Any, reference_key: Optional[str] = None) -> JudgeFn:
     dropped) or the callable itself. With ``reference_key``, a StepJudge is given each row's
     ``row[reference_key]`` as its reference solution (it must declare ``accepts_references``, as
     the prompted critics do); a callable reads the rows itself."""
+    if isinstance(judge, type):
+        raise TypeError(
+            f"judge: got the class {judge.__name__}, not a judge; pass an instance, "
+            f"e.g. judge={judge.__name__}()"
+        )
     method = getattr(judge, "judge", None)
     if callable(method):
         if reference_key is None:
@@ -45,11 +56,30 @@ def as_judge_fn(judge: Any, reference_key: Optional[str] = None) -> JudgeFn:
 
         return with_references
     if callable(judge):
+        _check_batch_signature(judge)
         return judge
     raise TypeError(
         f"judge: expected a sgpo_rs.judge.StepJudge (an object with judge(problems, responses)) or a "
         f"callable (problems, responses, rows) -> [(first_error, num_steps), ...], got {type(judge).__name__}"
     )
+
+
+def _check_batch_signature(fn: Callable[..., Any]) -> None:
+    """A callable judge takes ``(problems, responses, rows)``; a per-response ``fn(problem,
+    response)`` passed by mistake would fail at every step, so it is refused here."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust the caller
+        return
+    try:
+        signature.bind([], [], [])
+    except TypeError:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        raise TypeError(
+            f"judge: a callable judge is called as fn(problems, responses, rows) with three lists and "
+            f"returns one (first_error, num_steps) per response; {name}{signature} cannot be. For a "
+            f"per-response function fn(problem, response), pass CallableJudge(fn) from sgpo_rs.judge"
+        ) from None
 
 
 def reference_text(value: Any) -> Optional[str]:
@@ -112,41 +142,78 @@ def _verdict(item: Any) -> Optional[Tuple[int, int]]:
     return first_error, num_steps
 
 
+@dataclass
+class JudgeOutcome:
+    """What one judge call gave: the verdicts (``first_error``/``num_steps``, int64, ``-2`` and 0
+    where there is none), how many rows failed (the call raised or timed out, it returned the wrong
+    number of verdicts, a verdict was invalid, or it carries an ``error`` such as the wrapped
+    exception of a ``CallableJudge``), a one-line ``message`` with the counts and the first error
+    (None when nothing failed), and the exception the call raised, if it did."""
+
+    first_error: np.ndarray
+    num_steps: np.ndarray
+    failed: int = 0
+    message: Optional[str] = None
+    exception: Optional[BaseException] = None
+
+    @property
+    def all_failed(self) -> bool:
+        """Every row of a non-empty call failed: the judge gave nothing this time."""
+        return self.failed > 0 and self.failed == self.first_error.shape[0]
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_judge(
     fn: JudgeFn,
     problems: List[str],
     responses: List[str],
     rows: List[Dict[str, Any]],
     timeout_s: Optional[float],
-) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
-    """Judge ``responses`` in one call. Returns ``first_error`` and ``num_steps`` (int64, one per
-    response; ``-2`` and 0 where there is no verdict) and a failure message (``None`` if the call
-    succeeded and every verdict was valid)."""
+) -> JudgeOutcome:
+    """Judge ``responses`` in one call; never raises (see :class:`JudgeOutcome`)."""
     n = len(responses)
     first_error = np.full(n, NO_VERDICT, dtype=np.int64)
     num_steps = np.zeros(n, dtype=np.int64)
     try:
         result = call_with_timeout(lambda: fn(problems, responses, rows), timeout_s)
         result = list(result)
-    except Exception as exc:  # noqa: BLE001 - a failing judge must never stop training
-        return first_error, num_steps, f"the judge failed on {n} responses ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # noqa: BLE001 - a failing judge must never crash the step
+        message = f"the judge failed on all {n} responses ({type(exc).__name__}: {exc})"
+        return JudgeOutcome(first_error, num_steps, n, message, exc)
     if len(result) != n:
-        return (
-            first_error,
-            num_steps,
-            f"the judge returned {len(result)} verdicts for {n} responses; all {n} treated as not judged",
+        message = (
+            f"the judge returned {len(result)} verdicts for {n} responses; all {n} treated as not judged"
         )
-    invalid = 0
+        return JudgeOutcome(first_error, num_steps, n, message)
+    invalid, errors, first_bad, first_error_text = 0, 0, None, None
     for i, item in enumerate(result):
         verdict = _verdict(item)
         if verdict is None:
             invalid += 1
+            first_bad = first_bad if first_bad is not None else (i, item)
             continue
         first_error[i], num_steps[i] = verdict
-    message = None
+        # A verdict-less result with an error is the judge failing; one on a response without
+        # steps (an empty completion) is not.
+        error = getattr(item, "error", None)
+        if verdict[0] == NO_VERDICT and error and verdict[1] > 0:
+            errors += 1
+            first_error_text = first_error_text or str(error)
+    failed = invalid + errors
+    if not failed:
+        return JudgeOutcome(first_error, num_steps)
+    parts = []
+    if errors:
+        parts.append(f"{errors} of {n} verdicts carry an error (first: {first_error_text})")
     if invalid:
-        message = (
-            f"the judge returned {invalid} invalid verdicts of {n} (expected first_error -2, -1 or a step "
-            f"index below num_steps >= 1); those rows are treated as not judged"
+        row, item = first_bad  # type: ignore[misc]
+        parts.append(
+            f"{invalid} of {n} verdicts are invalid (expected (first_error, num_steps) with first_error "
+            f"-2, -1 or a step index below num_steps >= 1; got {_shown(item)} for response {row})"
         )
-    return first_error, num_steps, message
+    message = "; ".join(parts) + "; those rows are treated as not judged"
+    return JudgeOutcome(first_error, num_steps, failed, message)

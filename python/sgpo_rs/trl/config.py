@@ -45,6 +45,12 @@ class SGPOConfig(GRPOConfig):
     - ``sgpo_reference_column``: a dataset column holding a reference solution for each problem;
       a prompted critic (``CriticJudge``, ``OpenAIJudge``, ...) then judges against it (the
       paper's setting). A judge that takes no reference is refused at construction.
+    - ``sgpo_judge_preflight`` (``True``): when the trainer is built, before the model is prepared,
+      the judge gets a trivial response for one or two dataset rows; if every verdict fails (a dead
+      server, a checker that raises) the trainer raises with the judge's own error.
+    - ``sgpo_judge_max_failed_steps`` (3): training stops with the judge's last error once this
+      many consecutive judging steps (on a process) got no verdict at all; ``None`` never stops.
+      Partial failures warn with their counts and the first error.
     - ``use_sgpo_loss`` (``False``): compute the policy loss with ``sgpo_rs.torch.sgpo_loss``
       (same value, gradient and logged metrics as TRL's; CPU tensors only for now).
     """
@@ -99,6 +105,16 @@ class SGPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "SGPO: dataset column with a reference solution shown to a prompted critic."},
     )
+    sgpo_judge_preflight: bool = field(
+        default=True,
+        metadata={"help": "SGPO: judge a trivial response to one or two dataset rows before training."},
+    )
+    sgpo_judge_max_failed_steps: Optional[int] = field(
+        default=3,
+        metadata={
+            "help": "SGPO: stop after this many consecutive judging steps with no verdict (None: never)."
+        },
+    )
     use_sgpo_loss: bool = field(
         default=False,
         metadata={"help": "Compute the policy loss with sgpo_rs.torch.sgpo_loss (identical to TRL's)."},
@@ -128,6 +144,9 @@ class SGPOConfig(GRPOConfig):
             raise ValueError(
                 f"sgpo_correctness_threshold: expected a finite number, got {self.sgpo_correctness_threshold}"
             )
+        limit = self.sgpo_judge_max_failed_steps
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"sgpo_judge_max_failed_steps: expected None or an integer >= 1, got {limit!r}")
         timeout = self.sgpo_judge_timeout_s
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"sgpo_judge_timeout_s: expected None or seconds > 0, got {timeout!r}")

@@ -27,6 +27,7 @@ a group straddles processes. Every process then applies ``sgpo_rewards`` to the 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
@@ -57,9 +58,54 @@ _DEFAULTS = {
         "sgpo_judge_timeout_s",
         "sgpo_problem_column",
         "sgpo_reference_column",
+        "sgpo_judge_preflight",
+        "sgpo_judge_max_failed_steps",
         "use_sgpo_loss",
     )
 }
+
+
+PREFLIGHT_RESPONSE = "1 + 1 = 2\n\nSo the answer is 2."
+"""The trivial response the preflight call judges (two steps, both right)."""
+
+
+def _check_dataset_columns(dataset: Any, options: Dict[str, Any]) -> None:
+    """The columns SGPO reads exist in the train dataset (a typo fails at construction, not at the
+    first judging step after generation)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # no dataset, or an iterable one without a schema
+        return
+    for option in ("sgpo_problem_column", "sgpo_reference_column"):
+        name = options[option]
+        if name is not None and name not in columns:
+            raise ValueError(
+                f"{option}={name!r}: the train dataset has no such column (columns: {', '.join(columns)})"
+            )
+
+
+def _preflight(judge: Any, judge_fn: Any, dataset: Any, options: Dict[str, Any]) -> None:
+    """One judge call on a trivial response for the first rows of the dataset. A judge that fails
+    on all of them (a dead server, a checker that raises, verdicts of the wrong shape) raises here
+    with its own error, before the model is loaded onto devices."""
+    try:
+        count = min(2, len(dataset))
+        rows = [dict(dataset[i]) for i in range(count)]
+    except Exception:  # noqa: BLE001 - no dataset, or one without random access: nothing to try
+        return
+    if not rows:
+        return
+    column = options["sgpo_problem_column"]
+    problems = [
+        str(row[column]) if column is not None else prompt_text(row.get("prompt", "")) for row in rows
+    ]
+    timeout = options["sgpo_judge_timeout_s"]
+    outcome = run_judge(judge_fn, problems, [PREFLIGHT_RESPONSE] * len(rows), rows, timeout)
+    if outcome.all_failed:
+        raise RuntimeError(
+            f"SGPOTrainer: the judge {judge_name(judge)} failed before training, on a trivial response to "
+            f"{len(rows)} dataset rows: {outcome.message}. Fix the judge (or its server), or set "
+            f"sgpo_judge_preflight=False to skip this check"
+        ) from outcome.exception
 
 
 class SGPOTrainer(GRPOTrainer):
@@ -73,19 +119,37 @@ class SGPOTrainer(GRPOTrainer):
       ``(first_error, num_steps)`` (or ``Verdict``) per response; ``problems``/``responses`` are
       texts, ``rows`` the dataset rows (dicts). Required.
     - ``correctness_func``: optional ``fn(prompts, completions, completion_ids, **columns)`` (a TRL
-      reward function's signature) returning one truthy/falsy value per completion.
+      reward function's signature) returning one truthy/falsy value per completion (None: unknown).
 
     ``args`` is an :class:`SGPOConfig` (a plain ``GRPOConfig`` gets the SGPO defaults). SGPO
     applies in training; evaluation batches keep their plain GRPO rewards (no judge calls).
 
     After each training batch, ``last_sgpo`` holds the :class:`sgpo_rs.SGPORewards` of the global
-    batch and ``last_sgpo_judged_rows`` the number of rows this process judged. The metrics
-    ``sgpo/all_negative_frac``, ``sgpo/diversified_frac``, ``sgpo/judge_missing_frac`` and
-    ``sgpo/mean_credit`` are logged with TRL's. A judge that raises, times out
-    (``sgpo_judge_timeout_s``) or returns invalid verdicts never stops training: its rows get no
-    verdict, their groups stay plain GRPO (counted in ``sgpo/judge_missing_frac``), and one warning
-    is issued for the step.
+    batch, ``last_sgpo_judged_rows`` the number of rows this process judged and
+    ``last_sgpo_failed_rows`` how many of those the judge failed on. The ``sgpo/*`` metrics
+    (:meth:`sgpo_rs.SGPORewards.metrics`, plus ``sgpo/correctness_unknown_frac``) are logged with
+    TRL's. A broken judge is loud: a class or a per-response function passed as ``judge`` is
+    refused, the judge is called once on a trivial response before the model is prepared
+    (``sgpo_judge_preflight``), a judging step whose calls fail warns with the counts and the first
+    error (their groups stay plain GRPO), and ``sgpo_judge_max_failed_steps`` consecutive judging
+    steps without any verdict stop training with the judge's last error.
     """
+
+    # The model card TRL writes names SGPO (and still the GRPO it builds on).
+    _tag_names = ["trl", "grpo", "sgpo", "sgpo-rs"]
+    _name = "SGPO"
+    _paper = {
+        "title": "Stepwise Guided Policy Optimization",
+        "id": "2505.11595",
+        "citation": (
+            "@misc{sgpo2025,\n"
+            "    title        = {{Stepwise Guided Policy Optimization}},\n"
+            "    year         = 2025,\n"
+            "    eprint       = {2505.11595},\n"
+            "    archivePrefix = {arXiv},\n"
+            "}"
+        ),
+    }
 
     def __init__(
         self,
@@ -102,16 +166,25 @@ class SGPOTrainer(GRPOTrainer):
                 "SGPOTrainer: judge is required (a sgpo_rs.judge.StepJudge such as RuleJudge(), or a "
                 "callable (problems, responses, rows) -> [(first_error, num_steps), ...])"
             )
-        as_judge_fn(judge)  # refuse what is no judge before loading anything
-        self.judge = judge
         if correctness_func is not None and not callable(correctness_func):
             raise TypeError(f"correctness_func: expected a callable, got {type(correctness_func).__name__}")
+        # Everything about the judge is checked before TRL loads and prepares the model: the judge's
+        # type and signature, the dataset columns it reads, and (unless turned off) one call.
+        bound = inspect.signature(GRPOTrainer.__init__).bind_partial(None, *args, **kwargs).arguments
+        early = {name: getattr(bound.get("args"), name, v) for name, v in _DEFAULTS.items()}
+        judge_fn = as_judge_fn(judge, early["sgpo_reference_column"])
+        _check_dataset_columns(bound.get("train_dataset"), early)
+        if early["sgpo_judge_preflight"]:
+            _preflight(judge, judge_fn, bound.get("train_dataset"), early)
+        self.judge = judge
         self.correctness_func = correctness_func
         super().__init__(*args, **kwargs)
 
         self._sgpo: Dict[str, Any] = {name: getattr(self.args, name, v) for name, v in _DEFAULTS.items()}
         self._sgpo_judge_fn = as_judge_fn(judge, self._sgpo["sgpo_reference_column"])
-        self._check_dataset_columns()
+        _check_dataset_columns(self.train_dataset, self._sgpo)
+        self._sgpo_failed_steps = 0
+        self._sgpo_warned_unknown = False
         # A plain GRPOConfig has none of the credit fields: resolve them as SGPOConfig does.
         self._sgpo_credit = CreditOptions.resolve(
             self._sgpo["sgpo_preset"],
@@ -128,6 +201,9 @@ class SGPOTrainer(GRPOTrainer):
             )
         self._sgpo_num_outcome = len(self.reward_weights)
         self._sgpo_correctness_column = self._correctness_column()
+        self._sgpo_warned_ranking = False
+        if self._sgpo["sgpo_mode"] == "all_incorrect":
+            self._warn_if_credit_can_outrank_correct()
         if self._sgpo["use_sgpo_loss"]:
             problems = _loss.unsupported_options(self)
             if problems:
@@ -160,19 +236,6 @@ class SGPOTrainer(GRPOTrainer):
             )
         return self.reward_func_names.index(name)
 
-    def _check_dataset_columns(self) -> None:
-        """The columns SGPO reads exist in the train dataset (a typo fails here, not at the first
-        judging step after generation)."""
-        columns = getattr(self.train_dataset, "column_names", None)
-        if columns is None:  # an iterable dataset without a schema: checked when rows arrive
-            return
-        for option in ("sgpo_problem_column", "sgpo_reference_column"):
-            name = self._sgpo[option]
-            if name is not None and name not in columns:
-                raise ValueError(
-                    f"{option}={name!r}: the train dataset has no such column (columns: {', '.join(columns)})"
-                )
-
     # --- the reward step ------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -186,11 +249,26 @@ class SGPOTrainer(GRPOTrainer):
             credit_column[diversified, 0] = bonus[diversified]
         return torch.cat([rewards_per_func, credit_column], dim=1)
 
-    def _correct(self, rewards_per_func, inputs, prompts, completions, completion_ids_list) -> np.ndarray:
-        """Global correctness, one bool per row of the gathered batch."""
+    def _sgpo_judge_health(self, outcome: Any) -> None:
+        """Counts judging steps in which the judge gave no verdict at all; after
+        ``sgpo_judge_max_failed_steps`` of them in a row, stops training with the judge's error."""
+        self._sgpo_failed_steps = self._sgpo_failed_steps + 1 if outcome.all_failed else 0
+        limit = self._sgpo["sgpo_judge_max_failed_steps"]
+        if limit is not None and self._sgpo_failed_steps >= limit:
+            raise RuntimeError(
+                f"SGPO: the judge {judge_name(self.judge)} gave no verdict in {self._sgpo_failed_steps} "
+                f"consecutive judging steps (step {self.state.global_step}, process "
+                f"{self.accelerator.process_index}); training would go on as plain GRPO. Last failure: "
+                f"{outcome.message}. (sgpo_judge_max_failed_steps={limit}; None never stops)"
+            ) from outcome.exception
+
+    def _correct(self, rewards_per_func, inputs, prompts, completions, completion_ids_list):
+        """Global correctness, ``(correct, unknown)``: bools per row of the gathered batch;
+        ``unknown`` where the correctness reward returned None (NaN) or ``correctness_func`` None."""
         if self.correctness_func is None:
             column = rewards_per_func[:, self._sgpo_correctness_column]
-            return (column > self._sgpo["sgpo_correctness_threshold"]).cpu().numpy()
+            unknown = torch.isnan(column).cpu().numpy()
+            return (column > self._sgpo["sgpo_correctness_threshold"]).cpu().numpy(), unknown
         keys = [key for key in inputs[0] if key not in ("prompt", "completion", "completion_ids")]
         columns = {key: [example[key] for example in inputs] for key in keys}
         values = self.correctness_func(
@@ -206,8 +284,12 @@ class SGPOTrainer(GRPOTrainer):
                 f"correctness_func returned {len(values)} values for {len(prompts)} completions "
                 f"(one expected per completion)"
             )
-        local = torch.tensor([1.0 if v else 0.0 for v in values], device=rewards_per_func.device)
-        return (self.accelerator.gather(local) > 0.5).cpu().numpy()
+        local = torch.tensor(
+            [float("nan") if v is None else (1.0 if v else 0.0) for v in values],
+            device=rewards_per_func.device,
+        )
+        values = self.accelerator.gather(local).cpu().numpy()
+        return values > 0.5, np.isnan(values)
 
     def _rows_to_judge(self, rewards: np.ndarray, correct: np.ndarray, group_size: int) -> np.ndarray:
         """The global rows that need a verdict for ``sgpo_rewards`` to credit them."""
@@ -228,7 +310,28 @@ class SGPOTrainer(GRPOTrainer):
         total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         total[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
         rewards = total.cpu().numpy()
-        correct = self._correct(rewards_per_func, inputs, prompts, completions, completion_ids_list)
+        correct, unknown = self._correct(rewards_per_func, inputs, prompts, completions, completion_ids_list)
+        # A row every reward function skipped (NaN reward) is unscorable, TRL's convention, and
+        # sgpo_rewards ignores it; unknown correctness matters where the row has a reward.
+        unknown &= ~np.isnan(rewards)
+        if unknown.any():
+            # A row whose correctness is unknown is neither judged nor credited, and neither is its
+            # group: marking the whole group correct keeps it plain GRPO in both modes.
+            unknown_groups = unknown.reshape(-1, group_size).any(axis=1)
+            correct = correct | np.repeat(unknown_groups, group_size)
+            if not self._sgpo_warned_unknown:
+                self._sgpo_warned_unknown = True
+                warnings.warn(
+                    f"SGPO (step {self.state.global_step}): the correctness of {int(unknown.sum())} of "
+                    f"{unknown.size} responses is unknown (the correctness reward returned None); their "
+                    f"{int(unknown_groups.sum())} groups stay plain GRPO (warned once; "
+                    f"sgpo/correctness_unknown_frac logs it every step)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        self._metrics["train"]["sgpo/correctness_unknown_frac"].append(
+            float(unknown.mean()) if unknown.size else 0.0
+        )
         todo = self._rows_to_judge(rewards, correct, group_size)
 
         n = len(prompts)
@@ -245,9 +348,11 @@ class SGPOTrainer(GRPOTrainer):
             ]
             responses = [completion_text(completions[i]) for i in local_rows]
             rows = [inputs[i] for i in local_rows]
-            first_error, num_steps, failure = run_judge(
+            outcome = run_judge(
                 self._sgpo_judge_fn, problems, responses, rows, self._sgpo["sgpo_judge_timeout_s"]
             )
+            first_error, num_steps, failure = outcome.first_error, outcome.num_steps, outcome.message
+            self._sgpo_judge_health(outcome)
             local[local_rows, 0] = first_error
             local[local_rows, 1] = num_steps
             if self._sgpo["sgpo_credit_unit"] == "length":
@@ -267,6 +372,9 @@ class SGPOTrainer(GRPOTrainer):
                     RuntimeWarning,
                     stacklevel=2,
                 )
+            self.last_sgpo_failed_rows = outcome.failed
+        else:
+            self.last_sgpo_failed_rows = 0
         self.last_sgpo_judged_rows = int(local_rows.size)
         verdicts = self.accelerator.gather(torch.as_tensor(local, device=device)).cpu().numpy()
         if self._sgpo["sgpo_credit_unit"] == "length":
@@ -284,9 +392,46 @@ class SGPOTrainer(GRPOTrainer):
             **self._sgpo_credit.rule_kwargs(),
         )
         self.last_sgpo = out
+        if self._sgpo["sgpo_mode"] == "all_incorrect" and not self._sgpo_warned_ranking:
+            self._warn_if_credited_rows_outrank_correct(out.rewards, out.diversified, correct, group_size)
         for key, value in out.metrics().items():
             self._metrics["train"][key].append(value)
         return out
+
+    def _warn_if_credit_can_outrank_correct(self) -> None:
+        """Mode ``all_incorrect`` credits wrong answers next to right ones: the most credit a wrong
+        one can get must stay below what a right one earns more, or SGPO teaches the wrong answer."""
+        most = self._sgpo_credit.bonus([1.0])[0]
+        if self.correctness_func is not None:
+            return  # the correctness reward's scale is unknown here; checked on the first batches
+        weight = float(self.reward_weights[self._sgpo_correctness_column])
+        if most >= weight:
+            warnings.warn(
+                f"SGPO: sgpo_mode='all_incorrect' can rank a wrong answer above a right one: full credit "
+                f"adds {most:g} (sgpo_credit_scale x f(1)), and a right answer of a 0/1 correctness reward "
+                f"weighted {weight:g} earns only {weight:g} more; keep the credit below that margin",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _warn_if_credited_rows_outrank_correct(self, rewards, credited, correct, group_size) -> None:
+        """Warns once, with the values, when a credited wrong answer's reward reaches a right one's
+        in its group."""
+        r = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
+        right = np.where(np.asarray(correct).reshape(-1, group_size), r, np.inf).min(axis=1)
+        wrong = np.where(np.asarray(credited).reshape(-1, group_size), r, -np.inf).max(axis=1)
+        bad = np.flatnonzero(wrong >= right)
+        if bad.size:
+            self._sgpo_warned_ranking = True
+            g = int(bad[0])
+            warnings.warn(
+                f"SGPO (step {self.state.global_step}): in {bad.size} groups a credited wrong answer's "
+                f"reward reaches a right answer's (group {g}: {wrong[g]:g} vs {right[g]:g}); lower "
+                f"sgpo_credit_scale below the right/wrong reward margin or use sgpo_mode='all_negative' "
+                f"(warned once)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # --- the loss step --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ def make_compute_score(
     problem_key: Optional[str] = None,
     timeout_s: Optional[float] = 120.0,
     reference_from_ground_truth: bool = False,
+    max_consecutive_failures: Optional[int] = 32,
 ) -> Callable[..., Dict[str, Any]]:
     """A verl ``compute_score`` that adds the judge's verdict to ``base_score_fn``'s score.
 
@@ -57,8 +58,22 @@ def make_compute_score(
     solution (for a prompted critic such as ``OpenAIJudge``: the paper's reference-anchored
     judging; a worked solution there helps more than a bare final answer). A callable judge gets it
     in its row as ``row["ground_truth"]`` either way.
+
+    A dead judge is loud: after ``max_consecutive_failures`` responses in a row (per reward worker)
+    for which the judge failed (raised, timed out, returned no valid verdict or one carrying an
+    error), the reward function raises ``RuntimeError`` with the judge's last error instead of
+    letting the run continue as plain GRPO; ``None`` never stops.
     """
     judge_fn = as_judge_fn(judge, "ground_truth" if reference_from_ground_truth else None)
+    if max_consecutive_failures is not None and (
+        isinstance(max_consecutive_failures, bool)
+        or not isinstance(max_consecutive_failures, int)
+        or max_consecutive_failures < 1
+    ):
+        raise ValueError(
+            f"max_consecutive_failures: expected None or an integer >= 1, got {max_consecutive_failures!r}"
+        )
+    failures = [0]  # consecutive responses without a verdict because the judge failed, per worker
 
     def compute_score(
         data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
@@ -75,12 +90,19 @@ def make_compute_score(
         if not correct:
             row = dict(extra_info) if isinstance(extra_info, dict) else {}
             row.setdefault("ground_truth", ground_truth)
-            k, n, failure = run_judge(
+            outcome = run_judge(
                 judge_fn, [_problem(extra_info, problem_key)], [solution_str], [row], timeout_s
             )
-            if failure is not None:
-                warnings.warn(f"sgpo_rs.verl: {failure}", RuntimeWarning, stacklevel=2)
-            first_error, num_steps, judged = int(k[0]), int(n[0]), True
+            failures[0] = failures[0] + 1 if outcome.all_failed else 0
+            if max_consecutive_failures is not None and failures[0] >= max_consecutive_failures:
+                raise RuntimeError(
+                    f"sgpo_rs.verl: the judge gave no verdict for {failures[0]} responses in a row (the run "
+                    f"would go on as plain GRPO); last failure: {outcome.message} "
+                    f"(max_consecutive_failures={max_consecutive_failures}; None never stops)"
+                ) from outcome.exception
+            if outcome.message is not None:
+                warnings.warn(f"sgpo_rs.verl: {outcome.message}", RuntimeWarning, stacklevel=2)
+            first_error, num_steps, judged = int(outcome.first_error[0]), int(outcome.num_steps[0]), True
         result.update(
             {
                 verdicts.CORRECT: bool(correct),
