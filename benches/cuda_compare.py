@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import sgpo_rs
 import torch
-from cuda_profile import graph_ms  # benches/cuda_profile.py
+from cuda_profile import graph_ms, logits_inputs  # benches/cuda_profile.py
 from sgpo_rs import _cuda
 from sgpo_rs.torch import _options as loss_options  # the checked defaults of policy_loss
 from sgpo_rs.torch import selective_log_softmax, sgpo_loss
@@ -103,12 +103,7 @@ def logits_loss_rows(quick: bool) -> List[Dict[str, Any]]:
     shapes = [(8, 1024, 32768)] if quick else [(8, 1024, 32768), (8, 1024, 152064)]
     rows = []
     for batch, length, vocab in shapes:
-        logits = torch.randn(batch, length + 1, vocab, device="cuda", dtype=torch.bfloat16)
-        ids = torch.randint(0, vocab, (batch, length), device="cuda")
-        old = torch.randn(batch, length, device="cuda").mul(0.1).sub(10)
-        ref = old + 0.05 * torch.randn_like(old)
-        adv = torch.randn(batch, device="cuda")
-        mask = torch.rand(batch, length, device="cuda") > 0.1
+        logits, ids, old, ref, adv, mask = logits_inputs(batch, length, vocab)
 
         def run_sg(_):
             x = logits.detach().requires_grad_(True)

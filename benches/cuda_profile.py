@@ -57,6 +57,32 @@ def graph_ms(fn, replays: int = 50) -> float:
     return timed(lambda: [graph.replay() for _ in range(replays)], reps=5) / replays
 
 
+def print_kernels(fn, calls: int, top: int) -> None:
+    """Each kernel's device time per call of ``fn`` (torch.profiler, CUPTI: the library's own
+    kernels and torch's), the ``top`` largest first."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    for event in sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:top]:
+        if event.self_device_time_total > 0:
+            print(
+                f"  kernel {event.key[:60]:60s} x{event.count // calls:<3d} "
+                f"{event.self_device_time_total / event.count:10.2f} us"
+            )
+
+
+def logits_inputs(batch: int, length: int, vocab: int):
+    """``(logits (B, T + 1, V) bf16, ids, old_logp, ref_logp, advantages, mask)`` for logits to loss."""
+    logits = torch.randn(batch, length + 1, vocab, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, vocab, (batch, length), device="cuda")
+    old = torch.randn(batch, length, device="cuda").mul(0.1).sub(10)
+    ref = old + 0.05 * torch.randn_like(old)
+    adv = torch.randn(batch, device="cuda")
+    mask = torch.rand(batch, length, device="cuda") > 0.1
+    return logits, ids, old, ref, adv, mask
+
+
 def copy_bandwidth() -> float:
     """Bytes read + written per second by a 1 GiB device-to-device copy."""
     x = torch.empty(1 << 28, device="cuda")
@@ -90,16 +116,7 @@ def profile(batch: int, length: int, dtype: torch.dtype, beta: float, bandwidth:
         f"\n== {str(dtype)[6:]} beta={beta}: floor {floor_ms:.4f} ms, launch sequence in a graph "
         f"{graph} ms, eager {timed(launches):.4f} ms, op fwd+bwd {timed(op):.4f} ms"
     )
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            op()
-        torch.cuda.synchronize()
-    for event in sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]:
-        if event.self_device_time_total > 0:
-            print(
-                f"  kernel {event.key[:60]:60s} x{event.count // 10:<3d} "
-                f"{event.self_device_time_total / event.count:9.2f} us"
-            )
+    print_kernels(op, calls=10, top=8)
     if host:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -118,12 +135,7 @@ def profile(batch: int, length: int, dtype: torch.dtype, beta: float, bandwidth:
 def profile_logits(batch: int, length: int, vocab: int) -> None:
     """Logits to loss as TRL slices them (``logits[:, :-1]``): each kernel's device time, including
     what autograd adds around the ops (the slice's backward fills and copies a full-size gradient)."""
-    logits = torch.randn(batch, length + 1, vocab, device="cuda", dtype=torch.bfloat16)
-    ids = torch.randint(0, vocab, (batch, length), device="cuda")
-    old = torch.randn(batch, length, device="cuda").mul(0.1).sub(10)
-    ref = old + 0.05 * torch.randn_like(old)
-    adv = torch.randn(batch, device="cuda")
-    mask = torch.rand(batch, length, device="cuda") > 0.1
+    logits, ids, old, ref, adv, mask = logits_inputs(batch, length, vocab)
 
     def step():
         x = logits.detach().requires_grad_(True)
@@ -132,16 +144,7 @@ def profile_logits(batch: int, length: int, vocab: int) -> None:
         loss.backward()
 
     print(f"\n== logits -> loss {batch}x{length}x{vocab} bf16: op fwd+bwd {timed(step, reps=5):.3f} ms")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-    for event in sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:10]:
-        if event.self_device_time_total > 0:
-            print(
-                f"  kernel {event.key[:60]:60s} x{event.count // 3:<3d} "
-                f"{event.self_device_time_total / event.count / 1e3:9.3f} ms"
-            )
+    print_kernels(step, calls=3, top=10)
 
 
 def main() -> None:
