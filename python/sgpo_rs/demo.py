@@ -45,7 +45,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
@@ -501,6 +501,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--beta", type=float, default=d.beta, help="steepness of the logistic rule")
     add("--gamma", type=float, default=d.gamma, help="threshold of the logistic rule")
     add(
+        "--compare-rules",
+        action="store_true",
+        help="also train SGPO under both credit rules (prefix; logistic with credit_scale 1) and compare",
+    )
+    add(
         "--judge-noise",
         type=float,
         default=d.judge_noise,
@@ -543,6 +548,32 @@ def run_demo(config: DemoConfig, *, out: Optional[str] = "sgpo_demo.png", quiet:
     return result
 
 
+def compare_rules(config: DemoConfig, quiet: bool = False) -> Tuple[float, float]:
+    """SGPO under the logistic rule (``config``'s beta and gamma, credit_scale 1: the paper's
+    setting) against SGPO under the prefix rule (``config``'s credit_scale), on the same seeds and
+    random numbers. Prints one line; returns the paired difference in mean accuracy over training
+    (logistic - prefix) and its 95% CI half-width."""
+    prefix = replace(config, rule="prefix")
+    logistic = replace(config, rule="logistic", credit_scale=1.0)
+    results = [train(c, progress=None if quiet else sys.stderr) for c in (prefix, logistic)]
+    curves = [r.accuracy[METHODS.index("SGPO")].mean(axis=-1) for r in results]
+    means = [mean_and_ci(c) for c in curves]
+    diff, half = mean_and_ci(curves[1] - curves[0])
+    if diff - half > 0:
+        word = "did better than the prefix rule"
+    elif diff + half < 0:
+        word = "did worse than the prefix rule"
+    else:
+        word = "made no clear difference"
+    print(
+        f"credit rules: SGPO mean accuracy over training, prefix (credit_scale {prefix.credit_scale:g}) "
+        f"{means[0][0]:.3f} +- {means[0][1]:.3f}, logistic (beta {config.beta:g}, gamma {config.gamma:g}, "
+        f"credit_scale 1) {means[1][0]:.3f} +- {means[1][1]:.3f}; logistic - prefix = {diff:+.3f} +- "
+        f"{half:.3f} (95% CI, paired seeds): the logistic rule {word} in this setting."
+    )
+    return float(diff), float(half)
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``sgpo-rs demo`` command; returns the exit status."""
     try:
@@ -552,4 +583,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"sgpo-rs demo: {error}", file=sys.stderr)
         return 2
     run_demo(config, out=None if args.no_plot else args.out, quiet=args.quiet)
+    if args.compare_rules:
+        compare_rules(config, quiet=args.quiet)
     return 0

@@ -123,3 +123,27 @@ def test_python_dash_m_runs_the_demo(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "mean accuracy over training" in done.stdout
     assert done.stderr == ""  # --quiet: no progress bar
+
+
+def test_the_logistic_rule_and_the_rule_comparison(capsys):
+    config = demo.DemoConfig(seeds=3, iterations=30, rule="logistic", credit_scale=1.0)
+    result = demo.train(config)
+    # Only SGPO's curves depend on the rule: GRPO's are the prefix run's, seed for seed.
+    prefix = demo.train(demo.DemoConfig(seeds=3, iterations=30))
+    np.testing.assert_array_equal(result.accuracy[0], prefix.accuracy[0])
+    assert not np.array_equal(result.accuracy[1], prefix.accuracy[1])
+    assert "logistic credit rule (beta 5, gamma 0.5)" in demo.settings_line(config)
+    diff, half = demo.compare_rules(demo.DemoConfig(seeds=3, iterations=30), quiet=True)
+    out = capsys.readouterr().out
+    assert f"logistic - prefix = {diff:+.3f} +- {half:.3f}" in out
+    with pytest.raises(ValueError, match="beta"):
+        demo.DemoConfig(rule="logistic", beta=0.0).validate()
+
+
+def test_cli_demo_compares_rules(capsys):
+    assert (
+        cli.main(["demo", "--no-plot", "--quiet", "--seeds", "2", "--iterations", "10", "--compare-rules"])
+        == 0
+    )
+    assert "credit rules: SGPO mean accuracy over training" in capsys.readouterr().out
+    assert cli.main(["demo", "--no-plot", "--rule", "logistic", "--beta", "-1"]) == 2
