@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 
+import sgpo_rs  # noqa: E402
 import sgpo_rs.verl as sv  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sgpo_rs.verl import verdicts  # noqa: E402
@@ -232,7 +233,7 @@ def test_v1_trainer_reads_reward_extra_info(monkeypatch):
     assert issubclass(cls, PPOTrainerSync)
     data = data_proto(np.random.default_rng(3))
     nt = data.non_tensor_batch
-    infos = [{k: nt[k][i] for k in verdicts.KEYS} for i in range(len(data))]
+    infos = [{k: nt[k][i] for k in verdicts.KEYS if k in nt} for i in range(len(data))]
     keys = [f"{u}_0_0" for u in nt["uid"]]
     monkeypatch.setattr(trainers, "read_reward_extra_info", lambda batch: infos)
     config = OmegaConf.create({"algorithm": {"adv_estimator": "sgpo", "norm_adv_by_std_in_grpo": True}})
@@ -333,3 +334,52 @@ def test_example_runs_and_sgpo_moves_the_all_wrong_group(capsys):
     lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
     assert "group B [0. 0. 0. 0.]" in lines["grpo"]
     assert "group B [0. 0. 0. 0.]" not in lines["sgpo"]
+
+
+def test_length_scores_and_the_paper_rule_through_verl():
+    from verl.trainer.ppo import ray_trainer
+
+    # The reward function: a wrong answer judged wrong at its second step, scored by length.
+    seen = []
+
+    def judge(problems, responses, rows):
+        seen.append(responses)
+        return [(1, 2)] * len(responses)
+
+    score = sv.make_compute_score(lambda *a, **k: 0.0, judge, credit_unit="length")
+    out = score("math", "a short step\n\nand a much longer second step", "42", extra_info={"question": "Q"})
+    assert out["sgpo_score"] == pytest.approx(
+        len("a short step") / (12 + len("and a much longer second step"))
+    )
+    with pytest.raises(ValueError, match="credit_unit"):
+        sv.make_compute_score(lambda *a, **k: 0.0, judge, credit_unit="tokens")
+    # The estimator takes the scores as they are, under the paper's rule.
+    rng = np.random.default_rng(11)
+    data = data_proto(rng)
+    n = len(data)
+    scores = rng.random(n)
+    scores[~data.non_tensor_batch["sgpo_judged"]] = np.nan
+    data.non_tensor_batch["sgpo_score"] = scores
+    config = OmegaConf.create(
+        {"norm_adv_by_std_in_grpo": True, "sgpo": {"preset": "paper", "credit_unit": "length"}}
+    )
+    got = ray_trainer.compute_advantage(data, "sgpo", config=config).batch["advantages"]
+    nt = data.non_tensor_batch
+    want, _ = sv.compute_grpo_outcome_advantage(
+        expected_length_rewards(data, scores), data.batch["response_mask"], nt["uid"]
+    )
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=TOL)
+    # Without the scores the length unit refuses instead of training on step counts.
+    del data.non_tensor_batch["sgpo_score"]
+    with pytest.raises(RuntimeError, match="credit_unit=length needs the reward function's sgpo_score"):
+        ray_trainer.compute_advantage(data, "sgpo", config=config)
+
+
+def expected_length_rewards(data, scores):
+    """Token-level rewards whose row sums are the paper-rule rewards of the given length scores."""
+    rewards = data.batch["token_level_rewards"]
+    totals = rewards.double().sum(-1).float().double().numpy()  # verl's float32 sequence scores
+    out = sgpo_rs.sgpo_rewards(totals, credit=scores, group_ids=data.non_tensor_batch["uid"], preset="paper")
+    token = torch.zeros_like(rewards)
+    token[:, 0] = torch.from_numpy(out.rewards.astype(np.float32))
+    return token

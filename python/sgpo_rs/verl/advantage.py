@@ -132,15 +132,17 @@ def sgpo_scores(
     num_steps: Any,
     options: SGPOOptions,
     correct: Any = None,
+    credit: Any = None,
 ) -> Tuple[np.ndarray, SGPORewards]:
-    """The sequence scores and their SGPO diversification (float64 ``(N,)``, the rule's result)."""
+    """The sequence scores and their SGPO diversification (float64 ``(N,)``, the rule's result).
+    ``credit``: trajectory scores given directly (length-based), used instead of the verdicts."""
     rewards, _ = _rewards(token_level_rewards)
     scores = _core.sequence_scores_core(rewards)
     codes = group_codes(index, rewards.shape[0])
+    judged = dict(first_error=first_error, num_steps=num_steps) if credit is None else dict(credit=credit)
     result = sgpo_rewards(
         scores,
-        first_error,
-        num_steps,
+        **judged,
         group_ids=codes,
         correct=correct,
         mode=options.mode,
@@ -197,10 +199,11 @@ def sgpo_outcome(
     correct: Any = None,
     epsilon: float = 1e-6,
     norm: bool = True,
+    credit: Any = None,
 ) -> Tuple[np.ndarray, np.ndarray, SGPORewards]:
     """(token advantages (N, L), per-row advantages (N,), the rule's result) for the estimators."""
     rewards, _ = _rewards(token_level_rewards)
-    _, result = sgpo_scores(rewards, index, first_error, num_steps, options, correct)
+    _, result = sgpo_scores(rewards, index, first_error, num_steps, options, correct, credit)
     diversified = result.rewards.astype(np.float64)
     out, per_row = _outcome(diversified, response_mask, index, rewards.shape, epsilon, norm)
     return out, per_row, result

@@ -46,6 +46,11 @@ def sgpo(
         )
     if len(pending) != rows:
         raise ValueError(f"sgpo verdicts: expected {rows} rows like token_level_rewards, got {len(pending)}")
+    if options.credit_unit == "length" and pending.score is None:
+        raise RuntimeError(
+            "sgpo: algorithm.sgpo.credit_unit=length needs the reward function's sgpo_score "
+            "(sgpo_rs.verl.make_compute_score(..., credit_unit='length'))"
+        )
     import torch
 
     out, _, result = sgpo_outcome(
@@ -57,6 +62,7 @@ def sgpo(
         options,
         correct=pending.correct,
         norm=norm_by_std(config),
+        credit=pending.score if options.credit_unit == "length" else None,
     )
     pending.metrics.update(metrics_of(result, int(pending.judged.sum())))
     advantages = torch.from_numpy(out) if isinstance(token_level_rewards, torch.Tensor) else out

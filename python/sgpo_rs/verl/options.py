@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..credit import CreditOptions
+from ..credit import UNITS, CreditOptions
 
 MODES = ("all_negative", "all_incorrect")
 
@@ -50,7 +50,8 @@ def check_no_group_filtering(config: Any) -> None:
 class SGPOOptions:
     """The SGPO rule's options (see :func:`sgpo_rs.sgpo_rewards` and :mod:`sgpo_rs.credit`):
     ``credit_scale``, ``rule``, ``beta``, ``gamma`` (None: the default, or the preset's),
-    ``preset`` and ``mode``. After construction the credit fields hold the resolved values."""
+    ``preset``, ``mode`` and ``credit_unit`` (``"steps"``, or ``"length"``: the reward function's
+    ``sgpo_score``). After construction the credit fields hold the resolved values."""
 
     credit_scale: Optional[float] = None
     mode: str = "all_negative"
@@ -58,8 +59,11 @@ class SGPOOptions:
     beta: Optional[float] = None
     gamma: Optional[float] = None
     preset: Optional[str] = None
+    credit_unit: str = "steps"
 
     def __post_init__(self) -> None:
+        if self.credit_unit not in UNITS:
+            raise ValueError(f"credit_unit: expected one of {UNITS}, got {self.credit_unit!r}")
         credit = CreditOptions.resolve(
             self.preset, credit_scale=self.credit_scale, rule=self.rule, beta=self.beta, gamma=self.gamma
         )
@@ -74,12 +78,12 @@ class SGPOOptions:
 
     @classmethod
     def from_config(cls, config: Any, **defaults: Any) -> SGPOOptions:
-        """``algorithm.sgpo.{credit_scale,mode,rule,beta,gamma,preset}`` over ``defaults``; also
+        """``algorithm.sgpo.{credit_scale,mode,rule,beta,gamma,preset,credit_unit}`` over ``defaults``; also
         refuses group filtering."""
         check_no_group_filtering(config)
         sgpo = _get(config, "sgpo")
         values = dict(defaults)
-        for key in ("credit_scale", "mode", "rule", "beta", "gamma", "preset"):
+        for key in ("credit_scale", "mode", "rule", "beta", "gamma", "preset", "credit_unit"):
             value = _get(sgpo, key)
             if value is not None:
                 values[key] = value

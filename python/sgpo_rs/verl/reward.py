@@ -6,6 +6,7 @@ import inspect
 import warnings
 from typing import Any, Callable, Dict, Optional
 
+from ..credit import UNITS, length_scores
 from ..judge.calling import as_judge_fn, run_judge
 from ..judge.verdict import NO_VERDICT
 from . import verdicts
@@ -36,6 +37,7 @@ def make_compute_score(
     timeout_s: Optional[float] = 120.0,
     reference_from_ground_truth: bool = False,
     max_consecutive_failures: Optional[int] = 32,
+    credit_unit: str = "steps",
 ) -> Callable[..., Dict[str, Any]]:
     """A verl ``compute_score`` that adds the judge's verdict to ``base_score_fn``'s score.
 
@@ -59,6 +61,11 @@ def make_compute_score(
     judging; a worked solution there helps more than a bare final answer). A callable judge gets it
     in its row as ``row["ground_truth"]`` either way.
 
+    ``credit_unit="length"`` adds ``sgpo_score``, the length-based score of the response (its
+    steps' characters before the first wrong one over all of them, split as the judge splits;
+    NaN without a verdict), which the ``sgpo`` estimator uses with
+    ``+algorithm.sgpo.credit_unit=length``.
+
     A dead judge is loud: after ``max_consecutive_failures`` responses in a row (per reward worker)
     for which the judge failed (raised, timed out, returned no valid verdict or one carrying an
     error), the reward function raises ``RuntimeError`` with the judge's last error instead of
@@ -74,6 +81,9 @@ def make_compute_score(
             f"max_consecutive_failures: expected None or an integer >= 1, got {max_consecutive_failures!r}"
         )
     failures = [0]  # consecutive responses without a verdict because the judge failed, per worker
+    if credit_unit not in UNITS:
+        raise ValueError(f"credit_unit: expected one of {UNITS}, got {credit_unit!r}")
+    delimiter = getattr(judge, "delimiter", "\n\n")
 
     def compute_score(
         data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
@@ -111,6 +121,9 @@ def make_compute_score(
                 verdicts.JUDGED: judged,
             }
         )
+        if credit_unit == "length":
+            score = length_scores([solution_str], [first_error], delimiter=delimiter, strict=False)[0]
+            result[verdicts.SCORE] = float(score)
         return result
 
     compute_score.__signature__ = inspect.signature(compute_score)  # type: ignore[attr-defined]

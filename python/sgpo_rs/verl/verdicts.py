@@ -20,7 +20,9 @@ CORRECT = "sgpo_correct"
 FIRST_ERROR = "sgpo_first_error"
 NUM_STEPS = "sgpo_num_steps"
 JUDGED = "sgpo_judged"
-KEYS = (CORRECT, FIRST_ERROR, NUM_STEPS, JUDGED)
+# The length-based score (``credit_unit="length"``), NaN where there is no verdict.
+SCORE = "sgpo_score"
+KEYS = (CORRECT, FIRST_ERROR, NUM_STEPS, JUDGED, SCORE)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class PendingVerdicts:
     first_error: np.ndarray
     num_steps: np.ndarray
     judged: np.ndarray
+    score: Optional[np.ndarray] = None
     metrics: Dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -45,11 +48,13 @@ class PendingVerdicts:
         first_error = _ints(FIRST_ERROR, columns[FIRST_ERROR])
         correct = columns.get(CORRECT)
         judged = columns.get(JUDGED)
+        score = columns.get(SCORE)
         return cls(
             correct=None if correct is None else np.asarray(correct).astype(bool),
             first_error=first_error,
             num_steps=_ints(NUM_STEPS, columns[NUM_STEPS]),
             judged=(first_error >= -1) if judged is None else np.asarray(judged).astype(bool),
+            score=None if score is None else np.asarray(score, dtype=np.float64).reshape(-1),
         )
 
     @classmethod
