@@ -316,12 +316,15 @@ def test_judge_command_with_the_server(server, synthetic, tmp_path, capsys):
     assert "0 misses" in capsys.readouterr().out and read(again) == out
 
 
-def test_judge_command_with_a_failing_server_finishes(server, synthetic, tmp_path, capsys):
+def test_judge_command_with_a_failing_server_finishes_and_fails(server, synthetic, tmp_path, capsys):
     out_path = tmp_path / "out.jsonl"
     args = ["judge", "--input", str(synthetic), "--output", str(out_path), "--quiet"]
-    assert cli.main([*args, *backend(server, "fail500=99+oracle", "--max-retries", "0")]) == 0
-    text = capsys.readouterr().out
+    # Every line is written, and a judge that answered nothing makes the run fail.
+    assert cli.main([*args, *backend(server, "fail500=99+oracle", "--max-retries", "0")]) == 1
+    captured = capsys.readouterr()
+    text = captured.out
     assert "no_verdict" in text and "failures (" in text and "HTTP 500" in text
+    assert "the judge gave no verdict for any of the" in captured.err and "HTTP 500" in captured.err
     out = read(out_path)
     assert all(o["first_error"] == -2 and o["credit"] is None for o in out)
     assert all("HTTP 500" in o["judge_error"] for o in out if o["judged"])

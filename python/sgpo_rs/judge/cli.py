@@ -340,6 +340,16 @@ def run_judge(args: argparse.Namespace) -> int:
     print(
         summary(len(records), len(records) - len(todo), counts, failures, time.perf_counter() - start, judge)
     )
+    judged = counts["found_error"] + counts["no_error"] + counts["no_verdict"]
+    if judged and counts["no_verdict"] == judged and failures:
+        # Every line is written (with its judge_error), but a judge that answered nothing is a
+        # failed run, not a finished one: say so and exit non-zero.
+        print(
+            f"sgpo-rs judge: the judge gave no verdict for any of the {judged} records it judged "
+            f"(first failure: {failures[0]})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
