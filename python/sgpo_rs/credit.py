@@ -92,7 +92,7 @@ class CreditOptions:
 
 # --- scores by length ---------------------------------------------------------------------------
 
-UNITS = ("steps", "length")
+UNITS = ("steps", "length", "tokens")
 
 
 def length_scores(
@@ -130,3 +130,55 @@ def length_scores(
         total = sum(lengths)
         out[row] = sum(lengths[:first]) / total if total > 0 else 0.0
     return out
+
+
+def token_length_scores(
+    responses: Sequence[str],
+    first_error: Any,
+    offsets: Sequence[Sequence[Any]],
+    *,
+    delimiter: str = "\n\n",
+    strict: bool = True,
+) -> np.ndarray:
+    """:func:`length_scores` counting tokens instead of characters: a token belongs to the step
+    its first character falls in (tokens of the separators belong to none). ``offsets[i]`` are the
+    ``(start, end)`` character offsets of response ``i``'s tokens, as a fast tokenizer returns them
+    (:func:`tokenizer_offsets`). A response whose steps hold no token scores 0."""
+    k = np.asarray(first_error, dtype=np.int64).reshape(-1)
+    if len(responses) != k.shape[0] or len(offsets) != k.shape[0]:
+        raise ValueError(
+            f"first_error, offsets: expected one per response ({len(responses)}), "
+            f"got {k.shape[0]} and {len(offsets)}"
+        )
+    out = np.full(k.shape[0], np.nan)
+    for row, (text, first, token_spans) in enumerate(zip(responses, k, offsets)):
+        if first == -2:
+            continue
+        if first == -1:
+            out[row] = 1.0
+            continue
+        spans = step_spans(text, delimiter=delimiter)
+        if not spans or not 0 <= first < len(spans):
+            if not strict:
+                continue
+            raise ValueError(
+                f"first_error: expected -2, -1 or a step index below the response's {len(spans)} steps, "
+                f"got {first} at row {row}"
+            )
+        starts = np.array([int(span[0]) for span in token_spans], dtype=np.int64)
+        counts = [int(np.count_nonzero((starts >= a) & (starts < b))) for a, b in spans]
+        total = sum(counts)
+        out[row] = sum(counts[:first]) / total if total > 0 else 0.0
+    return out
+
+
+def tokenizer_offsets(tokenizer: Any, texts: Sequence[str]) -> list:
+    """The ``(start, end)`` character offsets of each text's tokens, from a fast (Rust) tokenizer
+    of the transformers library, without special tokens."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"tokenizer: counting tokens needs a fast tokenizer (one that returns offsets), got "
+            f"{type(tokenizer).__name__}"
+        )
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [list(spans) for spans in encoded["offset_mapping"]]

@@ -234,3 +234,35 @@ def test_the_cli_scores_by_length(tmp_path):
     assert by_length["credit"] == pytest.approx(
         len("2 + 2 = 4") / (len("2 + 2 = 4") + len("so the answer is 5"))
     )
+
+
+def test_token_length_scores_count_tokens_by_their_first_character():
+    from sgpo_rs.credit import token_length_scores, tokenizer_offsets
+
+    text = "aa bb\n\ncc"  # steps "aa bb" (tokens at 0 and 3) and "cc" (token at 7)
+    offsets = [[(0, 2), (3, 5), (5, 7), (7, 9)]]  # the separator token (5, 7) belongs to no step
+    np.testing.assert_allclose(token_length_scores([text], [1], offsets), [2 / 3])
+    np.testing.assert_allclose(token_length_scores([text, text], [-1, -2], offsets * 2), [1.0, np.nan])
+    assert token_length_scores([text], [0], offsets)[0] == 0.0
+    with pytest.raises(ValueError, match="first_error, offsets: expected one per response"):
+        token_length_scores([text], [1], [])
+    with pytest.raises(TypeError, match="needs a fast tokenizer"):
+        tokenizer_offsets(object(), ["x"])
+
+
+def test_token_length_scores_in_the_verl_reward_function(tokenizer):
+    import sgpo_rs.verl as sv
+    from sgpo_rs.credit import token_length_scores, tokenizer_offsets
+
+    response = "Start from 3 :\n\nStart from 4 : 5"
+    score = sv.make_compute_score(
+        lambda *a, **k: 0.0,
+        lambda problems, responses, rows: [(1, 2)],
+        credit_unit="tokens",
+        tokenizer=tokenizer,
+    )
+    out = score("arith", response, "7", extra_info={"question": "Q"})
+    want = token_length_scores([response], [1], tokenizer_offsets(tokenizer, [response]))[0]
+    assert out["sgpo_score"] == pytest.approx(want) and 0 < want < 1
+    with pytest.raises(TypeError, match="needs a fast tokenizer"):
+        sv.make_compute_score(lambda *a, **k: 0.0, lambda p, r, rows: [], credit_unit="tokens")

@@ -466,7 +466,8 @@ def test_reference_column_and_dataset_columns_are_checked_at_construction(tiny_l
     )
 
 
-def test_length_scores_in_the_trainer(tiny_lm, tokenizer, tmp_path):
+@pytest.mark.parametrize("unit", ["length", "tokens"])
+def test_length_scores_in_the_trainer(tiny_lm, tokenizer, tmp_path, unit):
     from sgpo_rs.judge.verdict import missing
 
     class LastStepJudge:
@@ -490,7 +491,7 @@ def test_length_scores_in_the_trainer(tiny_lm, tokenizer, tmp_path):
     trainer = SGPOTrainer(
         model=tiny_lm,
         reward_funcs=[accuracy],
-        args=config(tmp_path, sgpo_credit_unit="length"),
+        args=config(tmp_path, sgpo_credit_unit=unit),
         train_dataset=Dataset.from_list(reward_rows()),
         processing_class=tokenizer,
         judge=judge,
@@ -498,12 +499,18 @@ def test_length_scores_in_the_trainer(tiny_lm, tokenizer, tmp_path):
     trainer.model.train()
     trainer._generate_and_score_completions(reward_rows())
     assert judge.seen
-    expected = sg.length_scores([r for r, _ in judge.seen], [k for _, k in judge.seen])
+    responses, ks = [r for r, _ in judge.seen], [k for _, k in judge.seen]
+    if unit == "length":
+        expected = sg.length_scores(responses, ks)
+    else:
+        from sgpo_rs.credit import token_length_scores, tokenizer_offsets
+
+        expected = token_length_scores(responses, ks, tokenizer_offsets(tokenizer, responses))
     credited = trainer.last_sgpo.credit[trainer.last_sgpo.diversified]
     # Every credited row's score is the length score of a response the judge saw (float32).
     assert credited.size and all(np.isclose(c, expected, rtol=1e-6, atol=0).any() for c in credited)
     with pytest.raises(ValueError, match="sgpo_credit_unit"):
-        config(tmp_path, sgpo_credit_unit="tokens")
+        config(tmp_path, sgpo_credit_unit="bytes")
 
 
 def test_judges_that_cannot_work_are_refused_at_construction(tiny_lm, tokenizer, tmp_path):

@@ -352,7 +352,7 @@ def test_length_scores_and_the_paper_rule_through_verl():
         len("a short step") / (12 + len("and a much longer second step"))
     )
     with pytest.raises(ValueError, match="credit_unit"):
-        sv.make_compute_score(lambda *a, **k: 0.0, judge, credit_unit="tokens")
+        sv.make_compute_score(lambda *a, **k: 0.0, judge, credit_unit="bytes")
     # The estimator takes the scores as they are, under the paper's rule.
     rng = np.random.default_rng(11)
     data = data_proto(rng)

@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Set, TextIO, Tuple
 
-from ..credit import PRESETS, RULES, UNITS, CreditOptions, length_scores
+from ..credit import PRESETS, RULES, CreditOptions, length_scores
 from ..text import split_steps
 from .cache import CachedJudge
 from .calling import reference_text
@@ -397,7 +397,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--credit-unit",
-        choices=UNITS,
+        choices=("steps", "length"),  # "tokens" needs the policy's tokenizer: the trainers only
         default="steps",
         help="credit = first_error / num_steps (steps) or the characters of the correct steps (length)",
     )

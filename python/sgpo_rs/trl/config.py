@@ -29,7 +29,8 @@ class SGPOConfig(GRPOConfig):
       After construction the four fields hold the resolved values.
     - ``sgpo_credit_unit`` (``"steps"``): the score ``c`` counts steps; ``"length"`` counts the
       characters of the steps before the first wrong one over all of the response's steps
-      (``sgpo_rs.length_scores``, split like the judge splits).
+      (``sgpo_rs.length_scores``, split like the judge splits); ``"tokens"`` counts the tokens of
+      the completion's text instead (the trainer's fast tokenizer).
     - ``sgpo_mode`` (``"all_negative"``): credit only groups with no correct response (the
       paper); ``"all_incorrect"`` also credits the wrong responses of mixed groups (keep
       ``sgpo_credit_scale`` below the correct/incorrect reward margin).
@@ -75,7 +76,9 @@ class SGPOConfig(GRPOConfig):
     )
     sgpo_credit_unit: str = field(
         default="steps",
-        metadata={"help": "SGPO: score by 'steps' (first_error / num_steps) or 'length' (characters)."},
+        metadata={
+            "help": "SGPO: score by 'steps' (first_error / num_steps), 'length' (characters) or 'tokens'."
+        },
     )
     sgpo_preset: Optional[str] = field(
         default=None,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from ..credit import CreditOptions, length_scores
+from ..credit import CreditOptions, length_scores, token_length_scores, tokenizer_offsets
 from ..judge.verdict import NO_VERDICT
 from ..rewards import SGPORewards, sgpo_rewards
 from . import loss as _loss
@@ -185,6 +185,13 @@ class SGPOTrainer(GRPOTrainer):
         _check_dataset_columns(self.train_dataset, self._sgpo)
         self._sgpo_failed_steps = 0
         self._sgpo_warned_unknown = False
+        if self._sgpo["sgpo_credit_unit"] == "tokens" and not getattr(
+            self.processing_class, "is_fast", False
+        ):
+            raise ValueError(
+                f"sgpo_credit_unit='tokens' needs a fast tokenizer (token offsets) as processing_class, got "
+                f"{type(self.processing_class).__name__}"
+            )
         # A plain GRPOConfig has none of the credit fields: resolve them as SGPOConfig does.
         self._sgpo_credit = CreditOptions.resolve(
             self._sgpo["sgpo_preset"],
@@ -355,14 +362,21 @@ class SGPOTrainer(GRPOTrainer):
             self._sgpo_judge_health(outcome)
             local[local_rows, 0] = first_error
             local[local_rows, 1] = num_steps
-            if self._sgpo["sgpo_credit_unit"] == "length":
+            unit = self._sgpo["sgpo_credit_unit"]
+            if unit in ("length", "tokens"):
                 delimiter = getattr(self.judge, "delimiter", "\n\n")
-                scores = length_scores(responses, first_error, delimiter=delimiter, strict=False)
+                if unit == "length":
+                    scores = length_scores(responses, first_error, delimiter=delimiter, strict=False)
+                else:
+                    offsets = tokenizer_offsets(self.processing_class, responses)
+                    scores = token_length_scores(
+                        responses, first_error, offsets, delimiter=delimiter, strict=False
+                    )
                 mismatched = int(np.sum(np.isnan(scores) & (first_error != NO_VERDICT)))
                 if mismatched:
                     failure = (failure + "; " if failure else "") + (
                         f"{mismatched} verdicts name a step the response does not have when split with "
-                        f"{delimiter!r} (sgpo_credit_unit='length'); those rows are treated as not judged"
+                        f"{delimiter!r} (sgpo_credit_unit={unit!r}); those rows are treated as not judged"
                     )
                 local_scores[local_rows] = scores
             if failure is not None:
@@ -377,7 +391,7 @@ class SGPOTrainer(GRPOTrainer):
             self.last_sgpo_failed_rows = 0
         self.last_sgpo_judged_rows = int(local_rows.size)
         verdicts = self.accelerator.gather(torch.as_tensor(local, device=device)).cpu().numpy()
-        if self._sgpo["sgpo_credit_unit"] == "length":
+        if self._sgpo["sgpo_credit_unit"] in ("length", "tokens"):
             scores = self.accelerator.gather(torch.as_tensor(local_scores, device=device)).cpu().numpy()
             judged = dict(credit=scores)
         else:

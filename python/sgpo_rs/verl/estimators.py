@@ -46,10 +46,11 @@ def sgpo(
         )
     if len(pending) != rows:
         raise ValueError(f"sgpo verdicts: expected {rows} rows like token_level_rewards, got {len(pending)}")
-    if options.credit_unit == "length" and pending.score is None:
+    by_length = options.credit_unit in ("length", "tokens")
+    if by_length and pending.score is None:
         raise RuntimeError(
-            "sgpo: algorithm.sgpo.credit_unit=length needs the reward function's sgpo_score "
-            "(sgpo_rs.verl.make_compute_score(..., credit_unit='length'))"
+            f"sgpo: algorithm.sgpo.credit_unit={options.credit_unit} needs the reward function's sgpo_score "
+            f"(sgpo_rs.verl.make_compute_score(..., credit_unit={options.credit_unit!r}))"
         )
     import torch
 
@@ -62,7 +63,7 @@ def sgpo(
         options,
         correct=pending.correct,
         norm=norm_by_std(config),
-        credit=pending.score if options.credit_unit == "length" else None,
+        credit=pending.score if by_length else None,
     )
     pending.metrics.update(metrics_of(result, int(pending.judged.sum())))
     advantages = torch.from_numpy(out) if isinstance(token_level_rewards, torch.Tensor) else out

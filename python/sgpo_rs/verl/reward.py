@@ -6,7 +6,7 @@ import inspect
 import warnings
 from typing import Any, Callable, Dict, Optional
 
-from ..credit import UNITS, length_scores
+from ..credit import UNITS, length_scores, token_length_scores, tokenizer_offsets
 from ..judge.calling import as_judge_fn, run_judge
 from ..judge.verdict import NO_VERDICT
 from . import verdicts
@@ -38,6 +38,7 @@ def make_compute_score(
     reference_from_ground_truth: bool = False,
     max_consecutive_failures: Optional[int] = 32,
     credit_unit: str = "steps",
+    tokenizer: Any = None,
 ) -> Callable[..., Dict[str, Any]]:
     """A verl ``compute_score`` that adds the judge's verdict to ``base_score_fn``'s score.
 
@@ -64,7 +65,8 @@ def make_compute_score(
     ``credit_unit="length"`` adds ``sgpo_score``, the length-based score of the response (its
     steps' characters before the first wrong one over all of them, split as the judge splits;
     NaN without a verdict), which the ``sgpo`` estimator uses with
-    ``+algorithm.sgpo.credit_unit=length``.
+    ``+algorithm.sgpo.credit_unit=length``; ``credit_unit="tokens"`` counts the response's tokens
+    instead (``tokenizer``: the policy's fast tokenizer), with ``credit_unit=tokens`` there.
 
     A dead judge is loud: after ``max_consecutive_failures`` responses in a row (per reward worker)
     for which the judge failed (raised, timed out, returned no valid verdict or one carrying an
@@ -83,6 +85,8 @@ def make_compute_score(
     failures = [0]  # consecutive responses without a verdict because the judge failed, per worker
     if credit_unit not in UNITS:
         raise ValueError(f"credit_unit: expected one of {UNITS}, got {credit_unit!r}")
+    if credit_unit == "tokens":
+        tokenizer_offsets(tokenizer, [""])  # a fast tokenizer, or TypeError now
     delimiter = getattr(judge, "delimiter", "\n\n")
 
     def compute_score(
@@ -123,6 +127,12 @@ def make_compute_score(
         )
         if credit_unit == "length":
             score = length_scores([solution_str], [first_error], delimiter=delimiter, strict=False)[0]
+            result[verdicts.SCORE] = float(score)
+        elif credit_unit == "tokens":
+            offsets = tokenizer_offsets(tokenizer, [solution_str])
+            score = token_length_scores(
+                [solution_str], [first_error], offsets, delimiter=delimiter, strict=False
+            )[0]
             result[verdicts.SCORE] = float(score)
         return result
 
