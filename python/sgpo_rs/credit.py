@@ -22,7 +22,7 @@ this module only resolves defaults and presets, so every entry point reads the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -109,27 +109,13 @@ def length_scores(
     judge split it differently) or a response has no steps; with ``strict=False`` such a row
     scores NaN (not judged) instead.
     """
-    k = np.asarray(first_error, dtype=np.int64).reshape(-1)
-    if len(responses) != k.shape[0]:
-        raise ValueError(f"first_error: expected one per response ({len(responses)}), got {k.shape[0]}")
-    out = np.full(k.shape[0], np.nan)
-    for row, (text, first) in enumerate(zip(responses, k)):
-        if first == -2:
-            continue
-        if first == -1:
-            out[row] = 1.0
-            continue
-        lengths = [end - start for start, end in step_spans(text, delimiter=delimiter)]
-        if not lengths or not 0 <= first < len(lengths):
-            if not strict:
-                continue
-            raise ValueError(
-                f"first_error: expected -2, -1 or a step index below the response's {len(lengths)} steps, "
-                f"got {first} at row {row}"
-            )
-        total = sum(lengths)
-        out[row] = sum(lengths[:first]) / total if total > 0 else 0.0
-    return out
+    return _prefix_shares(
+        responses,
+        first_error,
+        lambda row, spans: [end - start for start, end in spans],
+        delimiter,
+        strict,
+    )
 
 
 def token_length_scores(
@@ -144,14 +130,32 @@ def token_length_scores(
     its first character falls in (tokens of the separators belong to none). ``offsets[i]`` are the
     ``(start, end)`` character offsets of response ``i``'s tokens, as a fast tokenizer returns them
     (:func:`tokenizer_offsets`). A response whose steps hold no token scores 0."""
+    if len(offsets) != len(responses):
+        raise ValueError(f"offsets: expected one per response ({len(responses)}), got {len(offsets)}")
+
+    def tokens_per_step(row: int, spans: Sequence[Tuple[int, int]]) -> list:
+        starts = np.array([int(span[0]) for span in offsets[row]], dtype=np.int64)
+        return [int(np.count_nonzero((starts >= a) & (starts < b))) for a, b in spans]
+
+    return _prefix_shares(responses, first_error, tokens_per_step, delimiter, strict)
+
+
+def _prefix_shares(
+    responses: Sequence[str],
+    first_error: Any,
+    step_sizes: Callable[[int, Sequence[Tuple[int, int]]], Sequence[int]],
+    delimiter: str,
+    strict: bool,
+) -> np.ndarray:
+    """For each response: the summed sizes of its steps before the first wrong one over the sizes
+    of all its steps; ``step_sizes(row, spans)`` sizes the steps of row ``row`` from their
+    character spans. 1 for ``-1``, NaN for ``-2`` (and, without ``strict``, for a verdict that
+    names no step of the response)."""
     k = np.asarray(first_error, dtype=np.int64).reshape(-1)
-    if len(responses) != k.shape[0] or len(offsets) != k.shape[0]:
-        raise ValueError(
-            f"first_error, offsets: expected one per response ({len(responses)}), "
-            f"got {k.shape[0]} and {len(offsets)}"
-        )
+    if len(responses) != k.shape[0]:
+        raise ValueError(f"first_error: expected one per response ({len(responses)}), got {k.shape[0]}")
     out = np.full(k.shape[0], np.nan)
-    for row, (text, first, token_spans) in enumerate(zip(responses, k, offsets)):
+    for row, (text, first) in enumerate(zip(responses, k)):
         if first == -2:
             continue
         if first == -1:
@@ -165,10 +169,9 @@ def token_length_scores(
                 f"first_error: expected -2, -1 or a step index below the response's {len(spans)} steps, "
                 f"got {first} at row {row}"
             )
-        starts = np.array([int(span[0]) for span in token_spans], dtype=np.int64)
-        counts = [int(np.count_nonzero((starts >= a) & (starts < b))) for a, b in spans]
-        total = sum(counts)
-        out[row] = sum(counts[:first]) / total if total > 0 else 0.0
+        sizes = step_sizes(row, spans)
+        total = sum(sizes)
+        out[row] = sum(sizes[:first]) / total if total > 0 else 0.0
     return out
 
 

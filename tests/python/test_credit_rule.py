@@ -244,7 +244,7 @@ def test_token_length_scores_count_tokens_by_their_first_character():
     np.testing.assert_allclose(token_length_scores([text], [1], offsets), [2 / 3])
     np.testing.assert_allclose(token_length_scores([text, text], [-1, -2], offsets * 2), [1.0, np.nan])
     assert token_length_scores([text], [0], offsets)[0] == 0.0
-    with pytest.raises(ValueError, match="first_error, offsets: expected one per response"):
+    with pytest.raises(ValueError, match="offsets: expected one per response"):
         token_length_scores([text], [1], [])
     with pytest.raises(TypeError, match="needs a fast tokenizer"):
         tokenizer_offsets(object(), ["x"])
