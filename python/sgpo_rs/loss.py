@@ -157,5 +157,5 @@ def policy_loss(
     ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
     m = _arrays.mask(mask, lp.shape)
     adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
-    loss, grad, metrics = _core.policy_loss_core(lp, old, ref, adv, m, half_dtype=half, **options)
+    loss, grad, metrics = _core.policy_loss_core(lp, old, ref, adv, m, half_dtype=half, options=options)
     return LossOutput(float(loss), grad, dict(metrics))

@@ -175,7 +175,7 @@ def _forward(
         _advantages(advantages),
         _mask(mask),
         half_dtype=_HALF_NAMES.get(dtype, "none"),
-        **kwargs,
+        options=kwargs,
     )
     loss_t = torch.tensor(float(loss) / divisor, dtype=torch.float32)
     return loss_t, torch.from_numpy(grad), dict(metrics)

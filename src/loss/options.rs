@@ -39,6 +39,21 @@ impl LossType {
         })
     }
 
+    /// The name [`LossType::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossType::Grpo => "grpo",
+            LossType::Bnpo => "bnpo",
+            LossType::DrGrpo => "dr_grpo",
+            LossType::Dapo => "dapo",
+            LossType::Cispo => "cispo",
+            LossType::Sapo => "sapo",
+            LossType::Luspo => "luspo",
+            LossType::Vespo => "vespo",
+            LossType::Vanilla => "vanilla",
+        }
+    }
+
     /// The objectives that clip the ratio as PPO does (TRL's clip metrics apply to them).
     pub fn is_trl_clipped(self) -> bool {
         matches!(
@@ -66,6 +81,14 @@ impl ImportanceSamplingLevel {
                 allowed: "\"token\", \"sequence\"",
                 got: other.to_string(),
             }),
+        }
+    }
+
+    /// The name [`ImportanceSamplingLevel::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportanceSamplingLevel::Token => "token",
+            ImportanceSamplingLevel::Sequence => "sequence",
         }
     }
 }
@@ -101,6 +124,17 @@ impl KlEstimator {
                 })
             }
         })
+    }
+
+    /// The name [`KlEstimator::parse`] reads (verl's `"mse"` is read as `"k2"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KlEstimator::K1 => "k1",
+            KlEstimator::Abs => "abs",
+            KlEstimator::K2 => "k2",
+            KlEstimator::K3 => "k3",
+            KlEstimator::LowVarKl => "low_var_kl",
+        }
     }
 }
 
@@ -356,5 +390,28 @@ impl LossOptions {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_parse() {
+        use LossType::*;
+        for t in [Grpo, Bnpo, DrGrpo, Dapo, Cispo, Sapo, Luspo, Vespo, Vanilla] {
+            assert_eq!(LossType::parse(t.name()).unwrap(), t);
+        }
+        for l in [
+            ImportanceSamplingLevel::Token,
+            ImportanceSamplingLevel::Sequence,
+        ] {
+            assert_eq!(ImportanceSamplingLevel::parse(l.name()).unwrap(), l);
+        }
+        use KlEstimator::*;
+        for k in [K1, Abs, K2, K3, LowVarKl] {
+            assert_eq!(KlEstimator::parse(k.name()).unwrap(), k);
+        }
     }
 }

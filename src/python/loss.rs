@@ -12,16 +12,12 @@ use crate::loss::{
     LossOptions, LossOutput, LossType,
 };
 
-/// Returns `(loss, grad, metrics)`.
+/// Returns `(loss, grad, metrics)`. `options` holds every keyword option of
+/// `sgpo_rs.policy_loss` (a dict, checked and completed on the Python side), the same mapping
+/// the CUDA binding takes.
 #[pyfunction]
-#[pyo3(signature = (
-    logp, old_logp, ref_logp, advantages, mask, *, half_dtype, beta, epsilon_low, epsilon_high,
-    delta, loss_type, importance_sampling_level, kl_estimator, kl_bias_correction,
-    max_completion_length, num_items, grad_scale, loss_agg_mode, loss_scale_factor, clip_ratio_c,
-    sapo_temperature_pos, sapo_temperature_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg,
-    vespo_lambda_neg
-))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (logp, old_logp, ref_logp, advantages, mask, *, half_dtype, options))]
+#[allow(clippy::too_many_arguments)] // py plus the five arrays, the dtype and the options
 pub(crate) fn policy_loss_core<'py>(
     py: Python<'py>,
     logp: &Bound<'py, PyAny>,
@@ -30,26 +26,7 @@ pub(crate) fn policy_loss_core<'py>(
     advantages: &Bound<'py, PyAny>,
     mask: &Bound<'py, PyAny>,
     half_dtype: &str,
-    beta: f64,
-    epsilon_low: f64,
-    epsilon_high: Option<f64>,
-    delta: Option<f64>,
-    loss_type: &str,
-    importance_sampling_level: &str,
-    kl_estimator: &str,
-    kl_bias_correction: bool,
-    max_completion_length: Option<i64>,
-    num_items: Option<f64>,
-    grad_scale: f64,
-    loss_agg_mode: Option<&str>,
-    loss_scale_factor: Option<f64>,
-    clip_ratio_c: f64,
-    sapo_temperature_pos: f64,
-    sapo_temperature_neg: f64,
-    vespo_k_pos: f64,
-    vespo_lambda_pos: f64,
-    vespo_k_neg: f64,
-    vespo_lambda_neg: f64,
+    options: LossOptionArgs,
 ) -> PyResult<Bound<'py, PyAny>> {
     let logp = FloatView::new("logp", logp, half_dtype)?;
     let shape = logp.shape().to_vec();
@@ -101,29 +78,7 @@ pub(crate) fn policy_loss_core<'py>(
             ))
         }
     };
-    let options = LossOptionArgs {
-        beta,
-        epsilon_low,
-        epsilon_high,
-        delta,
-        loss_type: loss_type.to_string(),
-        importance_sampling_level: importance_sampling_level.to_string(),
-        kl_estimator: kl_estimator.to_string(),
-        kl_bias_correction,
-        max_completion_length,
-        num_items,
-        grad_scale,
-        loss_agg_mode: loss_agg_mode.map(str::to_string),
-        loss_scale_factor,
-        clip_ratio_c,
-        sapo_temperature_pos,
-        sapo_temperature_neg,
-        vespo_k_pos,
-        vespo_lambda_pos,
-        vespo_k_neg,
-        vespo_lambda_neg,
-    }
-    .resolve(len)?;
+    let options = options.resolve(len)?;
 
     // Every gradient element is written by the kernel, so the output starts uninitialised.
     let grad = unsafe { PyArray2::<f32>::new(py, [batch, len], false) };
@@ -265,4 +220,37 @@ impl LossOptionArgs {
             vespo_lambda_neg: self.vespo_lambda_neg,
         })
     }
+}
+
+/// The defaults of every loss option, as `LossOptions::default()` holds them, under the Python
+/// option names (`sgpo_rs.policy_loss`'s keyword defaults must equal them; a test checks).
+#[pyfunction]
+pub(crate) fn loss_option_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = LossOptions::default();
+    let out = PyDict::new(py);
+    out.set_item("loss_type", d.loss_type.name())?;
+    out.set_item(
+        "importance_sampling_level",
+        d.importance_sampling_level.name(),
+    )?;
+    out.set_item("epsilon_low", d.epsilon_low)?;
+    out.set_item("epsilon_high", d.epsilon_high)?;
+    out.set_item("delta", d.delta)?;
+    out.set_item("beta", d.beta)?;
+    out.set_item("kl_estimator", d.kl_estimator.name())?;
+    out.set_item("kl_bias_correction", d.kl_bias_correction)?;
+    out.set_item("max_completion_length", d.max_completion_length)?;
+    out.set_item("num_items", d.num_items)?;
+    // No aggregation override by default: TRL's rule per loss type, no verl loss_agg_mode.
+    out.set_item("loss_agg_mode", py.None())?;
+    out.set_item("loss_scale_factor", py.None())?;
+    out.set_item("grad_scale", d.grad_scale)?;
+    out.set_item("clip_ratio_c", d.clip_ratio_c)?;
+    out.set_item("sapo_temperature_pos", d.sapo_temperature_pos)?;
+    out.set_item("sapo_temperature_neg", d.sapo_temperature_neg)?;
+    out.set_item("vespo_k_pos", d.vespo_k_pos)?;
+    out.set_item("vespo_lambda_pos", d.vespo_lambda_pos)?;
+    out.set_item("vespo_k_neg", d.vespo_k_neg)?;
+    out.set_item("vespo_lambda_neg", d.vespo_lambda_neg)?;
+    Ok(out)
 }

@@ -483,7 +483,6 @@ I64 = np.zeros(4, np.int64)
 LP32 = np.zeros((B, T), np.float32)
 A32 = np.ones(B, np.float32)
 LOSS_KW = dict(
-    half_dtype="none",
     beta=0.0,
     epsilon_low=0.2,
     epsilon_high=None,
@@ -531,8 +530,8 @@ def _sr_core(**kw):
 M32 = np.ones((B, T), bool)
 
 
-def _pl_core(arrays=(LP32, LP32, None, A32, M32), **kw):
-    return lambda: _core.policy_loss_core(*arrays, **{**LOSS_KW, **kw})
+def _pl_core(arrays=(LP32, LP32, None, A32, M32), half_dtype="none", **kw):
+    return lambda: _core.policy_loss_core(*arrays, half_dtype=half_dtype, options={**LOSS_KW, **kw})
 
 
 # (id, callable, the argument name the message must contain or None where pyo3's own argument
@@ -688,7 +687,7 @@ def run_battery() -> None:
             (np.zeros((B, T), np.uint16),) * 2 + (None, A32, np.ones((B, T), bool)), half_dtype="bfloat16"
         ),
         _pl_core(num_items=1e-300),
-        lambda: _core.policy_loss_core(*(object(),) * 5, **LOSS_KW),
+        lambda: _core.policy_loss_core(*(object(),) * 5, half_dtype="none", options=LOSS_KW),
         lambda: _core.sgpo_rewards_core(*(object(),) * 9),
         lambda: _core.token_advantages_core(object(), object()),
         lambda: _core.group_advantages_core(*(object(),) * 6),

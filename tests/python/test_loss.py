@@ -767,3 +767,19 @@ def test_float64_inputs(loss_type):
     lp2 = lp.copy()
     lp2[np.asarray(m) != 0] += 1e-9
     assert sg.policy_loss(lp2, old, adv, m, **kw).loss != sg.policy_loss(lp, old, adv, m, **kw).loss
+
+
+def test_python_defaults_are_the_cores():
+    """The keyword defaults of sgpo_rs.policy_loss (which sgpo_rs.torch reads too) are the Rust
+    engine's LossOptions::default(): the options cross the binding as one mapping, defined once."""
+    import inspect
+
+    from sgpo_rs import _core
+
+    signature = inspect.signature(sg.policy_loss)
+    python = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "ref_logp"
+    }
+    assert python == _core.loss_option_defaults()
