@@ -340,6 +340,7 @@ def policy_loss(
     mask: Any,
     options: Dict[str, Any],
     check: bool = True,
+    out: Optional[Any] = None,
 ) -> Tuple[Any, Any, Dict[str, float]]:
     """``(loss, grad, metrics)``: a 0-dim float32 loss and the float32 ``(B, T)`` gradient on the
     device, and the metrics as floats (read with the status)."""
@@ -374,7 +375,18 @@ def policy_loss(
             f"advantages: expected shape ({batch},) or ({batch}, {length}), got {tuple(adv.shape)}"
         )
     per_token = adv.dim() == 2
-    grad = torch.empty((batch, length), dtype=torch.float32, device=device)
+    if out is None:
+        grad = torch.empty((batch, length), dtype=torch.float32, device=device)
+    elif (
+        not isinstance(out, torch.Tensor)
+        or out.dtype != torch.float32
+        or tuple(out.shape) != (batch, length)
+        or not out.is_contiguous()
+        or out.device != device
+    ):
+        raise ValueError(f"out: expected a contiguous float32 tensor of shape {(batch, length)} on {device}")
+    else:
+        grad = out
     workspace = torch.empty(_core.cuda_loss_workspace_len(batch, length), dtype=torch.float64, device=device)
     # The loss and metric slots (12 float64) and the status (2 int64) in one zeroed buffer, so
     # the host reads both with one copy (one wait for the stream).

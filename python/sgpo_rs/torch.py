@@ -40,7 +40,7 @@ _POLICY_LOSS_SIGNATURE = inspect.signature(policy_loss)
 _DEFAULTS: Dict[str, Any] = {
     name: p.default
     for name, p in _POLICY_LOSS_SIGNATURE.parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "ref_logp"
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("ref_logp", "out")
 }
 
 
@@ -155,15 +155,16 @@ def _forward(
     mask: torch.Tensor,
     options: Dict[str, Any],
     divisor: int,
+    out: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
     """One call of the Rust core; `options` already checked. Returns `(loss, grad, metrics)`: a
-    0-dim float32 loss and the float32 gradient on logp's device, both already divided by
-    `divisor`."""
+    0-dim float32 loss and the float32 gradient on logp's device (written into `out` when given),
+    both already divided by `divisor`."""
     dtype = logp.dtype
     kwargs = dict(options)
     kwargs["grad_scale"] = options["grad_scale"] / divisor
     if logp.device.type == "cuda":
-        loss, grad, metrics = _cuda.policy_loss(logp, old_logp, ref_logp, advantages, mask, kwargs)
+        loss, grad, metrics = _cuda.policy_loss(logp, old_logp, ref_logp, advantages, mask, kwargs, out=out)
         return loss / divisor, grad, metrics
     lp = _logprobs("logp", logp, dtype)
     old = None if old_logp is None else _logprobs("old_logp", old_logp, dtype)
@@ -176,9 +177,10 @@ def _forward(
         _mask(mask),
         half_dtype=_HALF_NAMES.get(dtype, "none"),
         options=kwargs,
+        out=None if out is None else out.detach().numpy(),
     )
     loss_t = torch.tensor(float(loss) / divisor, dtype=torch.float32)
-    return loss_t, torch.from_numpy(grad), dict(metrics)
+    return loss_t, out if out is not None else torch.from_numpy(grad), dict(metrics)
 
 
 class SGPOLoss(torch.autograd.Function):
@@ -204,8 +206,9 @@ class SGPOLoss(torch.autograd.Function):
         options: Dict[str, Any],
         divisor: int,
         metrics: Dict[str, float],
+        out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        loss, grad, values = _forward(logp, old_logp, ref_logp, advantages, mask, options, divisor)
+        loss, grad, values = _forward(logp, old_logp, ref_logp, advantages, mask, options, divisor, out)
         metrics.update(values)
         ctx.save_for_backward(grad)
         ctx.logp_dtype = logp.dtype
@@ -216,7 +219,7 @@ class SGPOLoss(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         dlogp = (grad * grad_output).to(ctx.logp_dtype)
-        return dlogp, None, None, None, None, None, None, None
+        return dlogp, None, None, None, None, None, None, None, None
 
 
 @torch.compiler.disable
@@ -228,6 +231,7 @@ def sgpo_loss(
     *,
     ref_logp: Optional[torch.Tensor] = None,
     gradient_accumulation_steps: int = 1,
+    out: Optional[torch.Tensor] = None,
     **options: Any,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """TRL 1.16's ``_compute_loss`` (and verl's vanilla loss) as one autograd op on CPU tensors.
@@ -268,6 +272,10 @@ def sgpo_loss(
     ``grad_output`` and cast to ``logp.dtype`` in the backward, so a float64 ``logp`` gets a
     float32-accurate gradient. All math runs in float64.
 
+    ``out``: a contiguous float32 tensor of ``logp``'s shape and device that the gradient is
+    written into (and kept for the backward: reuse it for the next step only after this one's
+    backward), sparing a fresh 4 bytes per token each step.
+
     Works under ``torch.no_grad()`` and with a ``logp`` that does not require grad (the loss has
     no graph then), and inside ``torch.compile``: the call is excluded from tracing
     (``torch.compiler.disable``), so dynamo graph-breaks around it (``fullgraph=True`` cannot
@@ -292,8 +300,18 @@ def sgpo_loss(
         raise TypeError("logp: expected dtype float32, bfloat16 or float16 on CUDA, got torch.float64")
     if logp.dtype not in _LOGP_DTYPES:
         raise TypeError(f"logp: expected dtype float32, float64, float16 or bfloat16, got {logp.dtype}")
+    if out is not None and (
+        not isinstance(out, torch.Tensor)
+        or out.dtype != torch.float32
+        or tuple(out.shape) != tuple(logp.shape)
+        or not out.is_contiguous()
+        or out.device != logp.device
+    ):
+        raise ValueError(
+            f"out: expected a contiguous float32 tensor of shape {tuple(logp.shape)} on {logp.device}"
+        )
     metrics: Dict[str, float] = {}
-    loss = SGPOLoss.apply(logp, old, ref, adv, m, checked, divisor, metrics)
+    loss = SGPOLoss.apply(logp, old, ref, adv, m, checked, divisor, metrics, out)
     return loss, metrics
 
 

@@ -1,10 +1,10 @@
 //! Bindings of [`crate::advantages`].
 
-use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArrayMethods};
 use pyo3::prelude::*;
 
-use super::arrays::{groups, optional_view, with_mask, MaskView, View};
-use super::errors::{to_py, type_error, value_error};
+use super::arrays::{groups, optional_view, output_2d, with_mask, MaskView, View};
+use super::errors::{to_py, value_error};
 use crate::advantages::{self, AdvantageOptions, Scale, Singleton};
 
 #[pyfunction]
@@ -55,28 +55,7 @@ pub(crate) fn token_advantages_core<'py>(
             format!("expected shape ({rows}, L) matching advantages ({rows},), got {shape:?}"),
         ));
     }
-    let out = match out.filter(|o| !o.is_none()) {
-        Some(out) => {
-            let out = out
-                .cast::<PyArray2<f32>>()
-                .map_err(|_| type_error("out", "a 2-D float32 numpy array", out.get_type()))?
-                .clone();
-            if out.shape() != [shape[0], shape[1]] || !out.is_c_contiguous() {
-                return Err(value_error(
-                    "out",
-                    format!(
-                        "expected a C-contiguous array of shape ({}, {}), got {:?}",
-                        shape[0],
-                        shape[1],
-                        out.shape()
-                    ),
-                ));
-            }
-            out
-        }
-        // Every element is written by the kernel, so a fresh output starts uninitialised.
-        None => unsafe { PyArray2::<f32>::new(py, [shape[0], shape[1]], false) },
-    };
+    let out = output_2d(py, out, shape[0], shape[1])?;
     {
         let mut guard = out
             .try_readwrite()

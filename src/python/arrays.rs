@@ -4,7 +4,8 @@
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
 use numpy::{
-    Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+    Element, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
@@ -400,4 +401,34 @@ pub(crate) fn groups(
         }
     };
     groups.map_err(super::errors::to_py)
+}
+
+/// A float32 `(rows, cols)` output array: the caller's `out` (checked: a C-contiguous 2-D float32
+/// numpy array of that shape), or a fresh one left uninitialised, because every element is
+/// written by the kernel. Reusing `out` spares a training loop the page faults of a fresh
+/// buffer each step.
+pub(crate) fn output_2d<'py>(
+    py: Python<'py>,
+    out: Option<&Bound<'py, PyAny>>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let Some(out) = out.filter(|o| !o.is_none()) else {
+        // SAFETY: every element is written before the array is handed back.
+        return Ok(unsafe { PyArray2::<f32>::new(py, [rows, cols], false) });
+    };
+    let out = out
+        .cast::<PyArray2<f32>>()
+        .map_err(|_| type_error("out", "a 2-D float32 numpy array", out.get_type()))?
+        .clone();
+    if out.shape() != [rows, cols] || !out.is_c_contiguous() {
+        return Err(value_error(
+            "out",
+            format!(
+                "expected a C-contiguous array of shape ({rows}, {cols}), got {:?}",
+                out.shape()
+            ),
+        ));
+    }
+    Ok(out)
 }

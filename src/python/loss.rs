@@ -1,10 +1,10 @@
 //! Binding of [`crate::loss::policy_loss`].
 
-use numpy::{PyArray2, PyArrayMethods};
+use numpy::PyArrayMethods;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::arrays::{with_mask, FloatView, MaskView, View};
+use super::arrays::{output_2d, with_mask, FloatView, MaskView, View};
 use super::errors::{to_py, type_error, value_error};
 use crate::elem::{FloatElem, MaskElem};
 use crate::loss::{
@@ -14,9 +14,9 @@ use crate::loss::{
 
 /// Returns `(loss, grad, metrics)`. `options` holds every keyword option of
 /// `sgpo_rs.policy_loss` (a dict, checked and completed on the Python side), the same mapping
-/// the CUDA binding takes.
+/// the CUDA binding takes; `out`, a float32 `(B, T)` array the gradient is written into.
 #[pyfunction]
-#[pyo3(signature = (logp, old_logp, ref_logp, advantages, mask, *, half_dtype, options))]
+#[pyo3(signature = (logp, old_logp, ref_logp, advantages, mask, *, half_dtype, options, out=None))]
 #[allow(clippy::too_many_arguments)] // py plus the five arrays, the dtype and the options
 pub(crate) fn policy_loss_core<'py>(
     py: Python<'py>,
@@ -27,6 +27,7 @@ pub(crate) fn policy_loss_core<'py>(
     mask: &Bound<'py, PyAny>,
     half_dtype: &str,
     options: LossOptionArgs,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let logp = FloatView::new("logp", logp, half_dtype)?;
     let shape = logp.shape().to_vec();
@@ -80,8 +81,7 @@ pub(crate) fn policy_loss_core<'py>(
     };
     let options = options.resolve(len)?;
 
-    // Every gradient element is written by the kernel, so the output starts uninitialised.
-    let grad = unsafe { PyArray2::<f32>::new(py, [batch, len], false) };
+    let grad = output_2d(py, out, batch, len)?;
     let output = {
         let mut guard = grad.readwrite();
         let grad_slice = guard
@@ -148,8 +148,8 @@ fn run_loss<T: FloatElem, M: MaskElem>(
     py.detach(|| policy_loss(&inputs, options, grad))
 }
 
-/// The loss options as Python passes them (keyword arguments, or the items of a dict for the
-/// CUDA binding), before parsing.
+/// The loss options as Python passes them to both bindings (the items of one dict), before
+/// parsing.
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
 pub(crate) struct LossOptionArgs {

@@ -780,6 +780,40 @@ def test_python_defaults_are_the_cores():
     python = {
         name: p.default
         for name, p in signature.parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "ref_logp"
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("ref_logp", "out")
     }
     assert python == _core.loss_option_defaults()
+
+
+def test_the_gradient_goes_into_out():
+    rng = np.random.default_rng(5)
+    logp = rng.normal(-1, 0.3, (4, 33)).astype(np.float32)
+    old = (logp + rng.normal(0, 0.1, logp.shape)).astype(np.float32)
+    adv = rng.normal(size=4).astype(np.float32)
+    mask = rng.random((4, 33)) > 0.3
+    fresh = sg.policy_loss(logp, old, adv, mask, beta=0.0)
+    out = np.full((4, 33), np.nan, dtype=np.float32)
+    reused = sg.policy_loss(logp, old, adv, mask, out=out)
+    assert reused.grad is out and np.array_equal(out, fresh.grad) and reused.loss == fresh.loss
+    for bad in (np.zeros((4, 33)), np.zeros((4, 32), np.float32), np.zeros((33, 4), np.float32).T):
+        with pytest.raises((ValueError, TypeError), match="out"):
+            sg.policy_loss(logp, old, adv, mask, out=bad)
+
+
+def test_sgpo_loss_writes_its_gradient_into_out():
+    torch = pytest.importorskip("torch")
+    from sgpo_rs.torch import sgpo_loss
+
+    rng = np.random.default_rng(6)
+    logp = torch.from_numpy(rng.normal(-1, 0.3, (3, 17)).astype(np.float32))
+    old = logp + 0.05
+    adv = torch.from_numpy(rng.normal(size=3).astype(np.float32))
+    mask = torch.from_numpy(rng.random((3, 17)) > 0.2)
+    x = logp.clone().requires_grad_(True)
+    sgpo_loss(x, old, adv, mask)[0].backward()
+    y = logp.clone().requires_grad_(True)
+    buffer = torch.full((3, 17), float("nan"))
+    sgpo_loss(y, old, adv, mask, out=buffer)[0].backward()
+    assert torch.equal(x.grad, y.grad) and torch.equal(buffer, x.grad)
+    with pytest.raises(ValueError, match="out: expected a contiguous float32 tensor"):
+        sgpo_loss(y, old, adv, mask, out=torch.zeros(3, 17, dtype=torch.float64))
