@@ -65,17 +65,25 @@ __device__ __forceinline__ void report(u32* status, u32 bit, i64 where) {
 }
 
 // Fixed-order block reductions: each warp folds its lanes with the same shuffle tree, then thread
-// 0 adds the warps' totals in warp order. The shape depends only on the block size, so results
+// 0 folds the warps' results in warp order. The shape depends only on the block size, so results
 // are the same on every run (no atomics on floating-point values), and it costs one barrier for
-// any number of values. The totals are valid in thread 0 only. `scratch` holds K * BLOCK / 32
-// values and may be reused after the call (it ends on a barrier).
-template <int BLOCK, int K>
-__device__ __forceinline__ void block_sums(double* v, double* scratch) {
+// any number of values. The results are valid in thread 0 only. `scratch` holds K * BLOCK / 32
+// values and may be reused after the call (it ends on a barrier). `Op::fold(a, b)` combines two
+// values: SumOp adds, MaxOp takes fmax (NaN loses to any number).
+struct SumOp {
+    static __device__ __forceinline__ double fold(double a, double b) { return a + b; }
+};
+struct MaxOp {
+    static __device__ __forceinline__ double fold(double a, double b) { return fmax(a, b); }
+};
+
+template <int BLOCK, int K, typename Op>
+__device__ __forceinline__ void block_reduce(double* v, double* scratch) {
     constexpr int WARPS = BLOCK / 32;
 #pragma unroll
     for (int k = 0; k < K; k++) {
 #pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], offset);
+        for (int offset = 16; offset > 0; offset >>= 1) v[k] = Op::fold(v[k], __shfl_down_sync(0xffffffffu, v[k], offset));
     }
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
@@ -86,36 +94,21 @@ __device__ __forceinline__ void block_sums(double* v, double* scratch) {
 #pragma unroll
         for (int k = 0; k < K; k++) {
             double total = scratch[k * WARPS];
-            for (int w = 1; w < WARPS; w++) total += scratch[k * WARPS + w];
+            for (int w = 1; w < WARPS; w++) total = Op::fold(total, scratch[k * WARPS + w]);
             v[k] = total;
         }
     }
     __syncthreads();
 }
 
-// The same for maxima (fmax: NaN loses to any number).
+template <int BLOCK, int K>
+__device__ __forceinline__ void block_sums(double* v, double* scratch) {
+    block_reduce<BLOCK, K, SumOp>(v, scratch);
+}
+
 template <int BLOCK, int K>
 __device__ __forceinline__ void block_maxes(double* v, double* scratch) {
-    constexpr int WARPS = BLOCK / 32;
-#pragma unroll
-    for (int k = 0; k < K; k++) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) v[k] = fmax(v[k], __shfl_down_sync(0xffffffffu, v[k], offset));
-    }
-    if ((threadIdx.x & 31) == 0) {
-#pragma unroll
-        for (int k = 0; k < K; k++) scratch[k * WARPS + threadIdx.x / 32] = v[k];
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            double total = scratch[k * WARPS];
-            for (int w = 1; w < WARPS; w++) total = fmax(total, scratch[k * WARPS + w]);
-            v[k] = total;
-        }
-    }
-    __syncthreads();
+    block_reduce<BLOCK, K, MaxOp>(v, scratch);
 }
 
 __device__ __forceinline__ double clampd(double x, double lo, double hi) {
