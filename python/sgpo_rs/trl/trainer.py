@@ -170,19 +170,20 @@ class SGPOTrainer(GRPOTrainer):
             raise TypeError(f"correctness_func: expected a callable, got {type(correctness_func).__name__}")
         # Everything about the judge is checked before TRL loads and prepares the model: the judge's
         # type and signature, the dataset columns it reads, and (unless turned off) one call.
+        # The SGPO options come from the args as given (TRL's default GRPOConfig, made when args is
+        # None, has none of them: the defaults then, as here).
         bound = inspect.signature(GRPOTrainer.__init__).bind_partial(None, *args, **kwargs).arguments
-        early = {name: getattr(bound.get("args"), name, v) for name, v in _DEFAULTS.items()}
-        judge_fn = as_judge_fn(judge, early["sgpo_reference_column"])
-        _check_dataset_columns(bound.get("train_dataset"), early)
-        if early["sgpo_judge_preflight"]:
-            _preflight(judge, judge_fn, bound.get("train_dataset"), early)
+        sgpo = {name: getattr(bound.get("args"), name, v) for name, v in _DEFAULTS.items()}
+        judge_fn = as_judge_fn(judge, sgpo["sgpo_reference_column"])
+        _check_dataset_columns(bound.get("train_dataset"), sgpo)
+        if sgpo["sgpo_judge_preflight"]:
+            _preflight(judge, judge_fn, bound.get("train_dataset"), sgpo)
         self.judge = judge
         self.correctness_func = correctness_func
         super().__init__(*args, **kwargs)
 
-        self._sgpo: Dict[str, Any] = {name: getattr(self.args, name, v) for name, v in _DEFAULTS.items()}
-        self._sgpo_judge_fn = as_judge_fn(judge, self._sgpo["sgpo_reference_column"])
-        _check_dataset_columns(self.train_dataset, self._sgpo)
+        self._sgpo: Dict[str, Any] = sgpo
+        self._sgpo_judge_fn = judge_fn
         self._sgpo_failed_steps = 0
         self._sgpo_warned_unknown = False
         if self._sgpo["sgpo_credit_unit"] == "tokens" and not getattr(
