@@ -163,6 +163,7 @@ def sgpo_rewards(
     n = None if num_steps is None else _arrays.int64_rows("num_steps", num_steps)
     c = None if credit is None else _arrays.float64_rows("credit", credit)
     ok = None if correct is None else _arrays.bool_rows("correct", correct)
+    codes = _arrays.group_ids(group_ids)  # ids (verl's uid strings) as int64 codes, once
     out_rewards, out_credit, all_negative, diversified, stats = _core.sgpo_rewards_core(
         r,
         k,
@@ -170,11 +171,11 @@ def sgpo_rewards(
         c,
         ok,
         _arrays.group_size(group_size),
-        _arrays.group_ids(group_ids),
+        codes,
         options.credit_scale,
         _arrays.choice("mode", mode),
         **options.rule_kwargs(),
     )
     result = SGPORewards(out_rewards, out_credit, all_negative, diversified, stats)
-    _add_group_stats(result.stats, r, result, group_size, group_ids)
+    _add_group_stats(result.stats, r, result, group_size, codes)
     return result
