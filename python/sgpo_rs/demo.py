@@ -548,14 +548,22 @@ def run_demo(config: DemoConfig, *, out: Optional[str] = "sgpo_demo.png", quiet:
     return result
 
 
-def compare_rules(config: DemoConfig, quiet: bool = False) -> Tuple[float, float]:
+def compare_rules(
+    config: DemoConfig, quiet: bool = False, trained: Optional[DemoResult] = None
+) -> Tuple[float, float]:
     """SGPO under the logistic rule (``config``'s beta and gamma, credit_scale 1: the paper's
     setting) against SGPO under the prefix rule (``config``'s credit_scale), on the same seeds and
-    random numbers. Prints one line; returns the paired difference in mean accuracy over training
-    (logistic - prefix) and its 95% CI half-width."""
+    random numbers. ``trained``: a run already done, reused where it is one of the two. Prints one
+    line; returns the paired difference in mean accuracy over training (logistic - prefix) and its
+    95% CI half-width."""
     prefix = replace(config, rule="prefix")
     logistic = replace(config, rule="logistic", credit_scale=1.0)
-    results = [train(c, progress=None if quiet else sys.stderr) for c in (prefix, logistic)]
+    results = [
+        trained
+        if trained is not None and trained.config == arm
+        else train(arm, progress=None if quiet else sys.stderr)
+        for arm in (prefix, logistic)
+    ]
     curves = [r.accuracy[METHODS.index("SGPO")].mean(axis=-1) for r in results]
     means = [mean_and_ci(c) for c in curves]
     diff, half = mean_and_ci(curves[1] - curves[0])
@@ -582,7 +590,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"sgpo-rs demo: {error}", file=sys.stderr)
         return 2
-    run_demo(config, out=None if args.no_plot else args.out, quiet=args.quiet)
+    result = run_demo(config, out=None if args.no_plot else args.out, quiet=args.quiet)
     if args.compare_rules:
-        compare_rules(config, quiet=args.quiet)
+        compare_rules(config, quiet=args.quiet, trained=result)
     return 0
