@@ -15,6 +15,7 @@ name it in ``VERL_USE_EXTERNAL_MODULES=sgpo_rs.verl``. It also registers the pol
 from __future__ import annotations
 
 from .advantage import compute_grpo_outcome_advantage, compute_sgpo_outcome_advantage
+from .deferred import set_judge
 from .estimators import GRPO_RS, SGPO, register
 from .options import SGPOOptions
 from .policy_loss import LOSS_MODE, compute_policy_loss
@@ -39,4 +40,5 @@ __all__ = [
     "make_compute_score",
     "register",
     "register_policy_loss",
+    "set_judge",
 ]

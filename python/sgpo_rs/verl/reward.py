@@ -29,10 +29,14 @@ def _problem(extra_info: Any, problem_key: Optional[str]) -> str:
     return ""
 
 
+JUDGE_AT = ("reward", "advantage")
+
+
 def make_compute_score(
     base_score_fn: Callable[..., Any],
-    judge: Any,
+    judge: Any = None,
     *,
+    judge_at: str = "reward",
     problem_key: Optional[str] = None,
     timeout_s: Optional[float] = 120.0,
     reference_from_ground_truth: bool = False,
@@ -68,11 +72,40 @@ def make_compute_score(
     ``+algorithm.sgpo.credit_unit=length``; ``credit_unit="tokens"`` counts the response's tokens
     instead (``tokenizer``: the policy's fast tokenizer), with ``credit_unit=tokens`` there.
 
+    ``judge_at="advantage"`` (with ``judge=None``) defers judging to the ``sgpo`` estimator, which
+    knows the groups and judges only the responses the rule uses, in one batched call in the
+    driver (:mod:`sgpo_rs.verl.deferred`: fewer judge calls, but on the step's critical path).
+    The reward function then adds the texts the judge needs (``sgpo_problem``, ``sgpo_response``,
+    ``sgpo_reference``: verl's ``ground_truth`` as text with ``reference_from_ground_truth``, else
+    empty) instead of a verdict; give the driver its judge with ``+algorithm.sgpo.judge=
+    package.module:make_judge`` or ``sgpo_rs.verl.set_judge``. ``credit_unit="length"`` is then
+    set on the estimator alone (``+algorithm.sgpo.credit_unit=length``); ``"tokens"`` is not
+    available there.
+
     A dead judge is loud: after ``max_consecutive_failures`` responses in a row (per reward worker)
     for which the judge failed (raised, timed out, returned no valid verdict or one carrying an
     error), the reward function raises ``RuntimeError`` with the judge's last error instead of
     letting the run continue as plain GRPO; ``None`` never stops.
     """
+    if judge_at not in JUDGE_AT:
+        raise ValueError(f"judge_at: expected one of {JUDGE_AT}, got {judge_at!r}")
+    if judge_at == "advantage":
+        if judge is not None:
+            raise ValueError(
+                "judge: with judge_at='advantage' the judge runs in the trainer's driver, not in the reward "
+                "function; pass judge=None and set +algorithm.sgpo.judge=package.module:make_judge (or call "
+                "sgpo_rs.verl.set_judge there)"
+            )
+        if credit_unit != "steps":
+            raise ValueError(
+                f"credit_unit: with judge_at='advantage' the estimator computes the credit; set "
+                f"+algorithm.sgpo.credit_unit there (steps or length), not credit_unit={credit_unit!r} here"
+            )
+        return _deferred_compute_score(base_score_fn, problem_key, reference_from_ground_truth)
+    if judge is None:
+        raise TypeError(
+            "judge: expected a step judge (or judge_at='advantage' to judge in the driver), got None"
+        )
     judge_fn = as_judge_fn(judge, "ground_truth" if reference_from_ground_truth else None)
     if max_consecutive_failures is not None and (
         isinstance(max_consecutive_failures, bool)
@@ -92,14 +125,8 @@ def make_compute_score(
     def compute_score(
         data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
     ) -> Dict[str, Any]:
-        base = base_score_fn(data_source, solution_str, ground_truth, extra_info=extra_info, **kwargs)
-        result = dict(base) if isinstance(base, dict) else {"score": base}
-        if "score" not in result:
-            raise ValueError(
-                f"base_score_fn: expected a float or a dict with 'score', got keys {sorted(result)}"
-            )
-        score = float(result["score"])
-        correct = score > 0
+        result = _base_result(base_score_fn, data_source, solution_str, ground_truth, extra_info, kwargs)
+        correct = float(result["score"]) > 0
         first_error, num_steps, judged = NO_VERDICT, 0, False
         if not correct:
             row = dict(extra_info) if isinstance(extra_info, dict) else {}
@@ -134,6 +161,49 @@ def make_compute_score(
                 [solution_str], [first_error], offsets, delimiter=delimiter, strict=False
             )[0]
             result[verdicts.SCORE] = float(score)
+        return result
+
+    compute_score.__signature__ = inspect.signature(compute_score)  # type: ignore[attr-defined]
+    return compute_score
+
+
+def _base_result(
+    base_score_fn: Callable[..., Any],
+    data_source: Any,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any,
+    kwargs: Dict[str, Any],
+) -> Dict[str, Any]:
+    base = base_score_fn(data_source, solution_str, ground_truth, extra_info=extra_info, **kwargs)
+    result = dict(base) if isinstance(base, dict) else {"score": base}
+    if "score" not in result:
+        raise ValueError(f"base_score_fn: expected a float or a dict with 'score', got keys {sorted(result)}")
+    return result
+
+
+def _deferred_compute_score(
+    base_score_fn: Callable[..., Any], problem_key: Optional[str], reference_from_ground_truth: bool
+) -> Callable[..., Dict[str, Any]]:
+    """The reward function of ``judge_at="advantage"``: the base score, the correctness and the
+    texts the driver's judge will see; no verdict yet (``sgpo_first_error`` -2)."""
+
+    def compute_score(
+        data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+    ) -> Dict[str, Any]:
+        result = _base_result(base_score_fn, data_source, solution_str, ground_truth, extra_info, kwargs)
+        reference = "" if not reference_from_ground_truth or ground_truth is None else str(ground_truth)
+        result.update(
+            {
+                verdicts.CORRECT: bool(float(result["score"]) > 0),
+                verdicts.FIRST_ERROR: NO_VERDICT,
+                verdicts.NUM_STEPS: 0,
+                verdicts.JUDGED: False,
+                verdicts.PROBLEM: _problem(extra_info, problem_key),
+                verdicts.RESPONSE: str(solution_str),
+                verdicts.REFERENCE: reference,
+            }
+        )
         return result
 
     compute_score.__signature__ = inspect.signature(compute_score)  # type: ignore[attr-defined]

@@ -22,20 +22,33 @@ NUM_STEPS = "sgpo_num_steps"
 JUDGED = "sgpo_judged"
 # The length-based score (``credit_unit="length"``), NaN where there is no verdict.
 SCORE = "sgpo_score"
-KEYS = (CORRECT, FIRST_ERROR, NUM_STEPS, JUDGED, SCORE)
+# Judging deferred to the advantage step (``judge_at="advantage"``): the texts the judge will see.
+PROBLEM = "sgpo_problem"
+RESPONSE = "sgpo_response"
+REFERENCE = "sgpo_reference"
+KEYS = (CORRECT, FIRST_ERROR, NUM_STEPS, JUDGED, SCORE, PROBLEM, RESPONSE, REFERENCE)
 
 
 @dataclass
 class PendingVerdicts:
     """One batch's verdicts, row-aligned with the rewards the estimator will get. ``correct`` None
-    means ``score > 0``."""
+    means ``score > 0``. ``problems``/``responses``/``references`` (object arrays) are set when the
+    reward function deferred judging to the advantage step (:mod:`sgpo_rs.verl.deferred`)."""
 
     correct: Optional[np.ndarray]
     first_error: np.ndarray
     num_steps: np.ndarray
     judged: np.ndarray
     score: Optional[np.ndarray] = None
+    problems: Optional[np.ndarray] = None
+    responses: Optional[np.ndarray] = None
+    references: Optional[np.ndarray] = None
     metrics: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def deferred(self) -> bool:
+        """The judge has not run yet: the estimator judges the rows it needs."""
+        return self.responses is not None
 
     def __len__(self) -> int:
         return int(self.first_error.shape[0])
@@ -49,12 +62,16 @@ class PendingVerdicts:
         correct = columns.get(CORRECT)
         judged = columns.get(JUDGED)
         score = columns.get(SCORE)
+        texts = {name: _texts(key, columns.get(key)) for name, key in _TEXT_FIELDS}
+        if texts["responses"] is not None and texts["problems"] is None:
+            raise ValueError(f"{PROBLEM}: the reward extra info has {RESPONSE} but not {PROBLEM}")
         return cls(
             correct=None if correct is None else np.asarray(correct).astype(bool),
             first_error=first_error,
             num_steps=_ints(NUM_STEPS, columns[NUM_STEPS]),
             judged=(first_error >= -1) if judged is None else np.asarray(judged).astype(bool),
             score=None if score is None else np.asarray(score, dtype=np.float64).reshape(-1),
+            **texts,
         )
 
     @classmethod
@@ -64,6 +81,19 @@ class PendingVerdicts:
             return None
         columns = {key: np.array([info.get(key) for info in infos]) for key in KEYS if key in infos[0]}
         return cls.from_columns(columns)
+
+
+_TEXT_FIELDS = (("problems", PROBLEM), ("responses", RESPONSE), ("references", REFERENCE))
+
+
+def _texts(name: str, values: Any) -> Optional[np.ndarray]:
+    """One text per row as an object array (verl may hold them as ``<U`` or object arrays)."""
+    if values is None:
+        return None
+    array = np.asarray(values, dtype=object)
+    if array.ndim != 1:
+        raise TypeError(f"{name}: expected one text per row, got shape {array.shape}")
+    return array
 
 
 def _ints(name: str, values: Any) -> np.ndarray:
