@@ -383,3 +383,76 @@ def expected_length_rewards(data, scores):
     token = torch.zeros_like(rewards)
     token[:, 0] = torch.from_numpy(out.rewards.astype(np.float32))
     return token
+
+
+def test_v1_multi_output_sessions_group_by_final_outputs(monkeypatch):
+    """An agent loop with several outputs per session: ``sgpo`` normalises over each session's
+    final output (its verdict) and broadcasts, as verl's v1 step does for ``grpo``; the verdicts
+    of the other outputs are not used."""
+    pytest.importorskip("transfer_queue")
+    from sgpo_rs.verl import trainers
+    from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls, trainer_base
+
+    rng = np.random.default_rng(21)
+    keys, finals = [], []
+    for g in range(5):
+        for session in range(4):
+            outputs = int(rng.integers(1, 4))
+            for index in range(outputs):
+                keys.append(f"uid{g}_{session}_{index}")
+                finals.append(index == outputs - 1)
+    order = rng.permutation(len(keys))
+    keys = [keys[i] for i in order]
+    finals = np.array(finals)[order]
+    n = len(keys)
+    uids = np.array([k.split("_")[0] for k in keys], dtype=object)
+    length = 7
+    lengths = rng.integers(1, length + 1, size=n)
+    mask = torch.from_numpy((np.arange(length)[None, :] < lengths[:, None]).astype(np.int64))
+    score = (rng.random(n) < 0.3).astype(np.float32) * finals  # only final outputs carry a reward
+    score[np.isin(uids, ["uid0", "uid1"])] = 0.0  # two all-wrong groups
+    rewards = torch.zeros(n, length)
+    rewards[torch.arange(n), torch.from_numpy(lengths - 1)] = torch.from_numpy(score)
+    num_steps = rng.integers(2, 6, size=n)
+    first_error = np.minimum(rng.integers(-1, 5, size=n), num_steps - 1)
+    infos = [
+        {
+            "sgpo_correct": bool(score[i] > 0),
+            "sgpo_first_error": int(first_error[i]) if finals[i] else 99,  # garbage off the finals
+            "sgpo_num_steps": int(num_steps[i]),
+            "sgpo_judged": True,
+        }
+        for i in range(n)
+    ]
+    monkeypatch.setattr(trainers, "read_reward_extra_info", lambda batch: infos)
+    config = OmegaConf.create({"algorithm": {"adv_estimator": "sgpo", "norm_adv_by_std_in_grpo": True}})
+
+    def parent_step(self, batch, metrics):
+        data = DataProto.from_dict(
+            tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": uids}
+        )
+        return trainer_base.compute_advantage_for_multi_trajectories(
+            data, keys, "sgpo", config=config.algorithm
+        )
+
+    monkeypatch.setattr(PPOTrainerSync, "_compute_advantage", parent_step)
+    trainer = get_trainer_cls("sgpo_sync").__new__(get_trainer_cls("sgpo_sync"))
+    trainer.config = config
+    metrics = {}
+    out = trainer._compute_advantage(None, metrics)
+
+    rows = np.flatnonzero(finals)
+    final_adv, _ = sv.compute_sgpo_outcome_advantage(
+        rewards[rows], mask[rows], uids[rows], first_error[rows], num_steps[rows], correct=score[rows] > 0
+    )
+    per_final = {
+        keys[r].rsplit("_", 1)[0]: float(final_adv[i, int(mask[r].argmax())]) for i, r in enumerate(rows)
+    }
+    expected = torch.tensor([per_final[k.rsplit("_", 1)[0]] for k in keys]).unsqueeze(-1) * mask
+    assert torch.equal(out.batch["advantages"], expected.to(out.batch["advantages"].dtype))
+    assert metrics["sgpo/diversified_frac"] > 0
+    wrong_groups = [g for g in set(uids) if not (score[rows][uids[rows] == g] > 0).any()]
+    assert {"uid0", "uid1"} <= set(wrong_groups)
+    assert metrics["sgpo/all_negative_frac"] == pytest.approx(len(wrong_groups) / 5)
+    with pytest.raises(ValueError, match="batch_keys"):
+        trainer_base.compute_advantage_for_multi_trajectories(None, ["no-session"], "sgpo")

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict
 from . import verdicts
 from .estimators import SGPO
 from .options import check_no_group_filtering
+from .sessions import wrap_multi_trajectories
 
 METRICS_KEY = "sgpo_metrics"
 V1_TRAINER = "sgpo_sync"
@@ -80,8 +81,13 @@ def patch_legacy_trainer(module: Any) -> None:
 
 
 def register_v1_trainer(module: Any) -> None:
-    """Register the ``sgpo_sync`` v1 trainer (idempotent); ``module`` is ``verl.trainer.ppo.v1``."""
-    registry = sys.modules["verl.trainer.ppo.v1.trainer_base"].TRAINER_REGISTRY
+    """Register the ``sgpo_sync`` v1 trainer (idempotent); ``module`` is ``verl.trainer.ppo.v1``.
+    Its advantage step groups multi-output sessions as verl's GRPO does (:mod:`.sessions`)."""
+    trainer_base = sys.modules["verl.trainer.ppo.v1.trainer_base"]
+    trainer_base.compute_advantage_for_multi_trajectories = wrap_multi_trajectories(
+        trainer_base.compute_advantage_for_multi_trajectories, _is_sgpo
+    )
+    registry = trainer_base.TRAINER_REGISTRY
     if V1_TRAINER in registry:
         return
     module.register_trainer(V1_TRAINER)(_v1_trainer_class(module.PPOTrainerSync))

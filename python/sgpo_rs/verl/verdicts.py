@@ -53,6 +53,23 @@ class PendingVerdicts:
     def __len__(self) -> int:
         return int(self.first_error.shape[0])
 
+    def select(self, rows: np.ndarray) -> PendingVerdicts:
+        """The verdicts of ``rows`` only (fresh metrics)."""
+
+        def pick(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
+            return None if array is None else array[rows]
+
+        return PendingVerdicts(
+            correct=pick(self.correct),
+            first_error=self.first_error[rows],
+            num_steps=self.num_steps[rows],
+            judged=self.judged[rows],
+            score=pick(self.score),
+            problems=pick(self.problems),
+            responses=pick(self.responses),
+            references=pick(self.references),
+        )
+
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> Optional[PendingVerdicts]:
         """From verl's ``non_tensor_batch`` (one array per extra key); None if the keys are absent."""
