@@ -9,10 +9,17 @@ In a verl run (see README "Use with verl")::
 truth) and asks the exact step checker ``RuleJudge`` where each wrong chain first goes wrong; swap
 in ``OpenAIJudge`` (a judge model behind any OpenAI-compatible server) for real tasks.
 
+To judge at the advantage step instead, only the responses of all-wrong groups, in one batched
+call in the driver (see docs/verl.md, "Two places to judge")::
+
+    custom_reward_function.name=compute_score_deferred
+    +algorithm.sgpo.judge=examples.verl_sgpo:make_judge     # importable in the driver
+
 Run as a script (``python examples/verl_sgpo.py``), it scores a small batch of right and wrong
 chains with ``compute_score``, puts the verdicts where verl's legacy trainer puts reward extra info,
 and runs verl's own ``compute_advantage`` with ``adv_estimator=sgpo`` and ``grpo``: the all-wrong
-group gets non-zero advantages only under SGPO.
+group gets non-zero advantages only under SGPO. Then the same with ``compute_score_deferred``: the
+same advantages from fewer judge calls.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import re
 import uuid
 
 from sgpo_rs.judge import RuleJudge
-from sgpo_rs.verl import make_compute_score
+from sgpo_rs.verl import make_compute_score, set_judge
 
 
 def arithmetic_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
@@ -31,6 +38,12 @@ def arithmetic_score(data_source, solution_str, ground_truth, extra_info=None, *
 
 
 compute_score = make_compute_score(arithmetic_score, RuleJudge())
+compute_score_deferred = make_compute_score(arithmetic_score, judge_at="advantage")
+
+
+def make_judge() -> RuleJudge:
+    """The driver's judge for ``compute_score_deferred`` (``+algorithm.sgpo.judge=...:make_judge``)."""
+    return RuleJudge()
 
 
 def main() -> None:
@@ -51,23 +64,33 @@ def main() -> None:
     rows = [(0, chains[0]), (0, chains[1]), (0, chains[2]), (0, chains[3])]
     rows += [(1, chains[1]), (1, chains[2]), (1, chains[3]), (1, chains[3])]
     uids = [str(uuid.uuid4()), str(uuid.uuid4())]
-    infos = [compute_score("arith", text, "32", extra_info={"question": problem}) for _, text in rows]
-    length = 6
-    rewards = torch.zeros(len(rows), length)
-    rewards[:, -1] = torch.tensor([info["score"] for info in infos])
-    non_tensor = {"uid": np.array([uids[g] for g, _ in rows], dtype=object)}
-    non_tensor.update({key: np.array([info[key] for info in infos]) for key in infos[0] if key != "score"})
     config = OmegaConf.create({"norm_adv_by_std_in_grpo": True, "sgpo": {"credit_scale": 0.5}})
-    for estimator in ("grpo", "sgpo"):
-        data = DataProto.from_dict(
-            tensors={"token_level_rewards": rewards.clone(), "response_mask": torch.ones(len(rows), length)},
-            non_tensors={k: v.copy() for k, v in non_tensor.items()},
+    set_judge(make_judge())  # the driver's judge, for the deferred route
+    routes = (
+        ("grpo", compute_score),
+        ("sgpo", compute_score),
+        ("sgpo, judged at the advantage step", compute_score_deferred),
+    )
+    for name, score_fn in routes:
+        # What verl's reward loop does: score each sample, stack the extra info per key.
+        infos = [score_fn("arith", text, "32", extra_info={"question": problem}) for _, text in rows]
+        length = 6
+        rewards = torch.zeros(len(rows), length)
+        rewards[:, -1] = torch.tensor([info["score"] for info in infos])
+        non_tensor = {"uid": np.array([uids[g] for g, _ in rows], dtype=object)}
+        non_tensor.update(
+            {key: np.array([info[key] for info in infos]) for key in infos[0] if key != "score"}
         )
-        data = ray_trainer.compute_advantage(data, estimator, config=config)
+        data = DataProto.from_dict(
+            tensors={"token_level_rewards": rewards, "response_mask": torch.ones(len(rows), length)},
+            non_tensors=non_tensor,
+        )
+        data = ray_trainer.compute_advantage(data, name.split(",")[0], config=config)
         advantages = data.batch["advantages"][:, 0].tolist()
-        print(f"{estimator:>5}: group A {np.round(advantages[:4], 3)}  group B {np.round(advantages[4:], 3)}")
-        if estimator == "sgpo":
-            print("       metrics:", data.meta_info["sgpo_metrics"])
+        print(f"{name}: group A {np.round(advantages[:4], 3)}  group B {np.round(advantages[4:], 3)}")
+        if name != "grpo":
+            metrics = data.meta_info["sgpo_metrics"]
+            print(f"       judge calls: {metrics['sgpo/judge_calls']:.0f}, metrics: {metrics}")
 
 
 if __name__ == "__main__":

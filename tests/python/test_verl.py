@@ -331,9 +331,16 @@ def test_example_runs_and_sgpo_moves_the_all_wrong_group(capsys):
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     runpy.run_path(os.path.join(root, "examples", "verl_sgpo.py"), run_name="__main__")
-    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out.splitlines()
+    lines = {line.split(":")[0].strip(): line for line in out}
     assert "group B [0. 0. 0. 0.]" in lines["grpo"]
     assert "group B [0. 0. 0. 0.]" not in lines["sgpo"]
+    # Judging at the advantage step: the same advantages, from the all-wrong group's 4 responses
+    # instead of all 7 wrong ones.
+    deferred = lines["sgpo, judged at the advantage step"]
+    assert deferred.split(":", 1)[1] == lines["sgpo"].split(":", 1)[1]
+    calls = [line.split("judge calls:")[1].split(",")[0].strip() for line in out if "judge calls:" in line]
+    assert calls == ["7", "4"]
 
 
 def test_length_scores_and_the_paper_rule_through_verl():
