@@ -929,8 +929,8 @@ fn single_token_values_by_hand() {
     close(one(-1.1, 2.0, cispo), (2.0 * r, -2.0 * r));
 }
 
-/// The per-token loss of semantics.md, written out plainly in f64 (TRL sections 2.1-2.5 and
-/// verl section 3), for the default options of each loss type.
+/// The per-token loss of docs/formulas.md, written out plainly in f64 (TRL: section 2; verl:
+/// section 3), for the default options of each loss type.
 fn reference_token_loss(
     options: &LossOptions,
     r: f64,
@@ -990,7 +990,7 @@ fn reference_token_loss(
     policy + options.beta * kl
 }
 
-/// The loss of semantics.md with each loss type's own aggregation.
+/// The loss of docs/formulas.md with each loss type's own aggregation.
 fn reference_loss(case: &Case, kind: AdvKind, options: &LossOptions) -> f64 {
     let (b, t_len) = (case.batch, case.len);
     let vanilla = options.loss_type == LossType::Vanilla;

@@ -1,4 +1,4 @@
-//! The SGPO reward rule of DESIGN.md, table-driven, every expected value worked out by hand.
+//! The SGPO reward rule of docs/design.md, table-driven, every expected value worked out by hand.
 //!
 //! Rule: prefix credit `c_i = first_error_i / num_steps_i`, `1` when `first_error_i = -1`, none
 //! when `-2`. A group is eligible when all its (scorable) responses are incorrect (mode

@@ -1,4 +1,4 @@
-"""SGPO reward diversification (DESIGN.md, "The SGPO reward rule")."""
+"""SGPO reward diversification (docs/design.md, "The SGPO reward rule")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 //! Text kernels of the step-wise judge: cutting a response into the steps a judge or PRM scores,
 //! and turning the judge's answer (or a PRM's step scores) into a `first_error` verdict.
 //!
-//! Both ends follow the ProcessBench convention (reference/semantics.md, section 5): steps are
+//! Both ends follow the ProcessBench convention (docs/formulas.md, section 5): steps are
 //! paragraphs indexed from 0, and the verdict is the integer in the critic's last `\boxed{}`,
 //! `-1` meaning "no wrong step". Anything that is not clearly such an integer is "no verdict";
 //! the parser never guesses, because a guessed verdict becomes a reward.

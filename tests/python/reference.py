@@ -1,6 +1,6 @@
 """Independent float64 numpy reference for sgpo-rs.
 
-Written from the math in ``/work/shared/DESIGN.md``, ``/work/shared/reference/semantics.md`` and the
+Written from the math in ``docs/design.md``, ``docs/formulas.md`` and the
 public docstrings of ``sgpo_rs.{rewards,advantages,loss}`` (never from the Rust code). Where the
 documents leave a detail open, TRL 1.16's ``GRPOTrainer._compute_loss`` / ``get_gamma_weights`` and
 verl's ``core_algos`` decide; each such choice is commented.
@@ -73,7 +73,7 @@ def sgpo_rewards(
     ``stats`` (``num_groups``, ``all_negative_groups``, ``diversified_groups``,
     ``judge_missing_groups``, ``mean_credit``).
 
-    Rules (DESIGN.md "The SGPO reward rule" and the ``sgpo_rewards`` docstring):
+    Rules (docs/design.md "The SGPO reward rule" and the ``sgpo_rewards`` docstring):
 
     - scorable row: reward is not NaN. Unscorable rows keep NaN, get no credit and are ignored when
       deciding whether a group is all-negative or whether it misses verdicts.
@@ -274,7 +274,7 @@ def _verl_masked_mean(x, M):
 
 
 def aggregate(L, M, mode, *, max_completion_length=None, num_items=None, loss_scale_factor=None):
-    """Sum a (B, T) per-token loss into the scalar loss (semantics.md 2.6 and 3)."""
+    """Sum a (B, T) per-token loss into the scalar loss (docs/formulas.md, sections 2 and 3)."""
     B, T = M.shape
     LM = L * M
     row_sum = LM.sum(-1)

@@ -455,7 +455,7 @@ def test_token_mean_divides_by_total_mask_weight(loss_type, agg):
 )
 def test_sequence_level_kl_gradient_precision(level, gap):
     """One token, r = 1 (old_logp=None), A = 0, bias-corrected k3 with ref - logp = gap: the
-    gradient d/dlp [kl * r] = r (lp - ref) = -gap (semantics.md), exactly representable. Its two
+    gradient d/dlp [kl * r] = r (lp - ref) = -gap (docs/formulas.md, section 2), exactly representable. Its two
     parts kl' r and kl r' are ~e^gap each and cancel, so they must be combined in float64 (or
     analytically, as the token-level path does)."""
     lp = np.array([[-gap]])

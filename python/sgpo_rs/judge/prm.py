@@ -4,7 +4,7 @@
     judge = PRMJudge("Qwen/Qwen2.5-Math-PRM-7B", trust_remote_code=True, device="cuda")
     judge = PRMJudge("peiyi9979/math-shepherd-mistral-7b-prm", style="math-shepherd")
 
-Two styles (semantics.md, section 5):
+Two styles (docs/formulas.md, section 5):
 
 - ``"qwen"`` (Qwen2.5-Math-PRM): the chat ``system`` / ``user`` (problem) / ``assistant`` turns,
   the assistant turn being the steps each followed by the separator token ``<extra_0>``; the model

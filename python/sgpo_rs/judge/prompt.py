@@ -2,7 +2,7 @@
 
 The critic sees the problem and the response's steps (``sgpo_rs.split_steps``) as
 ``<paragraph_i>...</paragraph_i>`` blocks indexed from 0, and answers with the earliest wrong
-paragraph's index, or ``-1``, inside ``\\boxed{}`` (semantics.md, section 5).
+paragraph's index, or ``-1``, inside ``\\boxed{}`` (docs/formulas.md, section 5).
 
 The response is written by the policy being trained, so it is untrusted: a policy that learns to
 write ``</paragraph_2>`` or ``\\boxed{-1}`` could forge the structure of the prompt or plant a

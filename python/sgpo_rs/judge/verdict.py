@@ -72,7 +72,7 @@ def missing(
 
 
 def prefix_credit(first_error: int, num_steps: int) -> Optional[float]:
-    """The SGPO prefix credit of a verdict (DESIGN.md): ``first_error / num_steps``, ``1.0`` for
+    """The SGPO prefix credit of a verdict (docs/design.md): ``first_error / num_steps``, ``1.0`` for
     ``-1``, ``None`` for no verdict (``first_error < -1``, or a step index without steps)."""
     if first_error == NO_ERROR:
         return 1.0
