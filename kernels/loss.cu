@@ -17,18 +17,9 @@
 #define LOSS_ITEMS 4
 #define LOSS_TOKENS (LOSS_BLOCK * LOSS_ITEMS)
 #define LOSS_PARTIALS 6
-#define LOSS_METRICS 12
 
-// Loss types, in the order of LossType in src/loss/options.rs.
-#define LT_GRPO 0
-#define LT_BNPO 1
-#define LT_DR_GRPO 2
-#define LT_DAPO 3
-#define LT_CISPO 4
-#define LT_SAPO 5
-#define LT_LUSPO 6
-#define LT_VESPO 7
-#define LT_VANILLA 8
+// Loss types: LT_GRPO, LT_VANILLA, ... are defined from the loss-type registry
+// (src/loss/registry.rs) ahead of this file when it is compiled.
 
 #define KL_K1 0
 #define KL_ABS 1

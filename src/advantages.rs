@@ -31,7 +31,7 @@ impl Scale {
             "none" => Ok(Scale::None),
             other => Err(Error::Choice {
                 arg: "scale",
-                allowed: "\"group\", \"batch\", \"none\"",
+                allowed: "\"group\", \"batch\", \"none\"".into(),
                 got: other.to_string(),
             }),
         }
@@ -54,7 +54,7 @@ impl Singleton {
             "unit" => Ok(Singleton::Unit),
             other => Err(Error::Choice {
                 arg: "singleton",
-                allowed: "\"zero\", \"unit\"",
+                allowed: "\"zero\", \"unit\"".into(),
                 got: other.to_string(),
             }),
         }

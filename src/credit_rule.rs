@@ -38,7 +38,7 @@ impl CreditRule {
             other => {
                 return Err(Error::Choice {
                     arg: "rule",
-                    allowed: "\"prefix\", \"logistic\"",
+                    allowed: "\"prefix\", \"logistic\"".into(),
                     got: other.to_string(),
                 })
             }

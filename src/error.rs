@@ -29,7 +29,8 @@ pub enum Error {
     #[error("{arg}: expected one of {allowed}, got {got:?}")]
     Choice {
         arg: &'static str,
-        allowed: &'static str,
+        /// The choices, quoted and comma-separated.
+        allowed: std::borrow::Cow<'static, str>,
         got: String,
     },
     /// An array of an element type the function does not take.

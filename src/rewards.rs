@@ -37,7 +37,7 @@ impl DiversifyMode {
             "all_incorrect" => Ok(DiversifyMode::AllIncorrect),
             other => Err(Error::Choice {
                 arg: "mode",
-                allowed: "\"all_negative\", \"all_incorrect\"",
+                allowed: "\"all_negative\", \"all_incorrect\"".into(),
                 got: other.to_string(),
             }),
         }

@@ -189,17 +189,10 @@ fn policy_loss_is_bit_identical_for_any_thread_count_at_a_large_shape() {
 #[test]
 fn every_loss_type_and_level_is_bit_identical_for_any_thread_count() {
     let b = batch(2, WIDE);
-    for loss_type in [
-        LossType::Grpo,
-        LossType::Bnpo,
-        LossType::DrGrpo,
-        LossType::Dapo,
-        LossType::Cispo,
-        LossType::Sapo,
-        LossType::Luspo,
-        LossType::Vespo,
-        LossType::Vanilla,
-    ] {
+    for loss_type in sgpo_rs::loss::registry::LOSS_TYPES
+        .iter()
+        .map(|s| s.loss_type)
+    {
         for level in [
             ImportanceSamplingLevel::Token,
             ImportanceSamplingLevel::Sequence,

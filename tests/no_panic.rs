@@ -259,21 +259,19 @@ fn aggregation() -> impl Strategy<Value = Aggregation> {
     ]
 }
 
+/// Every loss type, from the registry.
+fn all_loss_types() -> Vec<LossType> {
+    sgpo_rs::loss::registry::LOSS_TYPES
+        .iter()
+        .map(|s| s.loss_type)
+        .collect()
+}
+
 /// `huge_sizes`: `max_completion_length` up to `usize::MAX`, else below 12 (0 included).
 fn loss_options(huge_sizes: bool) -> impl Strategy<Value = LossOptions> {
     let d = LossOptions::default();
     let kinds = (
-        prop::sample::select(vec![
-            LossType::Grpo,
-            LossType::Bnpo,
-            LossType::DrGrpo,
-            LossType::Dapo,
-            LossType::Cispo,
-            LossType::Sapo,
-            LossType::Luspo,
-            LossType::Vespo,
-            LossType::Vanilla,
-        ]),
+        prop::sample::select(all_loss_types()),
         prop::sample::select(vec![
             ImportanceSamplingLevel::Token,
             ImportanceSamplingLevel::Sequence,
@@ -454,10 +452,7 @@ proptest! {
     #[test]
     fn policy_loss_accepted_outputs_are_finite(
         case in loss_case(false),
-        loss_type in prop::sample::select(vec![
-            LossType::Grpo, LossType::Bnpo, LossType::DrGrpo, LossType::Dapo, LossType::Cispo,
-            LossType::Sapo, LossType::Luspo, LossType::Vespo, LossType::Vanilla,
-        ]),
+        loss_type in prop::sample::select(all_loss_types()),
         sequence in any::<bool>(),
         beta in prop_oneof![Just(0.0), Just(0.04), -1.0..1.0f64],
     ) {

@@ -10,7 +10,7 @@ from ._core import __version__
 from .advantages import group_advantages, token_advantages
 from .credit import length_scores
 from .logprob import selective_logprobs, selective_logprobs_backward
-from .loss import LossOutput, policy_loss
+from .loss import LOSS_TYPES, LossOutput, LossTypeInfo, loss_types, policy_loss
 from .rewards import SGPORewards, sgpo_rewards
 from .text import (
     first_error_from_scores,
@@ -31,6 +31,9 @@ __all__ = [
     "parse_verdict",
     "parse_verdicts",
     "policy_loss",
+    "LOSS_TYPES",
+    "LossTypeInfo",
+    "loss_types",
     "selective_logprobs",
     "selective_logprobs_backward",
     "sgpo_rewards",

@@ -9,6 +9,32 @@ import numpy as np
 
 from . import _arrays, _core, _cuda
 
+
+@dataclass(frozen=True)
+class LossTypeInfo:
+    """One row of the engine's loss-type registry (what is known of a loss type besides its
+    formula): ``name`` (TRL's ``loss_type`` or verl's loss), ``origin`` (``"trl"``/``"verl"``),
+    ``trl_clipped`` (PPO-style ratio clipping: TRL's ``clip_ratio/*`` metrics and ``delta``
+    apply), ``aggregation`` (the default's name), ``divides_by_gradient_accumulation`` (False:
+    TRL folds the steps into ``num_items``) and ``metrics`` (their names, besides ``kl``)."""
+
+    name: str
+    origin: str
+    trl_clipped: bool
+    aggregation: str
+    divides_by_gradient_accumulation: bool
+    metrics: tuple
+
+
+def loss_types() -> Dict[str, LossTypeInfo]:
+    """Every loss type :func:`policy_loss` takes, by name, in the registry's order."""
+    return {
+        row["name"]: LossTypeInfo(**{**row, "metrics": tuple(row["metrics"])}) for row in _core.loss_types()
+    }
+
+
+LOSS_TYPES = tuple(loss_types())
+
 # Every scalar option of `policy_loss` and the check it gets before it reaches the core (types
 # here, ranges in the core). `sgpo_rs.torch` validates its options with the same table.
 OPTION_CHECKS: Dict[str, Callable[[str, Any], Any]] = {

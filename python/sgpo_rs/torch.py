@@ -26,13 +26,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _arrays, _core, _cuda
-from .loss import OPTION_CHECKS, checked_options, policy_loss
+from .loss import OPTION_CHECKS, checked_options, loss_types, policy_loss
 
 __all__ = ["SGPOLoss", "sgpo_loss"]
 
 # Loss types whose TRL aggregation divides by `num_items` instead of dividing by the
-# gradient-accumulation steps (TRL folds the steps into that normaliser).
-_NUM_ITEMS_LOSS_TYPES = ("dapo", "cispo", "vespo")
+# gradient-accumulation steps (TRL folds the steps into that normaliser), from the registry.
+_NUM_ITEMS_LOSS_TYPES = tuple(
+    name for name, info in loss_types().items() if not info.divides_by_gradient_accumulation
+)
 
 # The option names and defaults of `sgpo_rs.policy_loss` (the single source of truth); each option
 # is checked by `sgpo_rs.loss.checked_options`, as `policy_loss` checks it.

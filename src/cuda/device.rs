@@ -344,6 +344,7 @@ mod tests {
         code:
             "extern \"C\" __global__ void fill(int* out, int value) { out[threadIdx.x] = value; }",
         kernels: &["fill"],
+        defines: crate::cuda::source::no_defines,
     };
 
     /// Needs a GPU, its driver and libnvrtc; without them the tests say so and pass.

@@ -10,6 +10,7 @@ use super::device::{launch, Shape, Stream};
 use super::source::LOSS;
 use super::{FloatDtype, MaskDtype};
 use crate::error::{Error, Result};
+use crate::loss::registry::{CUDA_SLOTS, KL_CUDA_SLOT};
 use crate::loss::{Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
 
 const BLOCK: u32 = 256;
@@ -17,8 +18,8 @@ const BLOCK: u32 = 256;
 const TOKENS_PER_BLOCK: usize = 1024;
 /// Partial sums per block (`LOSS_PARTIALS`).
 const PARTIALS: usize = 6;
-/// Elements of `out`: the loss and eleven metric slots.
-pub const OUT_LEN: usize = 12;
+/// Elements of `out`: the loss and the metric slots of the registry.
+pub const OUT_LEN: usize = CUDA_SLOTS;
 
 /// The `(B, T)` inputs on the device. `old_logp`/`ref_logp` are 0 when absent; advantages are
 /// float32, `(B,)` or `(B, T)`.
@@ -154,17 +155,7 @@ pub fn workspace_len(batch: usize, len: usize) -> usize {
 }
 
 fn loss_type_code(t: LossType) -> i32 {
-    match t {
-        LossType::Grpo => 0,
-        LossType::Bnpo => 1,
-        LossType::DrGrpo => 2,
-        LossType::Dapo => 3,
-        LossType::Cispo => 4,
-        LossType::Sapo => 5,
-        LossType::Luspo => 6,
-        LossType::Vespo => 7,
-        LossType::Vanilla => 8,
-    }
+    t.spec().cuda_code
 }
 
 fn kl_code(k: KlEstimator) -> i32 {
@@ -194,25 +185,10 @@ fn aggregation_code(a: Aggregation) -> (i32, f64) {
 pub fn metric_slots(options: &LossOptions) -> Vec<(&'static str, usize)> {
     let mut slots = Vec::new();
     if options.beta != 0.0 {
-        slots.push(("kl", 1));
+        slots.push(("kl", KL_CUDA_SLOT));
     }
-    match options.loss_type {
-        t if t.is_trl_clipped() => slots.extend([
-            ("clip_ratio/low_mean", 2),
-            ("clip_ratio/high_mean", 3),
-            ("clip_ratio/region_mean", 4),
-            ("clip_ratio/low_min", 5),
-            ("clip_ratio/high_max", 6),
-        ]),
-        LossType::Cispo => slots.push(("cispo_clip_ratio", 7)),
-        LossType::Vespo => slots.push(("vespo/phi_seq_mean", 8)),
-        LossType::Vanilla => slots.extend([
-            ("pg_clipfrac", 9),
-            ("ppo_kl", 10),
-            ("pg_clipfrac_lower", 11),
-        ]),
-        _ => {}
-    }
+    let metrics = options.loss_type.spec().metrics;
+    slots.extend(metrics.iter().map(|m| (m.name, m.cuda_slot)));
     slots
 }
 

@@ -86,7 +86,11 @@ fn source_text(source: &KernelSource) -> Result<String> {
         }
         None => (COMMON.to_string(), source.code.to_string()),
     };
-    Ok(format!("{common}\n#line 1 \"{}\"\n{code}", source.name))
+    let defines = (source.defines)();
+    Ok(format!(
+        "{common}\n{defines}#line 1 \"{}\"\n{code}",
+        source.name
+    ))
 }
 
 fn compile_unguarded(source: &KernelSource, arch: u32, verbose: bool) -> Result<CompiledKernel> {
@@ -163,6 +167,7 @@ mod tests {
             name: "warn.cu",
             code: "extern \"C\" __global__ void k(int* p) { int unused = 3; p[0] = 1; }",
             kernels: &["k"],
+            defines: crate::cuda::source::no_defines,
         };
         let built = compile(&source, 80, false).expect("compiles");
         assert!(built.log.contains("warning"), "log: {}", built.log);
@@ -185,6 +190,7 @@ mod tests {
             name: "race.cu",
             code: "extern \"C\" __global__ void k(int* p) { p[0] = 1; }",
             kernels: &["k"],
+            defines: crate::cuda::source::no_defines,
         };
         let start = std::sync::Barrier::new(4);
         let built: Vec<_> = std::thread::scope(|s| {

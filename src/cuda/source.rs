@@ -8,6 +8,14 @@ pub struct KernelSource {
     pub code: &'static str,
     /// Every `extern "C"` kernel of the file.
     pub kernels: &'static [&'static str],
+    /// Preprocessor lines compiled ahead of the file: constants whose one definition lives in
+    /// Rust (the loss-type codes of the registry).
+    pub defines: fn() -> String,
+}
+
+/// No generated constants.
+pub fn no_defines() -> String {
+    String::new()
 }
 
 pub(crate) const COMMON: &str = include_str!("../../kernels/common.cuh");
@@ -15,6 +23,7 @@ pub(crate) const COMMON: &str = include_str!("../../kernels/common.cuh");
 pub const LOGPROB: KernelSource = KernelSource {
     name: "logprob.cu",
     code: include_str!("../../kernels/logprob.cu"),
+    defines: no_defines,
     kernels: &[
         "logprob_forward_f32",
         "logprob_forward_bf16",
@@ -28,6 +37,7 @@ pub const LOGPROB: KernelSource = KernelSource {
 pub const LOSS: KernelSource = KernelSource {
     name: "loss.cu",
     code: include_str!("../../kernels/loss.cu"),
+    defines: crate::loss::registry::cuda_defines,
     kernels: &[
         "loss_rows_f32_u8",
         "loss_rows_f32_f32",
@@ -49,6 +59,7 @@ pub const LOSS: KernelSource = KernelSource {
 pub const GROUPS: KernelSource = KernelSource {
     name: "groups.cu",
     code: include_str!("../../kernels/groups.cu"),
+    defines: no_defines,
     kernels: &[
         "sgpo_rewards_groups",
         "sgpo_rewards_stats",

@@ -9,6 +9,7 @@
 
 mod metrics;
 mod options;
+pub mod registry;
 mod row;
 mod terms;
 

@@ -1,5 +1,6 @@
 //! The knobs of the policy loss, parsed from the names TRL and verl use.
 
+use super::registry::{self, DefaultAggregation, LOSS_TYPES};
 use crate::error::{Error, Result};
 
 /// The per-token policy objective. TRL's eight `loss_type`s plus verl's vanilla PPO loss.
@@ -18,48 +19,28 @@ pub enum LossType {
 }
 
 impl LossType {
+    /// The loss type TRL's `loss_type` (or verl's `loss_mode`) calls `name` (see
+    /// [`super::registry::LOSS_TYPES`]).
     pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "grpo" => LossType::Grpo,
-            "bnpo" => LossType::Bnpo,
-            "dr_grpo" => LossType::DrGrpo,
-            "dapo" => LossType::Dapo,
-            "cispo" => LossType::Cispo,
-            "sapo" => LossType::Sapo,
-            "luspo" => LossType::Luspo,
-            "vespo" => LossType::Vespo,
-            "vanilla" => LossType::Vanilla,
-            other => {
-                return Err(Error::Choice {
-                    arg: "loss_type",
-                    allowed: "\"grpo\", \"bnpo\", \"dr_grpo\", \"dapo\", \"cispo\", \"sapo\", \"luspo\", \"vespo\", \"vanilla\"",
-                    got: other.to_string(),
-                })
-            }
-        })
+        LOSS_TYPES
+            .iter()
+            .find(|spec| spec.name == name)
+            .map(|spec| spec.loss_type)
+            .ok_or_else(|| Error::Choice {
+                arg: "loss_type",
+                allowed: registry::quoted_names().into(),
+                got: name.to_string(),
+            })
     }
 
     /// The name [`LossType::parse`] reads.
     pub fn name(self) -> &'static str {
-        match self {
-            LossType::Grpo => "grpo",
-            LossType::Bnpo => "bnpo",
-            LossType::DrGrpo => "dr_grpo",
-            LossType::Dapo => "dapo",
-            LossType::Cispo => "cispo",
-            LossType::Sapo => "sapo",
-            LossType::Luspo => "luspo",
-            LossType::Vespo => "vespo",
-            LossType::Vanilla => "vanilla",
-        }
+        self.spec().name
     }
 
     /// The objectives that clip the ratio as PPO does (TRL's clip metrics apply to them).
     pub fn is_trl_clipped(self) -> bool {
-        matches!(
-            self,
-            LossType::Grpo | LossType::Bnpo | LossType::DrGrpo | LossType::Dapo | LossType::Luspo
-        )
+        self.spec().trl_clipped
     }
 }
 
@@ -78,7 +59,7 @@ impl ImportanceSamplingLevel {
             "sequence" => Ok(ImportanceSamplingLevel::Sequence),
             other => Err(Error::Choice {
                 arg: "importance_sampling_level",
-                allowed: "\"token\", \"sequence\"",
+                allowed: "\"token\", \"sequence\"".into(),
                 got: other.to_string(),
             }),
         }
@@ -119,7 +100,7 @@ impl KlEstimator {
             other => {
                 return Err(Error::Choice {
                     arg: "kl_estimator",
-                    allowed: "\"k1\", \"abs\", \"k2\", \"k3\", \"low_var_kl\"",
+                    allowed: "\"k1\", \"abs\", \"k2\", \"k3\", \"low_var_kl\"".into(),
                     got: other.to_string(),
                 })
             }
@@ -173,30 +154,33 @@ impl Aggregation {
             other => {
                 return Err(Error::Choice {
                     arg: "loss_agg_mode",
-                    allowed: "\"token-mean\", \"seq-mean-token-sum\", \"seq-mean-token-mean\", \"seq-mean-token-sum-norm\"",
+                    allowed: "\"token-mean\", \"seq-mean-token-sum\", \"seq-mean-token-mean\", \"seq-mean-token-sum-norm\"".into(),
                     got: other.to_string(),
                 })
             }
         })
     }
 
-    /// The aggregation TRL uses for `loss_type` (verl's vanilla loss defaults to token-mean).
+    /// The aggregation `loss_type` uses by default (its registry row; verl's vanilla loss
+    /// defaults to token-mean).
     pub fn for_loss_type(
         loss_type: LossType,
         batch: usize,
         max_completion_length: usize,
         num_items: Option<f64>,
     ) -> Self {
-        match loss_type {
-            LossType::Grpo | LossType::Sapo => Aggregation::RowMeanOfTokenMeans,
-            LossType::Bnpo => Aggregation::TokenMean,
-            LossType::Vanilla => Aggregation::VerlTokenMean,
-            LossType::DrGrpo => Aggregation::Divisor(batch as f64 * max_completion_length as f64),
-            LossType::Dapo | LossType::Cispo | LossType::Vespo => match num_items {
+        match loss_type.spec().aggregation {
+            DefaultAggregation::RowMeanOfTokenMeans => Aggregation::RowMeanOfTokenMeans,
+            DefaultAggregation::TokenMean => Aggregation::TokenMean,
+            DefaultAggregation::VerlTokenMean => Aggregation::VerlTokenMean,
+            DefaultAggregation::BatchTimesMaxLength => {
+                Aggregation::Divisor(batch as f64 * max_completion_length as f64)
+            }
+            DefaultAggregation::NumItems => match num_items {
                 Some(n) => Aggregation::Divisor(n),
                 None => Aggregation::TokenMean,
             },
-            LossType::Luspo => Aggregation::RowMeanOfTokenSums,
+            DefaultAggregation::RowMeanOfTokenSums => Aggregation::RowMeanOfTokenSums,
         }
     }
 
@@ -399,8 +383,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_parse() {
-        use LossType::*;
-        for t in [Grpo, Bnpo, DrGrpo, Dapo, Cispo, Sapo, Luspo, Vespo, Vanilla] {
+        for t in LOSS_TYPES.iter().map(|spec| spec.loss_type) {
             assert_eq!(LossType::parse(t.name()).unwrap(), t);
         }
         for l in [

@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 use super::arrays::{output_2d, with_mask, FloatView, MaskView, View};
 use super::errors::{to_py, type_error, value_error};
 use crate::elem::{FloatElem, MaskElem};
+use crate::loss::registry::LOSS_TYPES;
 use crate::loss::{
     policy_loss, AdvantageView, Aggregation, ImportanceSamplingLevel, KlEstimator, LossInputs,
     LossOptions, LossOutput, LossType,
@@ -253,4 +254,28 @@ pub(crate) fn loss_option_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>
     out.set_item("vespo_k_neg", d.vespo_k_neg)?;
     out.set_item("vespo_lambda_neg", d.vespo_lambda_neg)?;
     Ok(out)
+}
+
+/// The loss-type registry (`crate::loss::registry::LOSS_TYPES`), one dict per loss type in its
+/// order: `name`, `origin` ("trl"/"verl"), `trl_clipped`, `aggregation` (the default's name),
+/// `divides_by_gradient_accumulation` and `metrics` (names, besides `kl`).
+#[pyfunction]
+pub(crate) fn loss_types(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    LOSS_TYPES
+        .iter()
+        .map(|spec| {
+            let out = PyDict::new(py);
+            out.set_item("name", spec.name)?;
+            out.set_item("origin", spec.origin.name())?;
+            out.set_item("trl_clipped", spec.trl_clipped)?;
+            out.set_item("aggregation", spec.aggregation.name())?;
+            out.set_item(
+                "divides_by_gradient_accumulation",
+                spec.divides_by_gradient_accumulation(),
+            )?;
+            let metrics: Vec<&str> = spec.metrics.iter().map(|m| m.name).collect();
+            out.set_item("metrics", metrics)?;
+            Ok(out)
+        })
+        .collect()
 }

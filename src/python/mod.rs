@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(outcome::outcome_advantages_core, m)?)?;
     m.add_function(wrap_pyfunction!(loss::policy_loss_core, m)?)?;
     m.add_function(wrap_pyfunction!(loss::loss_option_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(loss::loss_types, m)?)?;
     m.add_function(wrap_pyfunction!(logprob::selective_logprobs_core, m)?)?;
     m.add_function(wrap_pyfunction!(
         logprob::selective_logprobs_backward_core,

@@ -15,9 +15,12 @@ import math
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import sgpo_rs
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo", "vanilla")
-TRL_CLIP_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+# Which loss types exist comes from the engine's registry (names only, no math): a new loss type
+# reaches every suite that iterates these, and fails there until this module implements it.
+LOSS_TYPES = sgpo_rs.LOSS_TYPES
+TRL_CLIP_TYPES = tuple(name for name, info in sgpo_rs.loss_types().items() if info.trl_clipped)
 KL_ESTIMATORS = ("k3", "low_var_kl", "k1", "abs", "k2")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 

@@ -240,7 +240,7 @@ def test_selective_log_softmax_bad_inputs_raise(device):
 
 # --- fused policy loss --------------------------------------------------------------------------
 
-LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo", "vanilla"]
+LOSS_TYPES = list(sg.LOSS_TYPES)  # the engine's registry
 
 
 def loss_inputs(rng: np.random.Generator, batch: int, length: int, spread: float = 1.0):

@@ -455,9 +455,9 @@ def test_token_mean_divides_by_total_mask_weight(loss_type, agg):
 )
 def test_sequence_level_kl_gradient_precision(level, gap):
     """One token, r = 1 (old_logp=None), A = 0, bias-corrected k3 with ref - logp = gap: the
-    gradient d/dlp [kl * r] = r (lp - ref) = -gap (docs/formulas.md, section 2), exactly representable. Its two
-    parts kl' r and kl r' are ~e^gap each and cancel, so they must be combined in float64 (or
-    analytically, as the token-level path does)."""
+    gradient d/dlp [kl * r] = r (lp - ref) = -gap (docs/formulas.md, section 2), exactly
+    representable. Its two parts kl' r and kl r' are ~e^gap each and cancel, so they must be
+    combined in float64 (or analytically, as the token-level path does)."""
     lp = np.array([[-gap]])
     out = sg.policy_loss(
         lp,
@@ -817,3 +817,28 @@ def test_sgpo_loss_writes_its_gradient_into_out():
     assert torch.equal(x.grad, y.grad) and torch.equal(buffer, x.grad)
     with pytest.raises(ValueError, match="out: expected a contiguous float32 tensor"):
         sgpo_loss(y, old, adv, mask, out=torch.zeros(3, 17, dtype=torch.float64))
+
+
+def test_loss_type_registry_is_what_the_loss_does():
+    """Each registry row matches the loss: the metrics it returns (with ``kl`` first when beta is
+    set), its default aggregation's gradient-accumulation rule in ``sgpo_rs.torch``, and the names
+    an unknown loss type's error lists. The float64 reference implements every registered type."""
+    import sgpo_rs.torch as sgt
+    from reference import LOSS_TYPES as REFERENCE_TYPES
+
+    infos = sg.loss_types()
+    assert tuple(infos) == sg.LOSS_TYPES == REFERENCE_TYPES
+    assert {info.origin for info in infos.values()} == {"trl", "verl"}
+    rng = np.random.default_rng(0)
+    logp = rng.normal(-1.0, 0.3, size=(3, 6)).astype(np.float32)
+    old = logp + rng.normal(0, 0.2, size=logp.shape).astype(np.float32)
+    mask = np.ones(logp.shape, dtype=bool)
+    for name, info in infos.items():
+        out = sg.policy_loss(
+            logp, old, np.array([1.0, -0.5, 0.2], np.float32), mask, ref_logp=old, beta=0.04, loss_type=name
+        )
+        assert list(out.metrics) == ["kl", *info.metrics], name
+        assert (name in sgt._NUM_ITEMS_LOSS_TYPES) == (not info.divides_by_gradient_accumulation)
+    with pytest.raises(ValueError) as error:
+        sg.policy_loss(logp, old, np.zeros(3, np.float32), mask, loss_type="ppo")
+    assert all(f'"{name}"' in str(error.value) for name in infos)

@@ -27,8 +27,9 @@ import sgpo_rs as sg  # noqa: E402
 import sgpo_rs.torch as sgt  # noqa: E402
 from sgpo_rs.torch import sgpo_loss  # noqa: E402
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
-CLIP_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+# TRL's loss types and those with its clip metrics, from the engine's registry.
+LOSS_TYPES = tuple(name for name, info in sg.loss_types().items() if info.origin == "trl")
+CLIP_TYPES = tuple(name for name, info in sg.loss_types().items() if info.trl_clipped)
 F64 = torch.float64
 
 

@@ -33,8 +33,9 @@ from sgpo_rs.trl.compat import PRIVATE_API, private_api_mismatches  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl_tiny import correct_answer, task  # noqa: E402
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
-DAPO_FAMILY = ("dapo", "cispo", "vespo")
+# TRL's loss types from the engine's registry, and those TRL normalises by num_items.
+LOSS_TYPES = tuple(name for name, info in sg.loss_types().items() if info.origin == "trl")
+DAPO_FAMILY = tuple(n for n, info in sg.loss_types().items() if not info.divides_by_gradient_accumulation)
 B, P, T, STEPS = 8, 5, 7, 2  # rows, prompt tokens, completion tokens, gradient-accumulation steps
 
 

@@ -13,10 +13,13 @@ from typing import Any, Dict, List
 
 import torch
 
+from ..loss import loss_types
 from ..torch import sgpo_loss
 
-_DAPO_FAMILY = ("dapo", "cispo", "vespo")
-_CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+# From the engine's loss-type registry: the loss types normalised by num_items (TRL's dapo family)
+# and those with TRL's clip metrics.
+_DAPO_FAMILY = tuple(n for n, info in loss_types().items() if not info.divides_by_gradient_accumulation)
+_CLIPPED = tuple(n for n, info in loss_types().items() if info.trl_clipped)
 _FORWARD_KEYS = (
     "pixel_values",
     "image_grid_thw",
