@@ -15,6 +15,7 @@ use proptest::test_runner::Config;
 use sgpo_rs::advantages::{group_advantages, token_advantages, AdvantageOptions, Scale, Singleton};
 use sgpo_rs::elem::{FloatElem, MaskElem};
 use sgpo_rs::groups::Groups;
+use sgpo_rs::loss::registry::LOSS_TYPES;
 use sgpo_rs::loss::{
     policy_loss, AdvantageView, Aggregation, ImportanceSamplingLevel, KlEstimator, LossInputs,
     LossOptions, LossOutput, LossType,
@@ -830,28 +831,100 @@ proptest! {
         run_reward_case(&case)?;
     }
 
+    /// Every string option parser accepts exactly its names (the loss types: the registry's) and
+    /// refuses anything else with an error that names the argument and quotes the input.
     #[test]
-    fn parsers_never_panic(
-        name in ".{0,24}",
+    fn parsers_accept_exactly_their_names(
+        name in prop_oneof![
+            ".{0,24}".boxed(),
+            prop::sample::select(KNOWN_NAMES.to_vec()).prop_map(String::from).boxed(),
+            prop::sample::select(KNOWN_NAMES.to_vec()).prop_map(|n| format!("{n} ")).boxed(),
+        ],
         factor in prop::option::of(hostile_f64()),
         len in hostile_usize(),
     ) {
-        let _ = LossType::parse(&name);
-        let _ = ImportanceSamplingLevel::parse(&name);
-        let _ = KlEstimator::parse(&name);
-        let _ = Scale::parse(&name);
-        let _ = Singleton::parse(&name);
-        let _ = DiversifyMode::parse(&name);
-        let _ = Aggregation::parse_verl(&name, factor, len);
-        for mode in [
-            "token-mean",
-            "seq-mean-token-sum",
-            "seq-mean-token-mean",
-            "seq-mean-token-sum-norm",
-        ] {
-            prop_assert!(Aggregation::parse_verl(mode, factor, len).is_ok());
+        let loss_types: Vec<&str> = LOSS_TYPES.iter().map(|spec| spec.name).collect();
+        check_parser("loss_type", &name, &loss_types, LossType::parse(&name).map(|t| t.name()))?;
+        check_parser(
+            "importance_sampling_level",
+            &name,
+            &["token", "sequence"],
+            ImportanceSamplingLevel::parse(&name).map(|l| l.name()),
+        )?;
+        check_parser(
+            "kl_estimator",
+            &name,
+            &["k1", "abs", "k2", "k3", "low_var_kl"],
+            KlEstimator::parse(&name).map(|k| k.name()),
+        )?;
+        check_parser("scale", &name, &["group", "batch", "none"], Scale::parse(&name).map(|_| ""))?;
+        check_parser("singleton", &name, &["zero", "unit"], Singleton::parse(&name).map(|_| ""))?;
+        check_parser(
+            "mode",
+            &name,
+            &["all_negative", "all_incorrect"],
+            DiversifyMode::parse(&name).map(|_| ""),
+        )?;
+        let verl_modes = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"];
+        check_parser("loss_agg_mode", &name, &verl_modes, Aggregation::parse_verl(&name, factor, len).map(|_| ""))?;
+    }
+}
+
+/// Every name the parsers know, so the property draws accepted names as often as refused ones.
+const KNOWN_NAMES: &[&str] = &[
+    "grpo",
+    "bnpo",
+    "dr_grpo",
+    "dapo",
+    "cispo",
+    "sapo",
+    "luspo",
+    "vespo",
+    "vanilla",
+    "token",
+    "sequence",
+    "k1",
+    "abs",
+    "k2",
+    "k3",
+    "low_var_kl",
+    "group",
+    "batch",
+    "none",
+    "zero",
+    "unit",
+    "all_negative",
+    "all_incorrect",
+    "token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+];
+
+/// `parsed` is Ok exactly for the names in `accepted` (and gives back the name, where the type
+/// has one), else an error naming `arg` and quoting `name`.
+fn check_parser(
+    arg: &str,
+    name: &str,
+    accepted: &[&str],
+    parsed: sgpo_rs::Result<&'static str>,
+) -> Result<(), TestCaseError> {
+    match parsed {
+        Ok(round_trip) => {
+            prop_assert!(accepted.contains(&name), "{arg} accepted {name:?}");
+            prop_assert!(
+                round_trip.is_empty() || round_trip == name,
+                "{arg}: {name:?} -> {round_trip:?}"
+            );
+        }
+        Err(error) => {
+            prop_assert!(!accepted.contains(&name), "{arg} refused {name:?}: {error}");
+            let message = error.to_string();
+            prop_assert!(message.starts_with(arg), "{message}");
+            prop_assert!(message.contains(&format!("{name:?}")), "{message}");
         }
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- pinned extreme cases
