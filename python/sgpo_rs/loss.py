@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
 from . import _arrays, _core, _cuda
 
 
@@ -72,13 +70,15 @@ class LossOutput:
 
     Attributes:
         loss: the scalar loss (float).
-        grad: float32 ``(B, T)``, ``grad_scale * dL/dlogp``; 0 on masked-out tokens.
-        metrics: TRL's / verl's logged metrics for this loss type (``clip_ratio/low_mean``, ...,
-            ``kl`` when ``beta != 0``; vanilla: ``pg_clipfrac``, ``ppo_kl``, ``pg_clipfrac_lower``).
+        grad: float32 ``(B, T)``, ``grad_scale * dL/dlogp``; 0 on masked-out tokens. A numpy
+            array for CPU inputs, a float32 torch CUDA tensor on the inputs' device for CUDA ones.
+        metrics: TRL's / verl's logged metrics for this loss type (``kl`` when ``beta != 0``, then
+            the loss type's own, :func:`loss_types`: ``clip_ratio/low_mean``, ...; vanilla:
+            ``pg_clipfrac``, ``ppo_kl``, ``pg_clipfrac_lower``).
     """
 
     loss: float
-    grad: np.ndarray
+    grad: Any  # np.ndarray, or a torch CUDA tensor on the CUDA path
     metrics: Dict[str, float]
 
 

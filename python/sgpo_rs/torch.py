@@ -236,7 +236,8 @@ def sgpo_loss(
     out: Optional[torch.Tensor] = None,
     **options: Any,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """TRL 1.16's ``_compute_loss`` (and verl's vanilla loss) as one autograd op on CPU tensors.
+    """TRL 1.16's ``_compute_loss`` (and verl's vanilla loss) as one autograd op, on CPU or CUDA
+    tensors.
 
     Returns ``(loss, metrics)``: ``loss`` is a 0-dim float32 tensor on ``logp``'s device whose
     backward gives ``logp.grad = grad_output * dL/dlogp`` (cast to ``logp.dtype``); ``metrics`` is
@@ -433,7 +434,8 @@ def selective_log_softmax(
     return_entropy: bool = False,
 ) -> Any:
     """``log_softmax(logits / temperature, -1).gather(-1, targets[..., None])[..., 0]`` fused, as
-    an autograd op on CPU tensors (TRL's ``selective_log_softmax`` with the temperature folded in).
+    an autograd op on CPU or CUDA tensors (TRL's ``selective_log_softmax`` with the temperature
+    folded in).
 
     ``logits`` is ``(N, V)`` or ``(B, T, V)`` float32, float64, bfloat16 or float16; ``targets`` is
     an integer tensor of the leading shape. Returns the float32 log-probabilities of the leading
