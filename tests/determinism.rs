@@ -3,6 +3,10 @@
 //! gradient bits, metric bits, advantage bits, reward bits and even the error reported for a batch
 //! with several bad rows must be identical.
 
+mod common;
+
+use common::Rng;
+
 use half::bf16;
 
 use sgpo_rs::advantages::{group_advantages, token_advantages, AdvantageOptions, Scale, Singleton};
@@ -20,26 +24,6 @@ const BIG: (usize, usize) = (257, 1031);
 /// Same row count, shorter rows: every loss type and level, cheaply in a debug build.
 const WIDE: (usize, usize) = (257, 33);
 const THREADS: [usize; 4] = [1, 2, 3, 8];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
 
 /// Runs `f` once in the global pool and once in each pool of `THREADS`, and asserts that every
 /// run gives the same fingerprint.
@@ -95,11 +79,7 @@ fn batch(seed: u64, (batch, len): (usize, usize)) -> Batch {
         mask: Vec::with_capacity(n),
     };
     for i in 0..batch {
-        let kept = if i % 37 == 5 {
-            0
-        } else {
-            rng.below(len as u64 + 1) as usize
-        };
+        let kept = if i % 37 == 5 { 0 } else { rng.below(len + 1) };
         for t in 0..len {
             let lp = rng.uniform(-6.0, -0.01);
             b.logp.push(lp as f32);

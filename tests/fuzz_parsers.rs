@@ -5,37 +5,16 @@
 //! Nothing may panic, and every result must satisfy the documented invariants. A fixed seed keeps
 //! runs reproducible; the whole file runs in a few seconds in a debug build.
 
+mod common;
+
+use common::Rng;
+
 use std::time::{Duration, Instant};
 
 use sgpo_rs::text::{
     char_spans, first_error_from_scores, parse_verdict, parse_verdicts, split_steps,
     split_steps_batch, Delimiter, Step,
 };
-
-/// SplitMix64: a tiny, good-enough generator with no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// Tokens that drive the splitter and the verdict parser into their branches.
 const TOKENS: [&str; 40] = [
@@ -104,7 +83,7 @@ fn random_bytes_text(rng: &mut Rng, len: usize) -> String {
                 // Bias towards the ASCII the parsers look at.
                 *rng.pick(b"\\{}\n\r boxed0123456789-+")
             } else {
-                (rng.next() & 0xFF) as u8
+                (rng.next_u64() & 0xFF) as u8
             }
         })
         .collect();
@@ -323,14 +302,14 @@ fn scores_to_first_error() {
                 if rng.chance(10) {
                     *rng.pick(&specials)
                 } else {
-                    (rng.next() >> 11) as f64 / (1u64 << 53) as f64
+                    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
                 }
             })
             .collect();
         let threshold = if rng.chance(5) {
             *rng.pick(&specials)
         } else {
-            (rng.next() >> 11) as f64 / (1u64 << 53) as f64
+            (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
         };
         match first_error_from_scores(&scores, threshold) {
             Ok(k) => {

@@ -17,6 +17,10 @@
 //! only the gradient, and that f32, f64, bf16 and f16 inputs agree bit for bit when the values
 //! are exactly representable in all of them.
 
+mod common;
+
+use common::Rng;
+
 use half::{bf16, f16};
 
 use sgpo_rs::elem::{FloatElem, MaskElem};
@@ -73,27 +77,6 @@ const H: f64 = 1e-6;
 const RTOL: f64 = 2e-6;
 const ATOL: f64 = 2e-7;
 
-/// SplitMix64: deterministic inputs without a `rand` dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[(self.next_u64() % xs.len() as u64) as usize]
-    }
-}
-
 fn near_kink(log_ratio: f64) -> bool {
     KINK_RATIOS
         .iter()
@@ -125,8 +108,8 @@ fn make_case(seed: u64, batch: usize, len: usize, max_log_ratio: f64) -> Case {
         logp: vec![0.0; n],
         old: vec![0.0; n],
         reference: vec![0.0; n],
-        adv_row: (0..batch).map(|_| rng.pick(&ADVANTAGES)).collect(),
-        adv_token: (0..n).map(|_| rng.pick(&ADVANTAGES)).collect(),
+        adv_row: (0..batch).map(|_| *rng.pick(&ADVANTAGES)).collect(),
+        adv_token: (0..n).map(|_| *rng.pick(&ADVANTAGES)).collect(),
         mask: vec![0.0; n],
     };
     for i in 0..batch {
@@ -151,7 +134,7 @@ fn make_case(seed: u64, batch: usize, len: usize, max_log_ratio: f64) -> Case {
                 let w = if i == 2 {
                     0.0
                 } else {
-                    rng.pick(&[1.0f32, 1.0, 1.0, 1.0, 0.0, 0.5, 2.0])
+                    *rng.pick(&[1.0f32, 1.0, 1.0, 1.0, 0.0, 0.5, 2.0])
                 };
                 case.logp[t] = lp;
                 case.old[t] = old;

@@ -8,6 +8,8 @@
 //! output must be finite. Deterministic tests below pin the extreme cases a property test should
 //! not shrink through (they would allocate or loop for ages if the engine mishandled them).
 
+mod common;
+
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -260,19 +262,11 @@ fn aggregation() -> impl Strategy<Value = Aggregation> {
     ]
 }
 
-/// Every loss type, from the registry.
-fn all_loss_types() -> Vec<LossType> {
-    sgpo_rs::loss::registry::LOSS_TYPES
-        .iter()
-        .map(|s| s.loss_type)
-        .collect()
-}
-
 /// `huge_sizes`: `max_completion_length` up to `usize::MAX`, else below 12 (0 included).
 fn loss_options(huge_sizes: bool) -> impl Strategy<Value = LossOptions> {
     let d = LossOptions::default();
     let kinds = (
-        prop::sample::select(all_loss_types()),
+        prop::sample::select(common::loss_types().collect::<Vec<_>>()),
         prop::sample::select(vec![
             ImportanceSamplingLevel::Token,
             ImportanceSamplingLevel::Sequence,
@@ -453,7 +447,7 @@ proptest! {
     #[test]
     fn policy_loss_accepted_outputs_are_finite(
         case in loss_case(false),
-        loss_type in prop::sample::select(all_loss_types()),
+        loss_type in prop::sample::select(common::loss_types().collect::<Vec<_>>()),
         sequence in any::<bool>(),
         beta in prop_oneof![Just(0.0), Just(0.04), -1.0..1.0f64],
     ) {
