@@ -21,6 +21,9 @@ import sgpo_rs
 # reaches every suite that iterates these, and fails there until this module implements it.
 LOSS_TYPES = sgpo_rs.LOSS_TYPES
 TRL_CLIP_TYPES = tuple(name for name, info in sgpo_rs.loss_types().items() if info.trl_clipped)
+# TRL's own rule (a fact about TRL, not read from the library): these loss types divide by
+# num_items, into which TRL folds the gradient-accumulation steps; the others divide by the steps.
+TRL_NUM_ITEMS_TYPES = ("dapo", "cispo", "vespo")
 KL_ESTIMATORS = ("k3", "low_var_kl", "k1", "abs", "k2")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 

@@ -18,7 +18,7 @@ import reference as ref
 import sgpo_rs as sg
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_loss import torch_grad
+from reference_torch import torch_grad
 
 # Derandomized and without an example database: the same examples on every run and machine, nothing
 # written into the repository.

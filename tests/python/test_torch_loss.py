@@ -1,5 +1,6 @@
-"""sgpo_rs.torch.sgpo_loss: value and logp.grad against a torch transcription of TRL 1.16's
-`GRPOTrainer._compute_loss` (written here from the TRL source), plus the autograd contract:
+"""sgpo_rs.torch.sgpo_loss: value and logp.grad against the float64 torch transcription of TRL
+1.16's `GRPOTrainer._compute_loss` (``reference_torch.trl_value_and_grad``: TRL's options, its
+num_items normaliser and gradient accumulation), plus the autograd contract:
 gradient accumulation, half precision, no_grad, requires_grad=False, non-contiguous inputs,
 torch.compile, zero-copy hand-off, device errors.
 
@@ -15,7 +16,6 @@ largest entry, not with their own size. A float32 transcription of TRL itself wo
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import numpy as np
@@ -25,11 +25,11 @@ torch = pytest.importorskip("torch")
 
 import sgpo_rs as sg  # noqa: E402
 import sgpo_rs.torch as sgt  # noqa: E402
+from reference_torch import trl_value_and_grad  # noqa: E402
 from sgpo_rs.torch import sgpo_loss  # noqa: E402
 
-# TRL's loss types and those with its clip metrics, from the engine's registry.
+# TRL's loss types, from the engine's registry.
 LOSS_TYPES = tuple(name for name, info in sg.loss_types().items() if info.origin == "trl")
-CLIP_TYPES = tuple(name for name, info in sg.loss_types().items() if info.trl_clipped)
 F64 = torch.float64
 
 
@@ -44,143 +44,6 @@ def assert_close(actual, expected, what=""):
     assert a.shape == e.shape, (what, a.shape, e.shape)
     scale = float(e.abs().max()) if e.numel() else 0.0
     torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6 * scale, msg=lambda m: f"{what}: {m}")
-
-
-# --------------------------------------------------------------------------------------------------
-# TRL 1.16 `_compute_loss` (grpo_trainer.py), transcribed line by line for these inputs: no
-# entropy mask, no off-policy mask, no vLLM IS correction, one process, training mode.
-# --------------------------------------------------------------------------------------------------
-
-
-def _f64_where(cond, a, b):
-    # TRL writes torch.where(cond, python_float, python_float); with float64 inputs that would
-    # round the constants to float32 (the default dtype), so build float64 constants.
-    return torch.where(cond, torch.tensor(float(a), dtype=F64), torch.tensor(float(b), dtype=F64))
-
-
-def trl_get_gamma_weights(advantages, log_ratio_per_token, mask, k_pos, lambda_pos, k_neg, lambda_neg):
-    with torch.no_grad():  # TRL: @torch.no_grad()
-        lower_clamp = math.log(1e-8)
-        log_ratio_clamped = torch.clamp(log_ratio_per_token, -20.0, 20.0)
-        seq_log_ratio = torch.sum(log_ratio_clamped * mask, dim=-1, keepdim=True)
-        log_w_seq = torch.clamp(seq_log_ratio, lower_clamp, 20.0)
-        w_seq = torch.exp(log_w_seq)
-        is_nonneg_adv = advantages >= 0
-        k_seq = _f64_where(is_nonneg_adv, k_pos, k_neg)
-        lambda_seq = _f64_where(is_nonneg_adv, lambda_pos, lambda_neg).clamp(min=1e-4)
-        log_phi = lambda_seq + k_seq * log_w_seq - lambda_seq * w_seq
-        return torch.exp(log_phi).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def trl_compute_loss(
-    per_token_logps,
-    old_per_token_logps,
-    ref_per_token_logps,
-    advantages,
-    mask,
-    *,
-    loss_type,
-    beta=0.0,
-    epsilon=0.2,
-    epsilon_high=None,
-    delta=None,
-    importance_sampling_level="token",
-    use_bias_correction_kl=True,
-    max_completion_length=None,
-    num_items_in_batch=None,
-    current_gradient_accumulation_steps=1,
-    steps_per_generation=1,
-    num_processes=1,
-    sapo_temperature_pos=1.0,
-    sapo_temperature_neg=1.05,
-    vespo_k_pos=2.0,
-    vespo_lambda_pos=3.0,
-    vespo_k_neg=3.0,
-    vespo_lambda_neg=2.0,
-):
-    epsilon_low = epsilon
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(1)
-    old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
-
-    log_ratio = per_token_logps - old_per_token_logps
-    if importance_sampling_level == "token":
-        log_importance_weights = log_ratio
-    else:
-        log_importance_weights = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        log_importance_weights = log_importance_weights.unsqueeze(-1)
-    coef_1 = torch.exp(log_importance_weights)
-
-    if beta != 0.0:
-        per_token_kl = (
-            torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-        )
-        if use_bias_correction_kl:
-            per_token_kl = per_token_kl * coef_1
-
-    if loss_type == "cispo":
-        clamped_ratios = torch.clamp(coef_1, max=epsilon_high).detach()
-        per_token_loss = -clamped_ratios * advantages * per_token_logps
-    elif loss_type in CLIP_TYPES:
-        coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
-        if delta is not None:
-            coef_1 = torch.clamp(coef_1, max=delta)
-        per_token_loss1 = coef_1 * advantages
-        per_token_loss2 = coef_2 * advantages
-        per_token_loss = -torch.min(per_token_loss1, per_token_loss2)
-    elif loss_type == "sapo":
-        temperatures = _f64_where(advantages > 0, sapo_temperature_pos, sapo_temperature_neg)
-        soft_coef_1 = torch.sigmoid(temperatures * (coef_1 - 1)) * 4 / temperatures
-        per_token_loss = -soft_coef_1 * advantages
-    elif loss_type == "vespo":
-        phi_seq = trl_get_gamma_weights(
-            advantages, log_ratio, mask, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg
-        )
-        per_token_loss = -phi_seq * advantages * per_token_logps
-    else:
-        raise ValueError(loss_type)
-
-    if beta != 0.0:
-        per_token_loss = per_token_loss + beta * per_token_kl
-
-    gas = current_gradient_accumulation_steps
-    if loss_type in ("grpo", "sapo"):
-        loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / gas
-    elif loss_type == "bnpo":
-        loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0) / gas
-    elif loss_type == "dr_grpo":
-        loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length) / gas
-    elif loss_type in ("cispo", "dapo", "vespo"):
-        normalizer = num_items_in_batch.clamp(min=1.0) / num_processes
-        normalizer = normalizer * gas / steps_per_generation
-        loss = (per_token_loss * mask).sum() / normalizer
-    elif loss_type == "luspo":
-        loss = (per_token_loss * mask).sum(-1).mean() / gas
-    else:
-        raise ValueError(loss_type)
-    return loss
-
-
-def trl_value_and_grad(lp, old, ref, adv, mask, **kw):
-    """TRL's loss and d loss / d lp in float64 from the (float32) tensors given."""
-    lp64 = lp.detach().to(F64).requires_grad_(True)
-    m64 = mask.detach().to(F64)
-    kw.setdefault("max_completion_length", lp.shape[1])
-    if kw.get("num_items_in_batch") is None:
-        kw["num_items_in_batch"] = m64.sum()  # TRL: the generation batch's token count
-    else:
-        kw["num_items_in_batch"] = torch.tensor(float(kw["num_items_in_batch"]), dtype=F64)
-    loss = trl_compute_loss(
-        lp64,
-        None if old is None else old.detach().to(F64),
-        None if ref is None else ref.detach().to(F64),
-        adv.detach().to(F64),
-        m64,
-        **kw,
-    )
-    loss.backward()
-    return loss.detach(), lp64.grad
 
 
 # --------------------------------------------------------------------------------------------------
