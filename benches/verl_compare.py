@@ -1,9 +1,11 @@
 """verl's GRPO advantage step: ``grpo_rs`` (sgpo_rs.verl, the Rust kernels) against verl's own
 ``grpo`` (the Python loop) and ``grpo_vectorized``, all called through verl's estimator registry
-on verl's input types, in one run, side by side, with the memory-bandwidth floor.
+on verl's input types, in one run, side by side, with the memory-bandwidth floor. Then verl's
+policy loss: ``loss_mode=sgpo_rs`` (the fused kernel) against verl's ``vanilla`` in torch eager,
+forward and backward, through verl's policy-loss registry.
 
     python benches/verl_compare.py                   # N in {1280, 5120, 8192} x L in {1024, 8192}
-    python benches/verl_compare.py --sizes 1280x1024 --repeats 3
+    python benches/verl_compare.py --sizes 1280x1024 --repeats 3 --loss-sizes 64x4096
 
 Inputs as the verl driver holds them: float32 ``token_level_rewards`` with one non-zero per row,
 int64 ``response_mask`` (random lengths), ``index`` = numpy object array of uuid4 strings, groups
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1280x1024,5120x1024,8192x1024,1280x8192,5120x8192,8192x8192")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-repeats", type=int, default=2, help="repeats of verl's slow Python loop")
+    parser.add_argument("--loss-sizes", default="64x4096,512x8192", help="B x L of the policy loss; '' skips")
     args = parser.parse_args()
 
     import sgpo_rs.verl  # noqa: F401  (registers grpo_rs)
@@ -107,6 +110,45 @@ def main() -> None:
             f"  {vec / rs:6.1f}x {loop / rs:7.1f}x {rs / floor:8.2f}x   (max |rs - loop| {diff:.1e})"
         )
         held.clear()
+    if args.loss_sizes:
+        policy_loss_rows(args.loss_sizes, args.repeats, bandwidth)
+
+
+def policy_loss_rows(sizes: str, repeats: int, bandwidth: float) -> None:
+    """verl's vanilla policy loss (token-mean, float32, bool mask) forward + backward: the fused
+    ``sgpo_rs`` loss mode against verl's own in torch eager, both from verl's registry."""
+    import torch
+    from verl.trainer.ppo import core_algos
+    from verl.workers.config.actor import ActorConfig
+
+    config = ActorConfig(
+        strategy="fsdp", rollout_n=8, ppo_mini_batch_size=8, ppo_micro_batch_size_per_gpu=1, clip_ratio=0.2
+    )
+    losses = {name: core_algos.get_policy_loss_fn(name) for name in ("sgpo_rs", "vanilla")}
+    print(f"\n{'B x L':>12} {'floor':>9} {'sgpo_rs':>9} {'vanilla':>9}  vanilla/sgpo_rs  sgpo_rs/floor")
+    g = torch.Generator().manual_seed(0)
+    for size in sizes.split(","):
+        b, length = (int(x) for x in size.lower().split("x"))
+        old = -2.0 * torch.rand(b, length, generator=g)
+        logp = (old + 0.2 * torch.randn(b, length, generator=g)).requires_grad_(True)
+        adv = torch.randn(b, 1, generator=g).expand(b, length).contiguous()
+        mask = torch.rand(b, length, generator=g) > 0.1
+        # Read logp, old, advantages (4 bytes each) and the mask (1), write the gradient (4).
+        floor = b * length * (4 * 4 + 1) / bandwidth
+
+        def step(fn):
+            logp.grad = None
+            loss, _ = fn(old, logp, adv, mask, loss_agg_mode="token-mean", config=config)
+            loss.backward()
+            return float(loss.detach())
+
+        fused = bench(lambda: step(losses["sgpo_rs"]), repeats)[0]
+        eager = bench(lambda: step(losses["vanilla"]), repeats)[0]
+        diff = abs(step(losses["sgpo_rs"]) - step(losses["vanilla"]))
+        print(
+            f"{size:>12} {floor * 1e3:7.2f}ms {fused * 1e3:7.2f}ms {eager * 1e3:7.2f}ms"
+            f"  {eager / fused:15.1f}x {fused / floor:13.2f}x   (|loss diff| {diff:.1e})"
+        )
 
 
 if __name__ == "__main__":
