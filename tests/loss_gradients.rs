@@ -29,13 +29,6 @@ use sgpo_rs::loss::{
     LossOptions, LossOutput, LossType,
 };
 
-/// Every loss type, from the registry: a new one is tested here without editing this file.
-fn loss_types() -> impl Iterator<Item = LossType> {
-    sgpo_rs::loss::registry::LOSS_TYPES
-        .iter()
-        .map(|spec| spec.loss_type)
-}
-
 const LEVELS: [ImportanceSamplingLevel; 2] = [
     ImportanceSamplingLevel::Token,
     ImportanceSamplingLevel::Sequence,
@@ -369,7 +362,7 @@ fn gradient_matches_finite_difference_for_every_loss_and_kl_setting() {
     for (case, kind) in &cases {
         let kind = *kind;
         {
-            for loss_type in loss_types() {
+            for loss_type in common::loss_types() {
                 for level in LEVELS {
                     for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                         let options = LossOptions {
@@ -518,7 +511,7 @@ fn gradient_matches_finite_difference_under_option_tweaks() {
         } else {
             AdvKind::Token
         };
-        for loss_type in loss_types() {
+        for loss_type in common::loss_types() {
             for level in LEVELS {
                 for beta in [0.0, 0.04] {
                     {
@@ -542,7 +535,7 @@ fn gradient_matches_finite_difference_under_option_tweaks() {
 #[test]
 fn on_policy_equals_old_logp_equal_to_logp() {
     let case = make_case(4, 5, 8, 0.45);
-    for loss_type in loss_types() {
+    for loss_type in common::loss_types() {
         for level in LEVELS {
             for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                 let options = LossOptions {
@@ -594,7 +587,7 @@ fn per_row_and_broadcast_per_token_advantages_agree() {
             }
         })
         .collect();
-    for loss_type in loss_types() {
+    for loss_type in common::loss_types() {
         for level in LEVELS {
             for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                 let options = LossOptions {
@@ -653,7 +646,7 @@ fn masked_tokens_get_zero_gradient_and_are_never_read() {
     let mask_u8: Vec<u8> = mask_bool.iter().map(|&b| u8::from(b)).collect();
     let binary: Vec<f32> = mask_bool.iter().map(|&b| f32::from(u8::from(b))).collect();
 
-    for loss_type in loss_types() {
+    for loss_type in common::loss_types() {
         for level in LEVELS {
             for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                 let options = LossOptions {
@@ -709,7 +702,7 @@ fn masked_tokens_get_zero_gradient_and_are_never_read() {
 #[test]
 fn grad_scale_multiplies_only_the_gradient() {
     let case = make_case(7, 5, 8, 1.6);
-    for loss_type in loss_types() {
+    for loss_type in common::loss_types() {
         for level in LEVELS {
             for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                 let base = LossOptions {
@@ -793,7 +786,7 @@ fn half_precision_inputs_agree_with_f32_when_values_are_representable() {
         assert_eq!(ref_h[k].to_f32(), case.reference[k]);
     }
     let (lp_d, old_d, ref_d) = (widen(&case.logp), widen(&case.old), widen(&case.reference));
-    for loss_type in loss_types() {
+    for loss_type in common::loss_types() {
         for level in LEVELS {
             for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                 let options = LossOptions {
@@ -1044,7 +1037,7 @@ fn loss_values_match_a_plain_f64_reference() {
     for (seed, max_log_ratio) in [(11, 0.45), (12, 1.6)] {
         let case = make_case(seed, 5, 8, max_log_ratio);
         for kind in [AdvKind::Row, AdvKind::Token] {
-            for loss_type in loss_types() {
+            for loss_type in common::loss_types() {
                 for level in LEVELS {
                     for (beta, kl_estimator, kl_bias_correction) in kl_settings() {
                         let options = LossOptions {
