@@ -10,6 +10,7 @@
 mod metrics;
 mod options;
 mod row;
+mod row_f32;
 mod terms;
 
 use rayon::prelude::*;

@@ -1,0 +1,593 @@
+//! The float32 path of one row, for f32, bf16 and f16 inputs of the PPO-clipped losses (TRL's
+//! grpo, bnpo, dr_grpo, dapo and luspo) at token level with the k1, abs, k2 or k3 KL.
+//!
+//! Per-token values are computed in float32, 8 (AVX2) or 16 (AVX-512) tokens per instruction, by
+//! the same branch-free code compiled for each level (no fused multiply-adds anywhere, so every
+//! level gives bit-identical results). Sums are kept in float64, [`LANES`] lanes per sum with a
+//! fixed token-to-lane assignment, so results do not depend on the thread count either. The inputs
+//! are read once: a chunk of [`CHUNK`] tokens is converted (bf16/f16 only) into L1 and computed
+//! there, and no float64 copy of anything is made.
+//!
+//! A token goes to the float64 formulas of the float64 path instead (recomputed from its
+//! inputs, exactly as that path would) when float32 could decide or overflow differently:
+//! its ratio within 1e-6 (relative) of a clip bound (`1 - epsilon_low`, `1 + epsilon_high`,
+//! `delta`), a log ratio or KL gap beyond +-80 (float32's `exp` overflows at 88.7), or a
+//! non-finite float32 loss, KL or gradient. The band is four times the float32 ratio's error
+//! (below 2.5e-7 from `exp_f32`, plus the rounding of `lp - old`), so every clip decision and
+//! clip metric is the float64 path's.
+//!
+//! Error bound against the float64 path (tested in `tests/python/test_loss.py`): each token's
+//! loss and gradient differ by at most about 5e-7 of their own magnitude (`exp` 2.5e-7, the
+//! rounding of `lp - old` and `ref - lp` to float32, a few float32 products; the k3 core by at
+//! most 5e-7, see `crate::exp_f32`). So the loss differs by at most 5e-7 times
+//! `sum_i rho_i sum_t M |L_t|` (at most 5e-7 relative when the per-token losses do not cancel),
+//! and each gradient entry by at most 5e-7 of its magnitude, far under 1e-6 of `max |grad|`.
+
+// The chunk loops walk several parallel buffers with one index; zipping them all would hide the
+// formulas.
+#![allow(clippy::needless_range_loop)]
+
+use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions};
+use super::row::{weight_sum, Row, RowSums};
+use super::terms::{self, Policy};
+use super::AdvantageView;
+use crate::cpu::SimdLevel;
+use crate::elem::{FloatElem, MaskElem};
+use crate::error::{Error, Result};
+use crate::exp;
+use crate::exp_f32::{exp_f32, exp_minus_one_minus_x};
+
+/// Tokens per chunk: the chunk's float32 buffers (about 10 KiB) stay in L1.
+const CHUNK: usize = 256;
+/// Float64 accumulators per sum: two AVX-512 vectors, four AVX2 ones.
+const LANES: usize = 16;
+/// Clip decisions within this relative distance of a bound are taken in float64.
+const NEAR_BOUND: f32 = 1e-6;
+/// Log ratios and KL gaps beyond this are taken in float64 (float32's `exp` overflows at 88.7).
+const MAX_GAP: f32 = 80.0;
+
+/// Whether this path computes the loss `options` describe (else the float64 path does).
+pub(super) fn handles(options: &LossOptions) -> bool {
+    // A scale or bound float32 cannot hold closely is left to float64.
+    let representable = |v: f64| v == 0.0 || (1e-30..=1e30).contains(&v.abs());
+    options.loss_type.is_trl_clipped()
+        && options.importance_sampling_level == ImportanceSamplingLevel::Token
+        && options.kl_estimator != KlEstimator::LowVarKl
+        && options.delta.is_none_or(representable)
+        && options.epsilon_low < 1e30
+        && options.epsilon_high() < 1e30
+        && representable(options.beta)
+}
+
+/// A sum kept in [`LANES`] float64 lanes: lane `k % LANES` takes token `k` of each chunk.
+#[derive(Clone, Copy)]
+struct Lanes([f64; LANES]);
+
+impl Lanes {
+    const ZERO: Lanes = Lanes([0.0; LANES]);
+
+    /// Adds `w[k] * y[k] * x[k]`, all widened to float64 (`w * y` is exact there).
+    #[inline(always)]
+    fn add_weighted3(&mut self, w: &[f32], y: &[f32], x: &[f32]) {
+        let blocks = w.chunks_exact(LANES).zip(y.chunks_exact(LANES));
+        for ((w, y), x) in blocks.zip(x.chunks_exact(LANES)) {
+            for j in 0..LANES {
+                self.0[j] += (w[j] as f64 * y[j] as f64) * x[j] as f64;
+            }
+        }
+        let rest = w.len() / LANES * LANES;
+        let (w, y, x) = (&w[rest..], &y[rest..], &x[rest..]);
+        for j in 0..w.len().min(y.len()).min(x.len()) {
+            self.0[j] += (w[j] as f64 * y[j] as f64) * x[j] as f64;
+        }
+    }
+
+    /// Adds `w[k] * x[k]`, both widened to float64 (so the product is exact).
+    #[inline(always)]
+    fn add_weighted(&mut self, w: &[f32], x: &[f32]) {
+        let (w_blocks, x_blocks) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
+        let (w_rest, x_rest) = (w_blocks.remainder(), x_blocks.remainder());
+        for (w, x) in w_blocks.zip(x_blocks) {
+            for j in 0..LANES {
+                self.0[j] += w[j] as f64 * x[j] as f64;
+            }
+        }
+        for j in 0..w_rest.len().min(x_rest.len()) {
+            self.0[j] += w_rest[j] as f64 * x_rest[j] as f64;
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.0.iter().sum()
+    }
+}
+
+/// The row's sums: the vectorised tokens' lanes and the float64 fallback tokens' plain sums.
+struct Sums {
+    /// `a * coef` (the policy loss with its sign flipped).
+    loss: Lanes,
+    /// `kl * kr` (the KL term over beta).
+    kl: Lanes,
+    low: Lanes,
+    high: Lanes,
+    /// Loss, kl, low, high of the tokens computed in float64 (the loss complete, not as the
+    /// lanes hold it), in token order.
+    fallback: [f64; 4],
+}
+
+/// The row-independent float32 parameters.
+#[derive(Clone, Copy)]
+struct Params {
+    lo: f32,
+    hi: f32,
+    /// `f32::MAX` when unset: no finite float32 ratio reaches it.
+    delta: f32,
+    beta: f32,
+    /// 1 with bias correction (KL times the ratio), else 0.
+    bias: f32,
+    /// `rho_i * grad_scale`.
+    scale: f32,
+}
+
+/// A chunk's float32 inputs (`old` and `reference` empty when absent).
+struct ChunkIn<'c> {
+    w: &'c [f32],
+    lp: &'c [f32],
+    old: &'c [f32],
+    reference: &'c [f32],
+    a: &'c [f32],
+}
+
+/// A chunk's per-token results before they are summed.
+struct Scratch {
+    /// The weight each token is summed with: its mask weight, 0 for fallback tokens.
+    w_sum: [f32; CHUNK],
+    /// The advantage masked-out tokens computed with (0 for them).
+    a: [f32; CHUNK],
+    /// The ratio the clipped term takes: `min(u, v) = a * coef`, so the policy loss is
+    /// `-a * coef`, summed as a float64 product.
+    coef: [f32; CHUNK],
+    kl: [f32; CHUNK],
+    low: [f32; CHUNK],
+    high: [f32; CHUNK],
+    /// 1 for tokens left to the float64 formulas.
+    fallback: [f32; CHUNK],
+}
+
+/// What a chunk found: whether every unmasked input was finite, and whether any token was left
+/// to float64.
+struct ChunkFlags {
+    finite: bool,
+    any_fallback: bool,
+}
+
+/// A KL estimator in float32: `(kl, d kl / d lp, kl + d kl / d lp)` from `x = ref - lp` and
+/// `e = exp(x)` (computed only when [`Kl32::NEEDS_EXP`]).
+trait Kl32 {
+    const ACTIVE: bool = true;
+    const NEEDS_EXP: bool = false;
+    fn eval(x: f32, e: f32) -> (f32, f32, f32);
+}
+
+/// `beta = 0` or no `ref_logp`: no KL term.
+struct NoKl;
+struct K1;
+struct Abs;
+struct K2;
+struct K3;
+
+impl Kl32 for NoKl {
+    const ACTIVE: bool = false;
+    #[inline(always)]
+    fn eval(_x: f32, _e: f32) -> (f32, f32, f32) {
+        (0.0, 0.0, 0.0)
+    }
+}
+
+impl Kl32 for K1 {
+    #[inline(always)]
+    fn eval(x: f32, _e: f32) -> (f32, f32, f32) {
+        (-x, 1.0, 1.0 - x)
+    }
+}
+
+impl Kl32 for Abs {
+    #[inline(always)]
+    fn eval(x: f32, _e: f32) -> (f32, f32, f32) {
+        let d = flag(x < 0.0) - flag(x > 0.0);
+        let kl = x.abs();
+        (kl, d, kl + d)
+    }
+}
+
+impl Kl32 for K2 {
+    #[inline(always)]
+    fn eval(x: f32, _e: f32) -> (f32, f32, f32) {
+        let kl = 0.5 * x * x;
+        (kl, -x, kl - x)
+    }
+}
+
+impl Kl32 for K3 {
+    const NEEDS_EXP: bool = true;
+    /// `kl + d = -x` exactly (the two alone reach `e^|x|` and cancel); `kl` cancellation-free.
+    #[inline(always)]
+    fn eval(x: f32, e: f32) -> (f32, f32, f32) {
+        (exp_minus_one_minus_x(x, e), 1.0 - e, -x)
+    }
+}
+
+#[inline(always)]
+fn flag(cond: bool) -> f32 {
+    if cond {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Whether `r` is within [`NEAR_BOUND`] (relative) of `bound`.
+#[inline(always)]
+fn near(r: f32, bound: f32) -> bool {
+    (r - bound).abs() <= NEAR_BOUND * bound.abs()
+}
+
+/// Computes a chunk's tokens in float32: writes the gradient of every token not left to float64
+/// (0 for those), and adds the chunk's sums into `sums`.
+#[inline(always)]
+fn chunk<K: Kl32, const HAS_OLD: bool>(
+    p: &Params,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    scratch: &mut Scratch,
+    sums: &mut Sums,
+) -> ChunkFlags {
+    let m = grad.len();
+    let (w, lp, a) = (&input.w[..m], &input.lp[..m], &input.a[..m]);
+    let old = if HAS_OLD { &input.old[..m] } else { &[][..] };
+    let reference = if K::ACTIVE {
+        &input.reference[..m]
+    } else {
+        &[][..]
+    };
+    // Every buffer cut to `m` first, so the loop has no bounds checks (a check is a branch).
+    let Scratch {
+        w_sum,
+        a: a_out,
+        coef: coef_out,
+        kl: kl_out,
+        low: low_out,
+        high: high_out,
+        fallback,
+    } = scratch;
+    let (w_sum, a_out, coef_out) = (&mut w_sum[..m], &mut a_out[..m], &mut coef_out[..m]);
+    let kl_out = &mut kl_out[..m];
+    let (low_out, high_out, fallback) = (&mut low_out[..m], &mut high_out[..m], &mut fallback[..m]);
+    let mut finite = true;
+    let mut any_fallback = false;
+    // Bitwise `&` and `|` on the conditions below, not `&&` and `||`: short-circuits are
+    // branches, and a branch per token keeps the loop from vectorising.
+    for k in 0..m {
+        let on = w[k] != 0.0;
+        let mut ok = lp[k].is_finite() & a[k].is_finite();
+        // Masked-out tokens compute with harmless values (their inputs may be NaN or inf).
+        let lp_k = if on { lp[k] } else { 0.0 };
+        let a_k = if on { a[k] } else { 0.0 };
+        let d = if HAS_OLD {
+            ok &= old[k].is_finite();
+            lp_k - if on { old[k] } else { 0.0 }
+        } else {
+            0.0
+        };
+        let r = exp_f32(d);
+
+        // TRL's clipped term, as `terms::Clipped` (torch's tie and clamp-gradient rules).
+        let c1 = if r < p.delta { r } else { p.delta };
+        let dc1 = flag(r < p.delta);
+        let c2 = if r < p.lo {
+            p.lo
+        } else if r > p.hi {
+            p.hi
+        } else {
+            r
+        };
+        let dc2 = flag((r > p.lo) & (r < p.hi));
+        let (u, v) = (c1 * a_k, c2 * a_k);
+        let wu = if u < v {
+            1.0
+        } else if u == v {
+            0.5
+        } else {
+            0.0
+        };
+        let coef = if u < v { c1 } else { c2 };
+        let d_ratio = -a_k * (wu * dc1 + (1.0 - wu) * dc2);
+        let low = flag((c1 < p.lo) & (a_k < 0.0));
+        let high = flag((c1 > p.hi) & (a_k > 0.0));
+        let mut to_f64 = (d.abs() > MAX_GAP) | near(r, p.lo) | near(r, p.hi) | near(r, p.delta);
+
+        let mut d_logp = 0.0;
+        let mut kl_sum = 0.0;
+        if K::ACTIVE {
+            ok &= reference[k].is_finite();
+            let x = if on { reference[k] } else { 0.0 } - lp_k;
+            let e = if K::NEEDS_EXP { exp_f32(x) } else { 1.0 };
+            let (kl, d_kl, kl_plus_d) = K::eval(x, e);
+            // With bias correction the KL is multiplied by r (gradient through r too).
+            let kr = p.bias * r + (1.0 - p.bias);
+            d_logp = p.beta * (p.bias * r * kl_plus_d + (1.0 - p.bias) * d_kl);
+            kl_sum = kl * kr;
+            to_f64 |= K::NEEDS_EXP & (x.abs() > MAX_GAP);
+        }
+        let g = p.scale * w[k] * (d_logp + d_ratio * r);
+        to_f64 |= !(kl_sum.is_finite() & g.is_finite());
+        let to_f64 = on & to_f64;
+        finite &= !on | ok;
+        any_fallback |= to_f64;
+        grad[k] = if to_f64 { 0.0 } else { g };
+        w_sum[k] = if to_f64 { 0.0 } else { w[k] };
+        a_out[k] = a_k;
+        coef_out[k] = coef;
+        kl_out[k] = kl_sum;
+        low_out[k] = low;
+        high_out[k] = high;
+        fallback[k] = flag(to_f64);
+    }
+    sums.loss.add_weighted3(w_sum, a_out, coef_out);
+    if K::ACTIVE {
+        sums.kl.add_weighted(w_sum, kl_out);
+    }
+    sums.low.add_weighted(w_sum, low_out);
+    sums.high.add_weighted(w_sum, high_out);
+    ChunkFlags {
+        finite,
+        any_fallback,
+    }
+}
+
+/// [`chunk`] compiled for AVX-512F (16 float32 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool>(
+    p: &Params,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    scratch: &mut Scratch,
+    sums: &mut Sums,
+) -> ChunkFlags {
+    chunk::<K, HAS_OLD>(p, input, grad, scratch, sums)
+}
+
+/// [`chunk`] compiled for AVX2 + FMA (8 float32 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool>(
+    p: &Params,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    scratch: &mut Scratch,
+    sums: &mut Sums,
+) -> ChunkFlags {
+    chunk::<K, HAS_OLD>(p, input, grad, scratch, sums)
+}
+
+/// [`chunk`] for the level `level` (never above the CPU's: see [`crate::cpu::simd_level`]).
+#[inline(always)]
+fn chunk_at<K: Kl32, const HAS_OLD: bool>(
+    level: SimdLevel,
+    p: &Params,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    scratch: &mut Scratch,
+    sums: &mut Sums,
+) -> ChunkFlags {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: `level` never exceeds the CPU's level, so the CPU has these features.
+        SimdLevel::Avx512 => {
+            return unsafe { chunk_avx512::<K, HAS_OLD>(p, input, grad, scratch, sums) }
+        }
+        // SAFETY: as above.
+        SimdLevel::Avx2 => {
+            return unsafe { chunk_avx2::<K, HAS_OLD>(p, input, grad, scratch, sums) }
+        }
+        SimdLevel::Portable => {}
+    }
+    let _ = level;
+    chunk::<K, HAS_OLD>(p, input, grad, scratch, sums)
+}
+
+impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
+    /// Row `i` on the float32 path (the caller checked [`handles`]).
+    pub(super) fn run_f32(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
+        let has_kl = self.options.beta != 0.0 && self.inputs.ref_logp.is_some();
+        let has_old = self.inputs.old_logp.is_some();
+        let run = match (has_kl.then_some(self.options.kl_estimator), has_old) {
+            (None, true) => Self::run_f32_with::<NoKl, true>,
+            (None, false) => Self::run_f32_with::<NoKl, false>,
+            (Some(KlEstimator::K1), true) => Self::run_f32_with::<K1, true>,
+            (Some(KlEstimator::K1), false) => Self::run_f32_with::<K1, false>,
+            (Some(KlEstimator::Abs), true) => Self::run_f32_with::<Abs, true>,
+            (Some(KlEstimator::Abs), false) => Self::run_f32_with::<Abs, false>,
+            (Some(KlEstimator::K2), true) => Self::run_f32_with::<K2, true>,
+            (Some(KlEstimator::K2), false) => Self::run_f32_with::<K2, false>,
+            (Some(_), true) => Self::run_f32_with::<K3, true>,
+            (Some(_), false) => Self::run_f32_with::<K3, false>,
+        };
+        run(self, i, grad)
+    }
+
+    fn run_f32_with<K: Kl32, const HAS_OLD: bool>(
+        &self,
+        i: usize,
+        grad: &mut [f32],
+    ) -> Result<RowSums> {
+        let opt = self.options;
+        let s = self.slices(i);
+        let len = s.lp.len();
+        let n = match self.row_tokens {
+            Some(counts) => counts[i],
+            None => weight_sum(s.mask, i)?,
+        };
+        let rho = (self.row_weight)(n);
+        let scale = rho * opt.grad_scale;
+        if !(scale == 0.0 || (1e-30..=1e30).contains(&scale.abs())) {
+            // A scale float32 cannot hold closely: the whole row in float64.
+            return self.run_f64(i, grad);
+        }
+        let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
+        let delta = opt.delta.unwrap_or(f64::INFINITY);
+        let p = Params {
+            lo: lo as f32,
+            hi: hi as f32,
+            delta: if delta < f32::MAX as f64 {
+                delta as f32
+            } else {
+                f32::MAX
+            },
+            beta: opt.beta as f32,
+            bias: flag(opt.kl_bias_correction),
+            scale: scale as f32,
+        };
+        let fallback_term = terms::Clipped { lo, hi, delta };
+        let level = crate::cpu::simd_level();
+
+        let mut sums = Sums {
+            loss: Lanes::ZERO,
+            kl: Lanes::ZERO,
+            low: Lanes::ZERO,
+            high: Lanes::ZERO,
+            fallback: [0.0; 4],
+        };
+        let mut scratch = Box::new(Scratch {
+            w_sum: [0.0; CHUNK],
+            a: [0.0; CHUNK],
+            coef: [0.0; CHUNK],
+            kl: [0.0; CHUNK],
+            low: [0.0; CHUNK],
+            high: [0.0; CHUNK],
+            fallback: [0.0; CHUNK],
+        });
+        let mut bufs = Box::new([[0.0f32; CHUNK]; 5]);
+        let row_advantage = match self.inputs.advantages {
+            AdvantageView::PerRow(adv) => Some(adv[i]),
+            AdvantageView::PerToken(_) => None,
+        };
+        if let Some(a) = row_advantage {
+            bufs[4].fill(a);
+        }
+        let mut grad_finite = true;
+        for start in (0..len).step_by(CHUNK) {
+            let end = (start + CHUNK).min(len);
+            let [w_buf, lp_buf, old_buf, ref_buf, a_buf] = &mut *bufs;
+            for (w, m) in w_buf.iter_mut().zip(&s.mask[start..end]) {
+                *w = m.weight();
+            }
+            let lp = T::as_f32(&s.lp[start..end], lp_buf);
+            let old = match s.old {
+                Some(old) if HAS_OLD => T::as_f32(&old[start..end], old_buf),
+                _ => &[][..],
+            };
+            let reference = match s.reference {
+                Some(reference) if K::ACTIVE => T::as_f32(&reference[start..end], ref_buf),
+                _ => &[][..],
+            };
+            let a: &[f32] = match self.inputs.advantages {
+                AdvantageView::PerRow(_) => &a_buf[..],
+                AdvantageView::PerToken(adv) => &adv[i * len + start..i * len + end],
+            };
+            let input = ChunkIn {
+                w: &w_buf[..],
+                lp,
+                old,
+                reference,
+                a,
+            };
+            let g = &mut grad[start..end];
+            let flags = chunk_at::<K, HAS_OLD>(level, &p, &input, g, &mut scratch, &mut sums);
+            if !flags.finite {
+                return Err(self.locate_non_finite(i, start..end));
+            }
+            if flags.any_fallback {
+                for k in 0..end - start {
+                    if scratch.fallback[k] != 0.0 {
+                        let g = self.token_f64::<K>(&fallback_term, scale, i, start + k, &mut sums);
+                        grad_finite &= g.is_finite();
+                        grad[start + k] = g;
+                    }
+                }
+            }
+        }
+        if !grad_finite {
+            // As the float64 path: reported after the row's input checks.
+            let t = grad.iter().position(|g| !g.is_finite()).unwrap_or(0);
+            return Err(Error::Overflow {
+                arg: "grad",
+                detail: format!(
+                    "the gradient at ({i}, {t}) is {}; check the log-probability gaps",
+                    grad[t]
+                ),
+            });
+        }
+
+        let [loss, kl, low, high] = sums.fallback;
+        let low = sums.low.total() + low;
+        let high = sums.high.total() + high;
+        // The policy part was summed as `a * coef`; the KL part is `beta * kl`.
+        let policy = -sums.loss.total();
+        let kl_total = sums.kl.total();
+        let mut row = RowSums {
+            tokens: n,
+            loss: policy + opt.beta * kl_total + loss,
+            kl: kl_total + kl,
+            metrics: [low, high, low + high],
+            ..RowSums::default()
+        };
+        row.loss_weighted = rho * row.loss;
+        self.add_per_row_metrics(i, 1.0, &mut row);
+        Ok(row)
+    }
+
+    /// Token `(i, t)` by the float64 path's formulas: adds its weighted loss, KL and clip flags
+    /// to `sums.fallback` and returns its gradient (perhaps not finite: the caller reports it).
+    #[cold]
+    fn token_f64<K: Kl32>(
+        &self,
+        policy: &terms::Clipped,
+        scale: f64,
+        i: usize,
+        t: usize,
+        sums: &mut Sums,
+    ) -> f32 {
+        let opt = self.options;
+        let s = self.slices(i);
+        let w = s.mask[t].weight() as f64;
+        let lp = s.lp[t].to_f64();
+        let d = s.old.map_or(0.0, |old| lp - old[t].to_f64());
+        let r = exp::exp(d);
+        let a = match self.inputs.advantages {
+            AdvantageView::PerRow(adv) => adv[i] as f64,
+            AdvantageView::PerToken(adv) => adv[i * self.inputs.len + t] as f64,
+        };
+        let term = policy.term(r, a, lp, d);
+        let (mut loss, mut d_logp, mut kl_sum) = (term.loss, term.d_logp, 0.0);
+        if K::ACTIVE {
+            if let Some(reference) = s.reference {
+                let x = reference[t].to_f64() - lp;
+                let e = terms::kl_exp_range(opt.kl_estimator)
+                    .map_or(1.0, |(lo, hi)| exp::exp(terms::clamp(x, lo, hi)));
+                let (kl, d_kl, kl_plus_d) = terms::kl(opt.kl_estimator, x, e);
+                let bias = terms::flag(opt.kl_bias_correction);
+                let kr = bias * r + (1.0 - bias);
+                loss += opt.beta * kl * kr;
+                d_logp += opt.beta * (bias * r * kl_plus_d + (1.0 - bias) * d_kl);
+                kl_sum = kl * kr;
+            }
+        }
+        sums.fallback[0] += w * loss;
+        sums.fallback[1] += w * kl_sum;
+        sums.fallback[2] += w * term.metrics[0];
+        sums.fallback[3] += w * term.metrics[1];
+        (scale * w * (d_logp + term.d_ratio * r)) as f32
+    }
+}
