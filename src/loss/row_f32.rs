@@ -35,7 +35,7 @@ use crate::cpu::SimdLevel;
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};
 use crate::exp;
-use crate::exp_f32::{exp_f32, exp_minus_one_minus_x};
+use crate::exp_f32::{exp_f32_of_difference, exp_minus_one_minus_x};
 
 /// Tokens per chunk: the chunk's float32 buffers (about 10 KiB) stay in L1.
 const CHUNK: usize = 256;
@@ -273,13 +273,12 @@ fn chunk<K: Kl32, const HAS_OLD: bool>(
         // Masked-out tokens compute with harmless values (their inputs may be NaN or inf).
         let lp_k = if on { lp[k] } else { 0.0 };
         let a_k = if on { a[k] } else { 0.0 };
-        let d = if HAS_OLD {
+        let (d, r) = if HAS_OLD {
             ok &= old[k].is_finite();
-            lp_k - if on { old[k] } else { 0.0 }
+            exp_f32_of_difference(lp_k, if on { old[k] } else { 0.0 })
         } else {
-            0.0
+            (0.0, 1.0)
         };
-        let r = exp_f32(d);
 
         // TRL's clipped term, as `terms::Clipped` (torch's tie and clamp-gradient rules).
         let c1 = if r < p.delta { r } else { p.delta };
@@ -310,8 +309,12 @@ fn chunk<K: Kl32, const HAS_OLD: bool>(
         let mut kl_sum = 0.0;
         if K::ACTIVE {
             ok &= reference[k].is_finite();
-            let x = if on { reference[k] } else { 0.0 } - lp_k;
-            let e = if K::NEEDS_EXP { exp_f32(x) } else { 1.0 };
+            let rf = if on { reference[k] } else { 0.0 };
+            let (x, e) = if K::NEEDS_EXP {
+                exp_f32_of_difference(rf, lp_k)
+            } else {
+                (rf - lp_k, 1.0)
+            };
             let (kl, d_kl, kl_plus_d) = K::eval(x, e);
             // With bias correction the KL is multiplied by r (gradient through r too).
             let kr = p.bias * r + (1.0 - p.bias);
