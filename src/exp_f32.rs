@@ -25,7 +25,18 @@ const MIN_ARG: f32 = -87.0;
 #[cfg(test)]
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    exp_f32_plus(x, 0.0)
+    exp_f32_plus::<false>(x, 0.0)
+}
+
+/// `a * b + c`, fused when `FMA` (for code compiled with the `fma` feature; elsewhere a fused
+/// multiply-add is a library call), else two roundings.
+#[inline(always)]
+pub fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// `exp(a - b)` for float32 `a` and `b`, with the difference taken exactly: `a - b` rounded to
@@ -33,21 +44,20 @@ pub fn exp_f32(x: f32) -> f32 {
 /// of `|a - b| * 6e-8` (1.8e-6 at a log ratio of 30). The rounding error, recovered exactly by
 /// Knuth's TwoSum, joins the reduced argument instead. Returns the rounded difference too.
 #[inline(always)]
-pub fn exp_f32_of_difference(a: f32, b: f32) -> (f32, f32) {
+pub fn exp_f32_of_difference<const FMA: bool>(a: f32, b: f32) -> (f32, f32) {
     let nb = -b;
     let s = a + nb;
     let nb_part = s - a;
     let a_part = s - nb_part;
     let tail = (a - a_part) + (nb - nb_part);
-    // Beyond the clamp the tail no longer matters (and is not exact for huge inputs).
-    let tail = if tail.is_finite() { tail } else { 0.0 };
-    (s, exp_f32_plus(s, tail))
+    // (For non-finite inputs the tail is NaN; so is `s` or the caller's check of it.)
+    (s, exp_f32_plus::<FMA>(s, tail))
 }
 
 /// `exp(x + tail)` for a `tail` far below `x`'s last place: `tail` is added to the reduced
 /// argument.
 #[inline(always)]
-fn exp_f32_plus(x: f32, tail: f32) -> f32 {
+fn exp_f32_plus<const FMA: bool>(x: f32, tail: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_375;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5 * 2^23 rounds to an integer in the low mantissa bits (round to nearest).
@@ -61,16 +71,17 @@ fn exp_f32_plus(x: f32, tail: f32) -> f32 {
     } else {
         x
     };
-    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let shifted = mul_add::<FMA>(x, std::f32::consts::LOG2_E, SHIFTER);
     let n = shifted - SHIFTER;
-    let r = ((x - n * LN2_HI) - n * LN2_LO) + tail;
+    // `n * LN2_HI` is exact, so fused or not the first step is `x - n LN2_HI` rounded once.
+    let r = mul_add::<FMA>(-n, LN2_LO, mul_add::<FMA>(-n, LN2_HI, x)) + tail;
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let e_r = (p * (r * r) + r) + 1.0;
+    p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
+    p = mul_add::<FMA>(p, r, 8.333_452e-3);
+    p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
+    p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
+    p = mul_add::<FMA>(p, r, 5.000_000_1e-1);
+    let e_r = mul_add::<FMA>(p, r * r, r) + 1.0;
     // n is in [-126, 127] here, so 2^n is a normal number built from its exponent bits.
     let n_bits = shifted.to_bits().wrapping_sub(SHIFTER.to_bits());
     let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
@@ -92,7 +103,7 @@ const SERIES_BOUND: f32 = 1.0;
 /// elsewhere `(e - 1) - x`, whose value is at least 0.36 and at least a quarter of `e` there, so
 /// `e`'s error stays relative.
 #[inline(always)]
-pub fn exp_minus_one_minus_x(x: f32, e: f32) -> f32 {
+pub fn exp_minus_one_minus_x<const FMA: bool>(x: f32, e: f32) -> f32 {
     // 1 / k! for k = 2 ..= 12, highest first for Horner's scheme.
     const C: [f32; 11] = [
         1.0 / 479_001_600.0,
@@ -109,7 +120,7 @@ pub fn exp_minus_one_minus_x(x: f32, e: f32) -> f32 {
     ];
     let mut p = C[0];
     for &c in &C[1..] {
-        p = p * x + c;
+        p = mul_add::<FMA>(p, x, c);
     }
     let series = (x * x) * p;
     let direct = (e - 1.0) - x;
@@ -129,55 +140,84 @@ mod tests {
         (0..=steps).map(move |k| lo + (hi - lo) * (k as f32 / steps as f32))
     }
 
+    /// `exp(x)` with the multiply-adds fused or not.
+    fn exp_with(fma: bool, x: f32) -> f32 {
+        if fma {
+            exp_f32_plus::<true>(x, 0.0)
+        } else {
+            exp_f32(x)
+        }
+    }
+
     #[test]
     fn exp_is_within_its_bound() {
-        let mut worst = 0.0f64;
-        for x in grid(-87.0, 88.0, 2_000_000).chain(grid(-1e-3, 1e-3, 100_000)) {
-            let exact = (x as f64).exp();
-            worst = worst.max(((exp_f32(x) as f64 - exact) / exact).abs());
+        for fma in [false, true] {
+            let mut worst = 0.0f64;
+            for x in grid(-87.0, 88.0, 2_000_000).chain(grid(-1e-3, 1e-3, 100_000)) {
+                let exact = (x as f64).exp();
+                worst = worst.max(((exp_with(fma, x) as f64 - exact) / exact).abs());
+            }
+            assert!(worst < 2.5e-7, "fma {fma}: worst relative error {worst}");
+            assert!(exp_with(fma, f32::NAN).is_nan());
+            assert_eq!(exp_with(fma, 0.0), 1.0);
+            assert!(exp_with(fma, 1e9).is_finite() && exp_with(fma, -1e9) > 0.0);
         }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert!(exp_f32(f32::NAN).is_nan());
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert!(exp_f32(1e9).is_finite() && exp_f32(-1e9) > 0.0);
     }
 
     #[test]
     fn exp_of_difference_takes_the_difference_exactly() {
-        let mut worst = 0.0f64;
+        let mut worst = [0.0f64; 2];
         for k in 0..200_000 {
             // Log-probabilities in [-40, 0] and gaps up to +-40: the rounding of `a - b` alone
             // would cost up to 2.4e-6 relative.
             let a = -40.0 * ((k * 7919 % 200_000) as f32 / 200_000.0);
             let b = -40.0 * (k as f32 / 200_000.0) + 1e-3;
             let exact = (a as f64 - b as f64).exp();
-            let (d, e) = exp_f32_of_difference(a, b);
-            assert_eq!(d, a - b);
-            worst = worst.max(((e as f64 - exact) / exact).abs());
+            for (fma, (d, e)) in [
+                exp_f32_of_difference::<false>(a, b),
+                exp_f32_of_difference::<true>(a, b),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                assert_eq!(d, a - b);
+                worst[fma] = worst[fma].max(((e as f64 - exact) / exact).abs());
+            }
         }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(exp_f32_of_difference(-1.5, -1.5).1, 1.0);
+        assert!(
+            worst[0] < 2.5e-7 && worst[1] < 2.5e-7,
+            "worst relative errors {worst:?}"
+        );
+        assert_eq!(exp_f32_of_difference::<false>(-1.5, -1.5).1, 1.0);
+        assert_eq!(exp_f32_of_difference::<true>(-1.5, -1.5).1, 1.0);
     }
 
     #[test]
     fn k3_core_is_within_its_bound_near_zero_and_far_from_it() {
-        let mut worst = 0.0f64;
-        let tiny = grid(-1e-3, 1e-3, 100_000).filter(|x| *x != 0.0);
-        for x in grid(-87.0, 88.0, 2_000_000).chain(tiny) {
-            let xd = x as f64;
-            // exp(x) - x - 1 in f64, by its own series where f64 would cancel too.
-            let exact = if xd.abs() < 1e-2 {
-                xd * xd * (0.5 + xd / 6.0 + xd * xd / 24.0 + xd * xd * xd / 120.0)
-            } else {
-                xd.exp_m1() - xd
-            };
-            if exact == 0.0 {
-                continue;
+        for fma in [false, true] {
+            let mut worst = 0.0f64;
+            let tiny = grid(-1e-3, 1e-3, 100_000).filter(|x| *x != 0.0);
+            for x in grid(-87.0, 88.0, 2_000_000).chain(tiny) {
+                let xd = x as f64;
+                // exp(x) - x - 1 in f64, by its own series where f64 would cancel too.
+                let exact = if xd.abs() < 1e-2 {
+                    xd * xd * (0.5 + xd / 6.0 + xd * xd / 24.0 + xd * xd * xd / 120.0)
+                } else {
+                    xd.exp_m1() - xd
+                };
+                if exact == 0.0 {
+                    continue;
+                }
+                let e = exp_with(fma, x);
+                let got = if fma {
+                    exp_minus_one_minus_x::<true>(x, e)
+                } else {
+                    exp_minus_one_minus_x::<false>(x, e)
+                };
+                worst = worst.max(((got as f64 - exact) / exact).abs());
             }
-            let got = exp_minus_one_minus_x(x, exp_f32(x)) as f64;
-            worst = worst.max(((got - exact) / exact).abs());
+            assert!(worst < 5e-7, "fma {fma}: worst relative error {worst}");
         }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp_minus_one_minus_x(0.0, 1.0), 0.0);
+        assert_eq!(exp_minus_one_minus_x::<false>(0.0, 1.0), 0.0);
     }
 }

@@ -21,7 +21,7 @@ pub(crate) use terms::clamp;
 
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};
-use row::{weight_sum, Row, RowSums};
+use row::{weight_sum_dispatched, Row, RowSums};
 
 /// Advantages per row (`(B,)`, TRL's default) or per token (`(B, T)`).
 #[derive(Debug, Clone, Copy)]
@@ -164,7 +164,7 @@ fn row_token_weights<M: MaskElem>(mask: &[M], len: usize) -> Result<Vec<f64>> {
     let per_row: Vec<Result<f64>> = mask
         .par_chunks(len)
         .enumerate()
-        .map(|(i, row)| weight_sum(row, i))
+        .map(|(i, row)| weight_sum_dispatched(row, i))
         .collect();
     per_row.into_iter().collect()
 }

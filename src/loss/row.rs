@@ -55,6 +55,30 @@ impl Lanes {
     }
 }
 
+/// [`weight_sum`] compiled for the SIMD level in use (additions only, in the same order, so
+/// every level gives the same sum).
+pub(crate) fn weight_sum_dispatched<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+            weight_sum(row, i)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+            weight_sum(row, i)
+        }
+        match crate::cpu::simd_level() {
+            // SAFETY: the level never exceeds what the CPU supports.
+            crate::cpu::SimdLevel::Avx512 => return unsafe { avx512(row, i) },
+            // SAFETY: as above.
+            crate::cpu::SimdLevel::Avx2 => return unsafe { avx2(row, i) },
+            crate::cpu::SimdLevel::Portable => {}
+        }
+    }
+    weight_sum(row, i)
+}
+
 /// Sum of a row's mask weights (lanes for speed, fixed order); errors on a negative or
 /// non-finite weight.
 #[inline(always)]

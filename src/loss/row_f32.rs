@@ -28,7 +28,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions};
-use super::row::{weight_sum, Row, RowSums};
+use super::row::{weight_sum_dispatched, Row, RowSums};
 use super::terms::{self, Policy};
 use super::AdvantageView;
 use crate::cpu::SimdLevel;
@@ -59,60 +59,22 @@ pub(super) fn handles(options: &LossOptions) -> bool {
         && representable(options.beta)
 }
 
-/// A sum kept in [`LANES`] float64 lanes: lane `k % LANES` takes token `k` of each chunk.
-#[derive(Clone, Copy)]
-struct Lanes([f64; LANES]);
-
-impl Lanes {
-    const ZERO: Lanes = Lanes([0.0; LANES]);
-
-    /// Adds `w[k] * y[k] * x[k]`, all widened to float64 (`w * y` is exact there).
-    #[inline(always)]
-    fn add_weighted3(&mut self, w: &[f32], y: &[f32], x: &[f32]) {
-        let blocks = w.chunks_exact(LANES).zip(y.chunks_exact(LANES));
-        for ((w, y), x) in blocks.zip(x.chunks_exact(LANES)) {
-            for j in 0..LANES {
-                self.0[j] += (w[j] as f64 * y[j] as f64) * x[j] as f64;
-            }
-        }
-        let rest = w.len() / LANES * LANES;
-        let (w, y, x) = (&w[rest..], &y[rest..], &x[rest..]);
-        for j in 0..w.len().min(y.len()).min(x.len()) {
-            self.0[j] += (w[j] as f64 * y[j] as f64) * x[j] as f64;
-        }
-    }
-
-    /// Adds `w[k] * x[k]`, both widened to float64 (so the product is exact).
-    #[inline(always)]
-    fn add_weighted(&mut self, w: &[f32], x: &[f32]) {
-        let (w_blocks, x_blocks) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
-        let (w_rest, x_rest) = (w_blocks.remainder(), x_blocks.remainder());
-        for (w, x) in w_blocks.zip(x_blocks) {
-            for j in 0..LANES {
-                self.0[j] += w[j] as f64 * x[j] as f64;
-            }
-        }
-        for j in 0..w_rest.len().min(x_rest.len()) {
-            self.0[j] += w_rest[j] as f64 * x_rest[j] as f64;
-        }
-    }
-
-    fn total(&self) -> f64 {
-        self.0.iter().sum()
-    }
-}
-
-/// The row's sums: the vectorised tokens' lanes and the float64 fallback tokens' plain sums.
+/// The row's sums in [`LANES`] float64 lanes each (lane `k % LANES` takes token `k` of each
+/// chunk), and the float64 fallback tokens' plain sums.
 struct Sums {
-    /// `a * coef` (the policy loss with its sign flipped).
-    loss: Lanes,
-    /// `kl * kr` (the KL term over beta).
-    kl: Lanes,
-    low: Lanes,
-    high: Lanes,
+    /// `w * a * coef`: the policy loss with its sign flipped.
+    loss: [f64; LANES],
+    /// `w * kl * kr`: the KL term over beta.
+    kl: [f64; LANES],
+    low: [f64; LANES],
+    high: [f64; LANES],
     /// Loss, kl, low, high of the tokens computed in float64 (the loss complete, not as the
     /// lanes hold it), in token order.
     fallback: [f64; 4],
+}
+
+fn total(lanes: &[f64; LANES]) -> f64 {
+    lanes.iter().sum()
 }
 
 /// The row-independent float32 parameters.
@@ -122,6 +84,10 @@ struct Params {
     hi: f32,
     /// `f32::MAX` when unset: no finite float32 ratio reaches it.
     delta: f32,
+    /// `NEAR_BOUND * |bound|` for `lo`, `hi` and `delta`.
+    near_lo: f32,
+    near_hi: f32,
+    near_delta: f32,
     beta: f32,
     /// 1 with bias correction (KL times the ratio), else 0.
     bias: f32,
@@ -138,27 +104,35 @@ struct ChunkIn<'c> {
     a: &'c [f32],
 }
 
-/// A chunk's per-token results before they are summed.
+/// A chunk's per-token results before they are summed (0 for fallback tokens).
 struct Scratch {
-    /// The weight each token is summed with: its mask weight, 0 for fallback tokens.
-    w_sum: [f32; CHUNK],
-    /// The advantage masked-out tokens computed with (0 for them).
-    a: [f32; CHUNK],
+    /// `w * a`: exact for 0/1 weights, else rounded once (6e-8).
+    wa: [f32; CHUNK],
     /// The ratio the clipped term takes: `min(u, v) = a * coef`, so the policy loss is
     /// `-a * coef`, summed as a float64 product.
     coef: [f32; CHUNK],
+    /// The weight the KL is summed with.
+    w: [f32; CHUNK],
     kl: [f32; CHUNK],
-    low: [f32; CHUNK],
-    high: [f32; CHUNK],
+    /// `w` where the token counts as clipped low / high (exact: flag times weight).
+    w_low: [f32; CHUNK],
+    w_high: [f32; CHUNK],
     /// 1 for tokens left to the float64 formulas.
     fallback: [f32; CHUNK],
 }
 
-/// What a chunk found: whether every unmasked input was finite, and whether any token was left
-/// to float64.
-struct ChunkFlags {
-    finite: bool,
-    any_fallback: bool,
+impl Scratch {
+    fn new() -> Box<Self> {
+        Box::new(Scratch {
+            wa: [0.0; CHUNK],
+            coef: [0.0; CHUNK],
+            w: [0.0; CHUNK],
+            kl: [0.0; CHUNK],
+            w_low: [0.0; CHUNK],
+            w_high: [0.0; CHUNK],
+            fallback: [0.0; CHUNK],
+        })
+    }
 }
 
 /// A KL estimator in float32: `(kl, d kl / d lp, kl + d kl / d lp)` from `x = ref - lp` and
@@ -166,7 +140,7 @@ struct ChunkFlags {
 trait Kl32 {
     const ACTIVE: bool = true;
     const NEEDS_EXP: bool = false;
-    fn eval(x: f32, e: f32) -> (f32, f32, f32);
+    fn eval<const FMA: bool>(x: f32, e: f32) -> (f32, f32, f32);
 }
 
 /// `beta = 0` or no `ref_logp`: no KL term.
@@ -179,21 +153,21 @@ struct K3;
 impl Kl32 for NoKl {
     const ACTIVE: bool = false;
     #[inline(always)]
-    fn eval(_x: f32, _e: f32) -> (f32, f32, f32) {
+    fn eval<const FMA: bool>(_x: f32, _e: f32) -> (f32, f32, f32) {
         (0.0, 0.0, 0.0)
     }
 }
 
 impl Kl32 for K1 {
     #[inline(always)]
-    fn eval(x: f32, _e: f32) -> (f32, f32, f32) {
+    fn eval<const FMA: bool>(x: f32, _e: f32) -> (f32, f32, f32) {
         (-x, 1.0, 1.0 - x)
     }
 }
 
 impl Kl32 for Abs {
     #[inline(always)]
-    fn eval(x: f32, _e: f32) -> (f32, f32, f32) {
+    fn eval<const FMA: bool>(x: f32, _e: f32) -> (f32, f32, f32) {
         let d = flag(x < 0.0) - flag(x > 0.0);
         let kl = x.abs();
         (kl, d, kl + d)
@@ -202,7 +176,7 @@ impl Kl32 for Abs {
 
 impl Kl32 for K2 {
     #[inline(always)]
-    fn eval(x: f32, _e: f32) -> (f32, f32, f32) {
+    fn eval<const FMA: bool>(x: f32, _e: f32) -> (f32, f32, f32) {
         let kl = 0.5 * x * x;
         (kl, -x, kl - x)
     }
@@ -212,8 +186,8 @@ impl Kl32 for K3 {
     const NEEDS_EXP: bool = true;
     /// `kl + d = -x` exactly (the two alone reach `e^|x|` and cancel); `kl` cancellation-free.
     #[inline(always)]
-    fn eval(x: f32, e: f32) -> (f32, f32, f32) {
-        (exp_minus_one_minus_x(x, e), 1.0 - e, -x)
+    fn eval<const FMA: bool>(x: f32, e: f32) -> (f32, f32, f32) {
+        (exp_minus_one_minus_x::<FMA>(x, e), 1.0 - e, -x)
     }
 }
 
@@ -226,22 +200,22 @@ fn flag(cond: bool) -> f32 {
     }
 }
 
-/// Whether `r` is within [`NEAR_BOUND`] (relative) of `bound`.
-#[inline(always)]
-fn near(r: f32, bound: f32) -> bool {
-    (r - bound).abs() <= NEAR_BOUND * bound.abs()
-}
-
 /// Computes a chunk's tokens in float32: writes the gradient of every token not left to float64
-/// (0 for those), and adds the chunk's sums into `sums`.
+/// (0 for those), adds the chunk's sums into `sums`, and returns whether any token was left to
+/// float64. `FMA`: fuse multiply-adds (the AVX2 and AVX-512 builds; a portable build would call
+/// a library function for each).
+///
+/// Non-finite inputs need no test of their own here: they make the log ratio, the KL gap or the
+/// gradient non-finite, which sends the token to the fallback, and the fallback reports them.
+/// (With neither `old_logp` nor a KL, `logp` reaches nothing; the caller checks it.)
 #[inline(always)]
-fn chunk<K: Kl32, const HAS_OLD: bool>(
+fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
     p: &Params,
     input: &ChunkIn<'_>,
     grad: &mut [f32],
     scratch: &mut Scratch,
     sums: &mut Sums,
-) -> ChunkFlags {
+) -> bool {
     let m = grad.len();
     let (w, lp, a) = (&input.w[..m], &input.lp[..m], &input.a[..m]);
     let old = if HAS_OLD { &input.old[..m] } else { &[][..] };
@@ -252,30 +226,27 @@ fn chunk<K: Kl32, const HAS_OLD: bool>(
     };
     // Every buffer cut to `m` first, so the loop has no bounds checks (a check is a branch).
     let Scratch {
-        w_sum,
-        a: a_out,
+        wa: wa_out,
         coef: coef_out,
+        w: w_out,
         kl: kl_out,
-        low: low_out,
-        high: high_out,
+        w_low,
+        w_high,
         fallback,
     } = scratch;
-    let (w_sum, a_out, coef_out) = (&mut w_sum[..m], &mut a_out[..m], &mut coef_out[..m]);
-    let kl_out = &mut kl_out[..m];
-    let (low_out, high_out, fallback) = (&mut low_out[..m], &mut high_out[..m], &mut fallback[..m]);
-    let mut finite = true;
+    let (wa_out, coef_out, w_out) = (&mut wa_out[..m], &mut coef_out[..m], &mut w_out[..m]);
+    let (kl_out, w_low, w_high) = (&mut kl_out[..m], &mut w_low[..m], &mut w_high[..m]);
+    let fallback = &mut fallback[..m];
     let mut any_fallback = false;
     // Bitwise `&` and `|` on the conditions below, not `&&` and `||`: short-circuits are
     // branches, and a branch per token keeps the loop from vectorising.
     for k in 0..m {
         let on = w[k] != 0.0;
-        let mut ok = lp[k].is_finite() & a[k].is_finite();
         // Masked-out tokens compute with harmless values (their inputs may be NaN or inf).
         let lp_k = if on { lp[k] } else { 0.0 };
         let a_k = if on { a[k] } else { 0.0 };
         let (d, r) = if HAS_OLD {
-            ok &= old[k].is_finite();
-            exp_f32_of_difference(lp_k, if on { old[k] } else { 0.0 })
+            exp_f32_of_difference::<FMA>(lp_k, if on { old[k] } else { 0.0 })
         } else {
             (0.0, 1.0)
         };
@@ -301,51 +272,79 @@ fn chunk<K: Kl32, const HAS_OLD: bool>(
         };
         let coef = if u < v { c1 } else { c2 };
         let d_ratio = -a_k * (wu * dc1 + (1.0 - wu) * dc2);
-        let low = flag((c1 < p.lo) & (a_k < 0.0));
-        let high = flag((c1 > p.hi) & (a_k > 0.0));
-        let mut to_f64 = (d.abs() > MAX_GAP) | near(r, p.lo) | near(r, p.hi) | near(r, p.delta);
+        let low = (c1 < p.lo) & (a_k < 0.0);
+        let high = (c1 > p.hi) & (a_k > 0.0);
+        // `!(x <= bound)`: true for NaN too.
+        let mut to_f64 = !(d.abs() <= MAX_GAP)
+            | ((r - p.lo).abs() <= p.near_lo)
+            | ((r - p.hi).abs() <= p.near_hi)
+            | ((r - p.delta).abs() <= p.near_delta);
 
         let mut d_logp = 0.0;
         let mut kl_sum = 0.0;
         if K::ACTIVE {
-            ok &= reference[k].is_finite();
             let rf = if on { reference[k] } else { 0.0 };
             let (x, e) = if K::NEEDS_EXP {
-                exp_f32_of_difference(rf, lp_k)
+                exp_f32_of_difference::<FMA>(rf, lp_k)
             } else {
                 (rf - lp_k, 1.0)
             };
-            let (kl, d_kl, kl_plus_d) = K::eval(x, e);
+            let (kl, d_kl, kl_plus_d) = K::eval::<FMA>(x, e);
             // With bias correction the KL is multiplied by r (gradient through r too).
             let kr = p.bias * r + (1.0 - p.bias);
             d_logp = p.beta * (p.bias * r * kl_plus_d + (1.0 - p.bias) * d_kl);
             kl_sum = kl * kr;
-            to_f64 |= K::NEEDS_EXP & (x.abs() > MAX_GAP);
+            to_f64 |= K::NEEDS_EXP & !(x.abs() <= MAX_GAP);
         }
         let g = p.scale * w[k] * (d_logp + d_ratio * r);
         to_f64 |= !(kl_sum.is_finite() & g.is_finite());
         let to_f64 = on & to_f64;
-        finite &= !on | ok;
         any_fallback |= to_f64;
+        let w_k = if to_f64 { 0.0 } else { w[k] };
         grad[k] = if to_f64 { 0.0 } else { g };
-        w_sum[k] = if to_f64 { 0.0 } else { w[k] };
-        a_out[k] = a_k;
+        wa_out[k] = w_k * a_k;
         coef_out[k] = coef;
+        w_out[k] = w_k;
         kl_out[k] = kl_sum;
-        low_out[k] = low;
-        high_out[k] = high;
+        w_low[k] = if low { w_k } else { 0.0 };
+        w_high[k] = if high { w_k } else { 0.0 };
         fallback[k] = flag(to_f64);
     }
-    sums.loss.add_weighted3(w_sum, a_out, coef_out);
-    if K::ACTIVE {
-        sums.kl.add_weighted(w_sum, kl_out);
+    accumulate::<K>(scratch, m, sums);
+    any_fallback
+}
+
+/// Adds a chunk's `m` tokens to the row's float64 lanes, every float32 value widened exactly.
+#[inline(always)]
+fn accumulate<K: Kl32>(s: &Scratch, m: usize, sums: &mut Sums) {
+    // Local accumulators over whole blocks of `LANES` tokens: registers, not memory behind
+    // `sums`, and one widening of each value.
+    let (mut loss, mut kl, mut low, mut high) = (sums.loss, sums.kl, sums.low, sums.high);
+    let whole = m / LANES * LANES;
+    let blocks = s.wa[..whole]
+        .chunks_exact(LANES)
+        .zip(s.coef[..whole].chunks_exact(LANES))
+        .zip(s.w[..whole].chunks_exact(LANES))
+        .zip(s.kl[..whole].chunks_exact(LANES))
+        .zip(s.w_low[..whole].chunks_exact(LANES))
+        .zip(s.w_high[..whole].chunks_exact(LANES));
+    for (((((wa, coef), w), kl_k), w_low), w_high) in blocks {
+        for j in 0..LANES {
+            loss[j] += wa[j] as f64 * coef[j] as f64;
+            if K::ACTIVE {
+                kl[j] += w[j] as f64 * kl_k[j] as f64;
+            }
+            low[j] += w_low[j] as f64;
+            high[j] += w_high[j] as f64;
+        }
     }
-    sums.low.add_weighted(w_sum, low_out);
-    sums.high.add_weighted(w_sum, high_out);
-    ChunkFlags {
-        finite,
-        any_fallback,
+    for (j, k) in (whole..m).enumerate() {
+        loss[j] += s.wa[k] as f64 * s.coef[k] as f64;
+        kl[j] += s.w[k] as f64 * s.kl[k] as f64;
+        low[j] += s.w_low[k] as f64;
+        high[j] += s.w_high[k] as f64;
     }
+    (sums.loss, sums.kl, sums.low, sums.high) = (loss, kl, low, high);
 }
 
 /// [`chunk`] compiled for AVX-512F (16 float32 lanes).
@@ -357,8 +356,8 @@ unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool>(
     grad: &mut [f32],
     scratch: &mut Scratch,
     sums: &mut Sums,
-) -> ChunkFlags {
-    chunk::<K, HAS_OLD>(p, input, grad, scratch, sums)
+) -> bool {
+    chunk::<K, HAS_OLD, true>(p, input, grad, scratch, sums)
 }
 
 /// [`chunk`] compiled for AVX2 + FMA (8 float32 lanes).
@@ -370,8 +369,8 @@ unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool>(
     grad: &mut [f32],
     scratch: &mut Scratch,
     sums: &mut Sums,
-) -> ChunkFlags {
-    chunk::<K, HAS_OLD>(p, input, grad, scratch, sums)
+) -> bool {
+    chunk::<K, HAS_OLD, true>(p, input, grad, scratch, sums)
 }
 
 /// [`chunk`] for the level `level` (never above the CPU's: see [`crate::cpu::simd_level`]).
@@ -383,7 +382,7 @@ fn chunk_at<K: Kl32, const HAS_OLD: bool>(
     grad: &mut [f32],
     scratch: &mut Scratch,
     sums: &mut Sums,
-) -> ChunkFlags {
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     match level {
         // SAFETY: `level` never exceeds the CPU's level, so the CPU has these features.
@@ -397,7 +396,7 @@ fn chunk_at<K: Kl32, const HAS_OLD: bool>(
         SimdLevel::Portable => {}
     }
     let _ = level;
-    chunk::<K, HAS_OLD>(p, input, grad, scratch, sums)
+    chunk::<K, HAS_OLD, false>(p, input, grad, scratch, sums)
 }
 
 impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
@@ -430,7 +429,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         let len = s.lp.len();
         let n = match self.row_tokens {
             Some(counts) => counts[i],
-            None => weight_sum(s.mask, i)?,
+            None => weight_sum_dispatched(s.mask, i)?,
         };
         let rho = (self.row_weight)(n);
         let scale = rho * opt.grad_scale;
@@ -448,29 +447,30 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             } else {
                 f32::MAX
             },
+            near_lo: 0.0,
+            near_hi: 0.0,
+            near_delta: 0.0,
             beta: opt.beta as f32,
             bias: flag(opt.kl_bias_correction),
             scale: scale as f32,
+        };
+        let p = Params {
+            near_lo: NEAR_BOUND * p.lo.abs(),
+            near_hi: NEAR_BOUND * p.hi.abs(),
+            near_delta: NEAR_BOUND * p.delta,
+            ..p
         };
         let fallback_term = terms::Clipped { lo, hi, delta };
         let level = crate::cpu::simd_level();
 
         let mut sums = Sums {
-            loss: Lanes::ZERO,
-            kl: Lanes::ZERO,
-            low: Lanes::ZERO,
-            high: Lanes::ZERO,
+            loss: [0.0; LANES],
+            kl: [0.0; LANES],
+            low: [0.0; LANES],
+            high: [0.0; LANES],
             fallback: [0.0; 4],
         };
-        let mut scratch = Box::new(Scratch {
-            w_sum: [0.0; CHUNK],
-            a: [0.0; CHUNK],
-            coef: [0.0; CHUNK],
-            kl: [0.0; CHUNK],
-            low: [0.0; CHUNK],
-            high: [0.0; CHUNK],
-            fallback: [0.0; CHUNK],
-        });
+        let mut scratch = Scratch::new();
         let mut bufs = Box::new([[0.0f32; CHUNK]; 5]);
         let row_advantage = match self.inputs.advantages {
             AdvantageView::PerRow(adv) => Some(adv[i]),
@@ -506,14 +506,25 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
                 reference,
                 a,
             };
-            let g = &mut grad[start..end];
-            let flags = chunk_at::<K, HAS_OLD>(level, &p, &input, g, &mut scratch, &mut sums);
-            if !flags.finite {
-                return Err(self.locate_non_finite(i, start..end));
+            if !HAS_OLD && !K::ACTIVE {
+                // `logp` reaches no value here, but must be finite all the same.
+                let finite = lp
+                    .iter()
+                    .zip(&w_buf[..])
+                    .fold(true, |ok, (lp, w)| ok & ((*w == 0.0) | lp.is_finite()));
+                if !finite {
+                    return Err(self.locate_non_finite(i, start..end));
+                }
             }
-            if flags.any_fallback {
+            let g = &mut grad[start..end];
+            let any_fallback =
+                chunk_at::<K, HAS_OLD>(level, &p, &input, g, &mut scratch, &mut sums);
+            if any_fallback {
                 for k in 0..end - start {
                     if scratch.fallback[k] != 0.0 {
+                        if !self.inputs_finite::<K>(i, start + k) {
+                            return Err(self.locate_non_finite(i, start..end));
+                        }
                         let g = self.token_f64::<K>(&fallback_term, scale, i, start + k, &mut sums);
                         grad_finite &= g.is_finite();
                         grad[start + k] = g;
@@ -534,11 +545,11 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         }
 
         let [loss, kl, low, high] = sums.fallback;
-        let low = sums.low.total() + low;
-        let high = sums.high.total() + high;
+        let low = total(&sums.low) + low;
+        let high = total(&sums.high) + high;
         // The policy part was summed as `a * coef`; the KL part is `beta * kl`.
-        let policy = -sums.loss.total();
-        let kl_total = sums.kl.total();
+        let policy = -total(&sums.loss);
+        let kl_total = total(&sums.kl);
         let mut row = RowSums {
             tokens: n,
             loss: policy + opt.beta * kl_total + loss,
@@ -549,6 +560,20 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         row.loss_weighted = rho * row.loss;
         self.add_per_row_metrics(i, 1.0, &mut row);
         Ok(row)
+    }
+
+    /// Whether token `(i, t)`'s inputs that the loss reads are finite.
+    #[cold]
+    fn inputs_finite<K: Kl32>(&self, i: usize, t: usize) -> bool {
+        let s = self.slices(i);
+        let a = match self.inputs.advantages {
+            AdvantageView::PerRow(adv) => adv[i],
+            AdvantageView::PerToken(adv) => adv[i * self.inputs.len + t],
+        };
+        s.lp[t].to_f64().is_finite()
+            && a.is_finite()
+            && s.old.is_none_or(|old| old[t].to_f64().is_finite())
+            && (!K::ACTIVE || s.reference.is_none_or(|r| r[t].to_f64().is_finite()))
     }
 
     /// Token `(i, t)` by the float64 path's formulas: adds its weighted loss, KL and clip flags
