@@ -111,7 +111,8 @@ def policy_loss(
       1e-6 of a clip bound, whose log ratio or KL gap exceeds 80 in magnitude, or whose float32
       values overflow is computed in float64 instead. The instruction set is the CPU's best;
       the environment variable ``SGPO_RS_SIMD`` (``avx512``, ``avx2`` or ``portable``, read once)
-      lowers it, and all levels give bit-identical results.
+      lowers it. AVX2 and AVX-512 give bit-identical results (the same fused multiply-adds);
+      the portable build rounds each product and differs within the bound.
 
     Per token, ``log_ratio = logp - old_logp``; ``importance_sampling_level="sequence"`` uses
     ``sum_t(log_ratio * M) / max(sum_t M, 1)`` per row (GSPO). ``r = exp(log_ratio)``.

@@ -1,27 +1,27 @@
 //! The float32 path of one row, for f32, bf16 and f16 inputs of the PPO-clipped losses (TRL's
 //! grpo, bnpo, dr_grpo, dapo and luspo) at token level with the k1, abs, k2 or k3 KL.
 //!
-//! Per-token values are computed in float32, 8 (AVX2) or 16 (AVX-512) tokens per instruction, by
-//! the same branch-free code compiled for each level (no fused multiply-adds anywhere, so every
-//! level gives bit-identical results). Sums are kept in float64, [`LANES`] lanes per sum with a
-//! fixed token-to-lane assignment, so results do not depend on the thread count either. The inputs
-//! are read once: a chunk of [`CHUNK`] tokens is converted (bf16/f16 only) into L1 and computed
-//! there, and no float64 copy of anything is made.
+//! Per-token values are computed in float32, 16 (AVX-512) or 8 (AVX2) tokens per instruction, by
+//! the same branch-free code compiled for each level; AVX2 and AVX-512 fuse the same
+//! multiply-adds and give bit-identical results, the portable build rounds each product. Sums
+//! are kept in float64, [`LANES`] lanes per sum with a fixed token-to-lane assignment, so results
+//! do not depend on the thread count. The inputs are read once: a chunk of [`CHUNK`] tokens is
+//! computed in L1 (bf16/f16 converted there first), and no float64 copy of anything is made.
 //!
 //! A token goes to the float64 formulas of the float64 path instead (recomputed from its
 //! inputs, exactly as that path would) when float32 could decide or overflow differently:
 //! its ratio within 1e-6 (relative) of a clip bound (`1 - epsilon_low`, `1 + epsilon_high`,
 //! `delta`), a log ratio or KL gap beyond +-80 (float32's `exp` overflows at 88.7), or a
-//! non-finite float32 loss, KL or gradient. The band is four times the float32 ratio's error
-//! (below 2.5e-7 from `exp_f32`, plus the rounding of `lp - old`), so every clip decision and
-//! clip metric is the float64 path's.
+//! non-finite log ratio, KL gap, KL or gradient (which is also how non-finite inputs are found).
+//! The band is four times the float32 ratio's error (below 2.5e-7: `exp_f32_of_difference`
+//! takes `lp - old` exactly), so every clip decision and clip metric is the float64 path's.
 //!
-//! Error bound against the float64 path (tested in `tests/python/test_loss.py`): each token's
-//! loss and gradient differ by at most about 5e-7 of their own magnitude (`exp` 2.5e-7, the
-//! rounding of `lp - old` and `ref - lp` to float32, a few float32 products; the k3 core by at
-//! most 5e-7, see `crate::exp_f32`). So the loss differs by at most 5e-7 times
-//! `sum_i rho_i sum_t M |L_t|` (at most 5e-7 relative when the per-token losses do not cancel),
-//! and each gradient entry by at most 5e-7 of its magnitude, far under 1e-6 of `max |grad|`.
+//! Error bound against the float64 path (tested in `tests/python/test_loss_f32.py` at every
+//! SIMD level): each token's loss and gradient differ by at most about 5e-7 of their own
+//! magnitude (the ratio 2.5e-7, a few float32 products; the k3 core at most 5e-7, see
+//! `crate::exp_f32`). So the loss differs by at most 5e-7 times `sum_i rho_i sum_t M |L_t|` (at
+//! most 5e-7 relative when the per-token losses do not cancel), and each gradient entry by at
+//! most 5e-7 of its magnitude, far under 1e-6 of `max |grad|`.
 
 // The chunk loops walk several parallel buffers with one index; zipping them all would hide the
 // formulas.

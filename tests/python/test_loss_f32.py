@@ -9,7 +9,7 @@ Bounds tested (the ones ``sgpo_rs.policy_loss``'s docstring states):
 - clip decisions and clip metrics: equal to the float64 path's, also for ratios within float32
   rounding of ``1 +- epsilon``;
 - k3's ``exp(x) - x - 1``: within 1e-6 relative where float32 would cancel (``|x| ~ 1e-4``);
-- every SIMD level gives bit-identical results.
+- AVX2 and AVX-512 give bit-identical results.
 """
 
 from __future__ import annotations
@@ -183,22 +183,23 @@ def test_large_gaps_fall_back_to_float64(level, gap):
         np.testing.assert_allclose(out.metrics[key], value, rtol=5e-7, err_msg=key)
 
 
-def test_every_level_gives_bit_identical_results():
+@pytest.mark.skipif("avx512" not in LEVELS, reason="needs a CPU with AVX-512")
+def test_avx2_and_avx512_give_bit_identical_results():
+    """Both fuse the same multiply-adds in the same order (the portable build rounds each
+    product, so it differs within the bounds tested above)."""
     rng = np.random.default_rng(11)
     lp, old, rf, adv, m = ref.make_loss_inputs(rng, 9, 1001, adv2d=True, mask_kind="float32")
     results = []
     try:
-        for name in LEVELS:
+        for name in ("avx2", "avx512"):
             assert _core.set_simd_level(name) == name
-            out = sg.policy_loss(lp, old, adv, m, ref_logp=rf, beta=0.04)
-            results.append((name, out))
+            results.append(sg.policy_loss(lp, old, adv, m, ref_logp=rf, beta=0.04))
     finally:
         _core.set_simd_level(None)
-    (_, first), *rest = results
-    for name, out in rest:
-        assert out.loss == first.loss, name
-        assert out.metrics == first.metrics, name
-        np.testing.assert_array_equal(out.grad, first.grad, err_msg=name)
+    avx2, avx512 = results
+    assert avx2.loss == avx512.loss
+    assert avx2.metrics == avx512.metrics
+    np.testing.assert_array_equal(avx2.grad, avx512.grad)
 
 
 def test_simd_level_env_var_lowers_the_level():
