@@ -110,9 +110,13 @@ def test_training_batch_loss_within_1e6_relative(level, beta):
     mask = np.arange(T)[None, :] < rng.integers(T // 4, T + 1, size=B)[:, None]
     kw = dict(ref_logp=rf, beta=beta) if beta else dict()
     out = _check_against_float64(lp, old, adv, mask, **kw)
-    loss64, _ = ref.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **{
-        **kw, **({"ref_logp": rf.astype(np.float64)} if beta else {})
-    })
+    loss64, _ = ref.policy_loss(
+        lp.astype(np.float64),
+        old.astype(np.float64),
+        adv,
+        mask,
+        **{**kw, **({"ref_logp": rf.astype(np.float64)} if beta else {})},
+    )
     assert abs(out.loss - loss64) <= 1e-6 * abs(loss64)
 
 
@@ -137,7 +141,8 @@ def test_clip_decisions_near_the_bounds_are_float64s(level, bound):
     np.testing.assert_array_equal(out.grad == 0.0, out64.grad == 0.0)
     np.testing.assert_allclose(out.grad, out64.grad, rtol=5e-7, atol=0.0)
     # The two rows' losses nearly cancel: the bound is on the sum of magnitudes.
-    _, _, sizes = ref.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, magnitudes=True, **kw)
+    lp64, old64 = lp.astype(np.float64), old.astype(np.float64)
+    _, _, sizes = ref.policy_loss(lp64, old64, adv, mask, magnitudes=True, **kw)
     assert abs(out.loss - out64.loss) <= 5e-7 * sizes["loss"]
 
 
