@@ -45,11 +45,11 @@ pub fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// Knuth's TwoSum, joins the reduced argument instead. Returns the rounded difference too.
 #[inline(always)]
 pub fn exp_f32_of_difference<const FMA: bool>(a: f32, b: f32) -> (f32, f32) {
-    let nb = -b;
-    let s = a + nb;
+    let s = a - b;
+    // TwoSum of `a` and `-b`: `s = a_part + nb_part`, and the two remainders sum to the tail.
     let nb_part = s - a;
     let a_part = s - nb_part;
-    let tail = (a - a_part) + (nb - nb_part);
+    let tail = (a - a_part) - (b + nb_part);
     // (For non-finite inputs the tail is NaN; so is `s` or the caller's check of it.)
     (s, exp_f32_plus::<FMA>(s, tail))
 }
@@ -58,19 +58,13 @@ pub fn exp_f32_of_difference<const FMA: bool>(a: f32, b: f32) -> (f32, f32) {
 /// argument.
 #[inline(always)]
 fn exp_f32_plus<const FMA: bool>(x: f32, tail: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_375;
+    // 355 / 512: nine significant bits.
+    const LN2_HI: f32 = 355.0 / 512.0;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5 * 2^23 rounds to an integer in the low mantissa bits (round to nearest).
     const SHIFTER: f32 = 12_582_912.0;
     let is_nan = x.is_nan();
-    // Not `f32::clamp`: its panic path keeps loops from vectorising.
-    let x = if x < MIN_ARG {
-        MIN_ARG
-    } else if x > MAX_ARG {
-        MAX_ARG
-    } else {
-        x
-    };
+    let x = x.clamp(MIN_ARG, MAX_ARG);
     let shifted = mul_add::<FMA>(x, std::f32::consts::LOG2_E, SHIFTER);
     let n = shifted - SHIFTER;
     // `n * LN2_HI` is exact, so fused or not the first step is `x - n LN2_HI` rounded once.
@@ -80,7 +74,8 @@ fn exp_f32_plus<const FMA: bool>(x: f32, tail: f32) -> f32 {
     p = mul_add::<FMA>(p, r, 8.333_452e-3);
     p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
     p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
-    p = mul_add::<FMA>(p, r, 5.000_000_1e-1);
+    // Cephes' 5.0000001201e-1 is 0.5 in float32.
+    p = mul_add::<FMA>(p, r, 0.5);
     let e_r = mul_add::<FMA>(p, r * r, r) + 1.0;
     // n is in [-126, 127] here, so 2^n is a normal number built from its exponent bits.
     let n_bits = shifted.to_bits().wrapping_sub(SHIFTER.to_bits());

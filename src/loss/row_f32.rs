@@ -320,8 +320,8 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
         let d_ratio = -a_k * (wu * dc1 + (1.0 - wu) * dc2);
         let low = (c1 < p.lo) & (a_k < 0.0);
         let high = (c1 > p.hi) & (a_k > 0.0);
-        // `!(x <= bound)`: true for NaN too.
-        let mut to_f64 = !(d.abs() <= MAX_GAP)
+        let mut to_f64 = (d.abs() > MAX_GAP)
+            | d.is_nan()
             | ((r - p.lo).abs() <= p.near_lo)
             | ((r - p.hi).abs() <= p.near_hi)
             | ((r - p.delta).abs() <= p.near_delta);
@@ -340,7 +340,7 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
             let kr = p.bias * r + (1.0 - p.bias);
             d_logp = p.beta * (p.bias * r * kl_plus_d + (1.0 - p.bias) * d_kl);
             kl_sum = kl * kr;
-            to_f64 |= K::NEEDS_EXP & !(x.abs() <= MAX_GAP);
+            to_f64 |= K::NEEDS_EXP & ((x.abs() > MAX_GAP) | x.is_nan());
         }
         let g = p.scale * w[k] * (d_logp + d_ratio * r);
         to_f64 |= !(kl_sum.is_finite() & g.is_finite());
@@ -350,8 +350,11 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
         grad[k] = if to_f64 { 0.0 } else { g };
         wa_out[k] = w_k * a_k;
         coef_out[k] = coef;
-        w_out[k] = w_k;
-        kl_out[k] = kl_sum;
+        if K::ACTIVE {
+            w_out[k] = w_k;
+            // A fallback token's float32 KL may be infinite: 0 * inf would poison the sum.
+            kl_out[k] = if to_f64 { 0.0 } else { kl_sum };
+        }
         w_low[k] = if low { w_k } else { 0.0 };
         w_high[k] = if high { w_k } else { 0.0 };
         fallback[k] = flag(to_f64);
@@ -386,7 +389,9 @@ fn accumulate<K: Kl32>(s: &Scratch, m: usize, sums: &mut Sums) {
     }
     for (j, k) in (whole..m).enumerate() {
         loss[j] += s.wa[k] as f64 * s.coef[k] as f64;
-        kl[j] += s.w[k] as f64 * s.kl[k] as f64;
+        if K::ACTIVE {
+            kl[j] += s.w[k] as f64 * s.kl[k] as f64;
+        }
         low[j] += s.w_low[k] as f64;
         high[j] += s.w_high[k] as f64;
     }
