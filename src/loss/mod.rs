@@ -50,7 +50,18 @@ pub struct LossOutput {
     pub metrics: LossMetrics,
 }
 
+/// Whether [`policy_loss`] computes per-token values in float32 for inputs of type `T` and these
+/// options: f32, bf16 and f16 inputs of the PPO-clipped losses (grpo, bnpo, dr_grpo, dapo, luspo)
+/// at token level with any KL estimator but low_var_kl. Per-token loss and gradient are then
+/// within about 5e-7 of their own magnitude of the float64 path's, with the same clip decisions
+/// (the bound and how it is kept are in `row_f32`'s documentation). Everything else runs in float64.
+pub fn uses_float32_path<T: FloatElem>(options: &LossOptions) -> bool {
+    T::FITS_F32 && row_f32::handles(options)
+}
+
 /// Computes the loss and writes `grad_scale * dL/dlogp` into `grad` (`B * T` floats).
+///
+/// Precision: see [`uses_float32_path`]; sums are accumulated in float64 on both paths.
 pub fn policy_loss<T: FloatElem, M: MaskElem>(
     inputs: &LossInputs<'_, T, M>,
     options: &LossOptions,
