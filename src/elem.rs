@@ -88,6 +88,8 @@ pub trait MaskElem: Copy + Send + Sync + 'static {
     fn weight(self) -> f32;
     /// Whether any value of this type can be NaN, infinite or negative (so it must be checked).
     const NEEDS_CHECK: bool;
+    /// Whether every weight is 0 or 1 (bool masks): weighted counts are then plain counts.
+    const BINARY: bool = false;
 }
 
 macro_rules! int_mask {
@@ -117,6 +119,7 @@ impl MaskElem for f64 {
 impl MaskElem for bool {
     const DTYPE: &'static str = "bool";
     const NEEDS_CHECK: bool = false;
+    const BINARY: bool = true;
     #[inline(always)]
     fn weight(self) -> f32 {
         if self {

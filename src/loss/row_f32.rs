@@ -255,7 +255,7 @@ fn flag(cond: bool) -> f32 {
 /// gradient non-finite, which sends the token to the fallback, and the fallback reports them.
 /// (With neither `old_logp` nor a KL, `logp` reaches nothing; the caller checks it.)
 #[inline(always)]
-fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
+fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool>(
     p: &Params,
     input: &ChunkIn<'_>,
     grad: &mut [f32],
@@ -284,6 +284,7 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
     let (kl_out, w_low, w_high) = (&mut kl_out[..m], &mut w_low[..m], &mut w_high[..m]);
     let fallback = &mut fallback[..m];
     let mut any_fallback = false;
+    let (mut n_low, mut n_high) = (0u32, 0u32);
     // Bitwise `&` and `|` on the conditions below, not `&&` and `||`: short-circuits are
     // branches, and a branch per token keeps the loop from vectorising.
     for k in 0..m {
@@ -355,17 +356,28 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const FMA: bool>(
             // A fallback token's float32 KL may be infinite: 0 * inf would poison the sum.
             kl_out[k] = if to_f64 { 0.0 } else { kl_sum };
         }
-        w_low[k] = if low { w_k } else { 0.0 };
-        w_high[k] = if high { w_k } else { 0.0 };
+        if BINARY {
+            // Weights 0 or 1: the clip sums are counts, kept as integers (a vector sum the loop
+            // vectoriser can do, instead of two stores and a float64 pass).
+            n_low += (low & !to_f64) as u32;
+            n_high += (high & !to_f64) as u32;
+        } else {
+            w_low[k] = if low { w_k } else { 0.0 };
+            w_high[k] = if high { w_k } else { 0.0 };
+        }
         fallback[k] = flag(to_f64);
     }
-    accumulate::<K>(scratch, m, sums);
+    accumulate::<K, BINARY>(scratch, m, sums);
+    if BINARY {
+        sums.low[0] += n_low as f64;
+        sums.high[0] += n_high as f64;
+    }
     any_fallback
 }
 
 /// Adds a chunk's `m` tokens to the row's float64 lanes, every float32 value widened exactly.
 #[inline(always)]
-fn accumulate<K: Kl32>(s: &Scratch, m: usize, sums: &mut Sums) {
+fn accumulate<K: Kl32, const BINARY: bool>(s: &Scratch, m: usize, sums: &mut Sums) {
     // Local accumulators over whole blocks of `LANES` tokens: registers, not memory behind
     // `sums`, and one widening of each value.
     let (mut loss, mut kl, mut low, mut high) = (sums.loss, sums.kl, sums.low, sums.high);
@@ -383,8 +395,10 @@ fn accumulate<K: Kl32>(s: &Scratch, m: usize, sums: &mut Sums) {
             if K::ACTIVE {
                 kl[j] += w[j] as f64 * kl_k[j] as f64;
             }
-            low[j] += w_low[j] as f64;
-            high[j] += w_high[j] as f64;
+            if !BINARY {
+                low[j] += w_low[j] as f64;
+                high[j] += w_high[j] as f64;
+            }
         }
     }
     for (j, k) in (whole..m).enumerate() {
@@ -392,8 +406,10 @@ fn accumulate<K: Kl32>(s: &Scratch, m: usize, sums: &mut Sums) {
         if K::ACTIVE {
             kl[j] += s.w[k] as f64 * s.kl[k] as f64;
         }
-        low[j] += s.w_low[k] as f64;
-        high[j] += s.w_high[k] as f64;
+        if !BINARY {
+            low[j] += s.w_low[k] as f64;
+            high[j] += s.w_high[k] as f64;
+        }
     }
     (sums.loss, sums.kl, sums.low, sums.high) = (loss, kl, low, high);
 }
@@ -401,32 +417,32 @@ fn accumulate<K: Kl32>(s: &Scratch, m: usize, sums: &mut Sums) {
 /// [`chunk`] compiled for AVX-512F (16 float32 lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool>(
+unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
     p: &Params,
     input: &ChunkIn<'_>,
     grad: &mut [f32],
     scratch: &mut Scratch,
     sums: &mut Sums,
 ) -> bool {
-    chunk::<K, HAS_OLD, true>(p, input, grad, scratch, sums)
+    chunk::<K, HAS_OLD, BINARY, true>(p, input, grad, scratch, sums)
 }
 
 /// [`chunk`] compiled for AVX2 + FMA (8 float32 lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool>(
+unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
     p: &Params,
     input: &ChunkIn<'_>,
     grad: &mut [f32],
     scratch: &mut Scratch,
     sums: &mut Sums,
 ) -> bool {
-    chunk::<K, HAS_OLD, true>(p, input, grad, scratch, sums)
+    chunk::<K, HAS_OLD, BINARY, true>(p, input, grad, scratch, sums)
 }
 
 /// [`chunk`] for the level `level` (never above the CPU's: see [`crate::cpu::simd_level`]).
 #[inline(always)]
-fn chunk_at<K: Kl32, const HAS_OLD: bool>(
+fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
     level: SimdLevel,
     p: &Params,
     input: &ChunkIn<'_>,
@@ -438,16 +454,16 @@ fn chunk_at<K: Kl32, const HAS_OLD: bool>(
     match level {
         // SAFETY: `level` never exceeds the CPU's level, so the CPU has these features.
         SimdLevel::Avx512 => {
-            return unsafe { chunk_avx512::<K, HAS_OLD>(p, input, grad, scratch, sums) }
+            return unsafe { chunk_avx512::<K, HAS_OLD, BINARY>(p, input, grad, scratch, sums) }
         }
         // SAFETY: as above.
         SimdLevel::Avx2 => {
-            return unsafe { chunk_avx2::<K, HAS_OLD>(p, input, grad, scratch, sums) }
+            return unsafe { chunk_avx2::<K, HAS_OLD, BINARY>(p, input, grad, scratch, sums) }
         }
         SimdLevel::Portable => {}
     }
     let _ = level;
-    chunk::<K, HAS_OLD, false>(p, input, grad, scratch, sums)
+    chunk::<K, HAS_OLD, BINARY, false>(p, input, grad, scratch, sums)
 }
 
 impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
@@ -572,7 +588,11 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
                 }
             }
             let g = &mut grad[start..end];
-            let any_fallback = chunk_at::<K, HAS_OLD>(level, &p, &input, g, scratch, &mut sums);
+            let any_fallback = if M::BINARY {
+                chunk_at::<K, HAS_OLD, true>(level, &p, &input, g, scratch, &mut sums)
+            } else {
+                chunk_at::<K, HAS_OLD, false>(level, &p, &input, g, scratch, &mut sums)
+            };
             if any_fallback {
                 for k in 0..end - start {
                     if scratch.fallback[k] != 0.0 {
