@@ -51,12 +51,13 @@ pub struct LossOutput {
 }
 
 /// Whether [`policy_loss`] computes per-token values in float32 for inputs of type `T` and these
-/// options: f32, bf16 and f16 inputs of the PPO-clipped losses (grpo, bnpo, dr_grpo, dapo, luspo)
-/// at token level with any KL estimator but low_var_kl. Per-token loss and gradient are then
-/// within about 5e-7 of their own magnitude of the float64 path's, with the same clip decisions
-/// (the bound and how it is kept are in `row_f32`'s documentation). Everything else runs in float64.
+/// options now: f32, bf16 and f16 inputs of the PPO-clipped losses (grpo, bnpo, dr_grpo, dapo,
+/// luspo) at token level with any KL estimator but low_var_kl, on an x86-64 CPU with AVX2 (the
+/// SIMD level in use: `SGPO_RS_SIMD=portable` turns the path off). Per-token loss and gradient are then within about 5e-7 of their own
+/// magnitude of the float64 path's, with the same clip decisions (the bound and how it is kept
+/// are in `row_f32`'s documentation). Everything else runs in float64.
 pub fn uses_float32_path<T: FloatElem>(options: &LossOptions) -> bool {
-    T::FITS_F32 && row_f32::handles(options)
+    T::FITS_F32 && row_f32::handles(options) && row_f32::pays_off(crate::cpu::simd_level())
 }
 
 /// Computes the loss and writes `grad_scale * dL/dlogp` into `grad` (`B * T` floats).
@@ -100,6 +101,7 @@ pub fn policy_loss<T: FloatElem, M: MaskElem>(
         options,
         row_weight: &row_weight,
         row_tokens: row_tokens.as_deref(),
+        float32: uses_float32_path::<T>(options),
     };
     let rows: Vec<Result<RowSums>> = grad
         .par_chunks_mut(len)

@@ -141,6 +141,9 @@ pub(crate) struct Row<'k, 'a, T, M> {
     pub row_weight: &'k (dyn Fn(f64) -> f64 + Sync),
     /// Each row's token weight, when the batch pass already summed (and validated) the mask.
     pub row_tokens: Option<&'k [f64]>,
+    /// Whether the rows take the float32 path (decided once per call:
+    /// [`super::uses_float32_path`]).
+    pub float32: bool,
 }
 
 fn non_finite(arg: &'static str, value: f64, i: usize, t: usize) -> Error {
@@ -237,7 +240,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
                 }
                 Ok(sums)
             }
-            _ if T::FITS_F32 && super::row_f32::handles(opt) => self.run_f32(i, grad),
+            _ if self.float32 => self.run_f32(i, grad),
             _ => self.run_f64(i, grad),
         }
     }

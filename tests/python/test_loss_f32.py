@@ -1,5 +1,6 @@
 """policy_loss's float32 path (float32/bfloat16/float16 inputs of the PPO-clipped losses at token
-level) at every SIMD level this CPU has, against the float64 references.
+level) at every SIMD level this CPU has (the portable level runs the float64 path), against the
+float64 references.
 
 Bounds tested (the ones ``sgpo_rs.policy_loss``'s docstring states):
 
@@ -206,6 +207,23 @@ def test_avx2_and_avx512_give_bit_identical_results():
     assert avx2.loss == avx512.loss
     assert avx2.metrics == avx512.metrics
     np.testing.assert_array_equal(avx2.grad, avx512.grad)
+
+
+def test_portable_level_runs_the_float64_path():
+    """Without AVX2 the float32 path would be slower than the float64 one, so f32 inputs then
+    give exactly what their float64 copies give."""
+    rng = np.random.default_rng(5)
+    lp, old, rf, adv, m = ref.make_loss_inputs(rng, 4, 300)
+    up = [x.astype(np.float64) for x in (lp, old, rf)]
+    try:
+        assert _core.set_simd_level("portable") == "portable"
+        out = sg.policy_loss(lp, old, adv, m, ref_logp=rf, beta=0.04)
+        out64 = sg.policy_loss(up[0], up[1], adv, m, ref_logp=up[2], beta=0.04)
+    finally:
+        _core.set_simd_level(None)
+    assert out.loss == out64.loss
+    assert out.metrics == out64.metrics
+    np.testing.assert_array_equal(out.grad, out64.grad)
 
 
 def test_simd_level_env_var_lowers_the_level():
