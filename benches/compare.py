@@ -10,6 +10,8 @@ Sections:
   (b) ``sg.group_advantages`` + ``sg.token_advantages`` against vectorised numpy.
   (c) the memory-bandwidth floor: bytes each kernel must move / measured copy bandwidth.
   (d) peak extra resident memory of one loss call, sg against torch eager.
+  (e) the policy-loss targets in one table: compile/sg, eager/sg and sg against the floor, with
+      sg both returning a fresh gradient array and writing into a reused ``out=`` buffer.
 
 Times are wall-clock ``time.perf_counter`` of the public Python call (argument checks and output
 allocation included), after warm-up calls; the tables show the median and the best of the
@@ -155,9 +157,9 @@ def torch_step(torch, fn, tensors, beta):
     return loss, lp.grad
 
 
-def sg_step(x, beta):
+def sg_step(x, beta, out=None):
     return sg.policy_loss(
-        x["logp"], x["old"], x["adv"], x["mask"], ref_logp=x["ref"] if beta else None, beta=beta
+        x["logp"], x["old"], x["adv"], x["mask"], ref_logp=x["ref"] if beta else None, beta=beta, out=out
     )
 
 
@@ -192,6 +194,9 @@ def section_loss(args, torch, results: Dict[str, float]) -> None:
                 "-",
             ]
             sg_med, sg_best = bench(partial(sg_step, x, beta), args.repeats)
+            # A training loop reuses one gradient buffer (out=): no page faults of a fresh array.
+            reused = np.empty((batch, length), dtype=np.float32)
+            results[f"policy_loss out= {name}"] = bench(partial(sg_step, x, beta, reused), args.repeats)[0]
             eager_med, eager_best = bench(partial(torch_step, torch, trl_dapo_loss, t, beta), args.repeats)
             comp_med = comp_best = None
             comp_time = "-"
@@ -208,6 +213,9 @@ def section_loss(args, torch, results: Dict[str, float]) -> None:
                     compiled = None
             checks.append(check)
             results[f"policy_loss {name}"] = sg_med
+            results[f"eager {name}"] = eager_med
+            if comp_med is not None:
+                results[f"compile {name}"] = comp_med
             rows.append(
                 (
                     name,
@@ -390,10 +398,16 @@ def section_floor(args, results: Dict[str, float]) -> None:
             name = f"policy_loss {batch}x{length} beta={beta:g}"
             written = 4 * batch * length
             kernels.append((name, loss_bytes(batch, length, beta) - written, written, results[name]))
+            out_name = f"policy_loss out= {batch}x{length} beta={beta:g}"
+            if out_name in results:
+                read = loss_bytes(batch, length, beta) - written
+                kernels.append((out_name, read, written, results[out_name]))
     rows = []
+    floors: Dict[str, Tuple[float, float]] = {}
     for name, read, written, measured in kernels:
         floor = (read + written) / bandwidth
         floor_alloc = floor + written * fault_cost
+        floors[name] = (floor, floor_alloc)
         rows.append(
             (
                 name,
@@ -414,7 +428,83 @@ def section_floor(args, results: Dict[str, float]) -> None:
     print("credit f32 and two bool flags (34 B/row); group_advantages reads f64, writes f32 (12 B/row);")
     print("token_advantages reads (N,) f32 + the bool mask, writes f32 (5 B/token); policy_loss reads")
     print("logp, old_logp (+ ref_logp) f32, the bool mask and (B,) advantages, writes the f32 grad")
-    print("(13 B/token, 17 with ref_logp).")
+    print("(13 B/token, 17 with ref_logp). policy_loss out= writes into a reused buffer (no fresh array).")
+    print()
+    return floors
+
+
+# --------------------------------------------------------------------------------------------
+# (e) targets
+
+
+TARGET_COMPILE = 1.5
+TARGET_EAGER = 10.0
+TARGET_FLOOR = 3.0
+
+
+def section_targets(args, results: Dict[str, float], floors: Dict[str, Tuple[float, float]]) -> None:
+    """The policy-loss targets in one table, all from this run: torch.compile / sg and torch eager
+    / sg (medians, sg returning a fresh gradient array as torch does, and sg writing into a
+    reused ``out=`` buffer), and sg against the copy-bandwidth floor."""
+    print("== (e) policy loss targets (this run) ==")
+    print(
+        f"targets: compile/sg >= {TARGET_COMPILE}x, eager/sg >= {TARGET_EAGER:g}x; at 512x8192 sg within "
+        f"{TARGET_FLOOR:g}x of the floor (out= against the floor, fresh array against floor+alloc)."
+    )
+    print()
+    rows = []
+    verdicts = []
+    for batch, length in args.shapes:
+        for beta in (0.0, 0.04):
+            name = f"{batch}x{length} beta={beta:g}"
+            sg_fresh = results[f"policy_loss {name}"]
+            sg_out = results.get(f"policy_loss out= {name}")
+            eager = results.get(f"eager {name}")
+            comp = results.get(f"compile {name}")
+            floor, floor_alloc = floors[f"policy_loss {name}"]
+            checks = [
+                ("compile/sg", comp, sg_fresh, TARGET_COMPILE),
+                ("eager/sg", eager, sg_fresh, TARGET_EAGER),
+            ]
+            for label, num, den, target in checks:
+                if num is not None:
+                    verdicts.append((name, label, num / den >= target))
+            if batch * length >= 512 * 8192:
+                verdicts.append((name, "sg/floor+alloc", sg_fresh / floor_alloc <= TARGET_FLOOR))
+                if sg_out is not None:
+                    verdicts.append((name, "sg out=/floor", sg_out / floor <= TARGET_FLOOR))
+            rows.append(
+                (
+                    name,
+                    fmt_time(sg_fresh),
+                    fmt_time(sg_out),
+                    fmt_ratio(comp, sg_fresh),
+                    fmt_ratio(comp, sg_out),
+                    fmt_ratio(eager, sg_fresh),
+                    fmt_ratio(eager, sg_out),
+                    fmt_ratio(sg_fresh, floor_alloc),
+                    fmt_ratio(sg_out, floor),
+                )
+            )
+    table(
+        [
+            "shape",
+            "sg",
+            "sg out=",
+            "compile/sg",
+            "compile/sg out=",
+            "eager/sg",
+            "eager/sg out=",
+            "sg/floor+alloc",
+            "sg out=/floor",
+        ],
+        rows,
+    )
+    missed = [f"{name} {label}" for name, label, ok in verdicts if not ok]
+    met = sum(ok for _, _, ok in verdicts)
+    print(f"targets met: {met} of {len(verdicts)} (ratios use the fresh-array sg; floor checks as stated)")
+    if missed:
+        print("missed: " + "; ".join(missed))
     print()
 
 
@@ -539,6 +629,10 @@ def machine(torch) -> None:
     print(f"torch: {torch_text}")
     rayon = os.environ.get("RAYON_NUM_THREADS", "unset (all cores)")
     print(f"sgpo_rs threads: rayon, RAYON_NUM_THREADS={rayon}")
+    simd = os.environ.get("SGPO_RS_SIMD", "unset")
+    best = sg._core.cpu_simd_level()
+    print(f"sgpo_rs SIMD level: {sg._core.simd_level()} (the CPU's best {best}, SGPO_RS_SIMD={simd})")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("numpy: single-threaded elementwise ops")
     print()
 
@@ -585,9 +679,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         section_loss(args, torch, results)
     section_advantages(args, results)
-    section_floor(args, results)
+    floors = section_floor(args, results)
     if torch is not None and not args.no_memory:
         section_memory(args)
+    section_targets(args, results, floors)
     print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

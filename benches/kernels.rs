@@ -131,7 +131,7 @@ fn bench_rewards(c: &mut Criterion) {
     // Half the groups all-negative (reward 0), the others with a correct answer.
     let rewards: Vec<f64> = (0..ROWS)
         .map(|i| {
-            if (i / GROUP) % 2 == 0 || rng.below(2) == 0 {
+            if (i / GROUP).is_multiple_of(2) || rng.below(2) == 0 {
                 0.0
             } else {
                 1.0

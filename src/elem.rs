@@ -7,39 +7,77 @@ use half::{bf16, f16};
 /// A floating-point input element (log-probabilities, advantages).
 pub trait FloatElem: Copy + Send + Sync + 'static {
     const DTYPE: &'static str;
+    /// Whether every value is exactly a float32 (f32, bf16, f16): the loss may then compute in
+    /// float32 lanes (f64 inputs keep the float64 path).
+    const FITS_F32: bool;
     fn to_f64(self) -> f64;
+    /// `src` as float32: `src` itself for f32, else converted into `buf` (same length).
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
 }
 
 impl FloatElem for f32 {
     const DTYPE: &'static str = "float32";
+    const FITS_F32: bool = true;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [Self], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
     }
 }
 
 impl FloatElem for f64 {
     const DTYPE: &'static str = "float64";
+    const FITS_F32: bool = false;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
+    }
+    /// Rounds to float32 (the loss never asks: f64 inputs keep the float64 path).
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        for (o, &x) in buf.iter_mut().zip(src) {
+            *o = x as f32;
+        }
+        &buf[..src.len()]
     }
 }
 
 impl FloatElem for bf16 {
     const DTYPE: &'static str = "bfloat16";
+    const FITS_F32: bool = true;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         // bf16 -> f32 is a shift; f32 -> f64 is exact.
         self.to_f32() as f64
     }
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        // The shift by hand (not `bf16::to_f32`, which keeps NaN quiet with a branch), so the
+        // loop vectorises; every unmasked input is checked for finiteness afterwards anyway.
+        for (o, &x) in buf.iter_mut().zip(src) {
+            *o = f32::from_bits((x.to_bits() as u32) << 16);
+        }
+        &buf[..src.len()]
+    }
 }
 
 impl FloatElem for f16 {
     const DTYPE: &'static str = "float16";
+    const FITS_F32: bool = true;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self.to_f32() as f64
+    }
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        // half's slice conversion uses F16C where the CPU has it.
+        let buf = &mut buf[..src.len()];
+        src.convert_to_f32_slice(buf);
+        buf
     }
 }
 
@@ -50,6 +88,8 @@ pub trait MaskElem: Copy + Send + Sync + 'static {
     fn weight(self) -> f32;
     /// Whether any value of this type can be NaN, infinite or negative (so it must be checked).
     const NEEDS_CHECK: bool;
+    /// Whether every weight is 0 or 1 (bool masks): weighted counts are then plain counts.
+    const BINARY: bool = false;
 }
 
 macro_rules! int_mask {
@@ -79,6 +119,7 @@ impl MaskElem for f64 {
 impl MaskElem for bool {
     const DTYPE: &'static str = "bool";
     const NEEDS_CHECK: bool = false;
+    const BINARY: bool = true;
     #[inline(always)]
     fn weight(self) -> f32 {
         if self {

@@ -69,7 +69,7 @@ impl Groups {
                 "expected a positive group size, got 0",
             ));
         }
-        if num_rows % group_size != 0 {
+        if !num_rows.is_multiple_of(group_size) {
             return Err(Error::value(
                 "group_size",
                 format!("expected a divisor of the number of rows ({num_rows}), got {group_size}"),

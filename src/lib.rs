@@ -5,13 +5,14 @@
 //! errors for the `sgpo_rs` Python package.
 
 pub mod advantages;
-mod cpu;
+pub mod cpu;
 pub mod credit_rule;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod elem;
 pub mod error;
 mod exp;
+mod exp_f32;
 pub mod groups;
 pub mod logprob;
 pub mod loss;

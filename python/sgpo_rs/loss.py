@@ -116,8 +116,29 @@ def policy_loss(
     Inputs are ``(B, T)``: ``logp`` (the differentiated log-probs), ``old_logp`` (``None``:
     on-policy, ratio 1 with gradient), ``ref_logp`` (needed when ``beta != 0``), ``mask`` (bool,
     int or float weights); ``advantages`` is ``(B,)`` or ``(B, T)``. Log-probs may be float32,
-    float64, float16 or bfloat16 (ml_dtypes); math runs in float64, the gradient is float32.
-    Masked-out tokens are never read (padding may hold anything); unmasked ones must be finite.
+    float64, float16 or bfloat16 (ml_dtypes); the gradient is float32. Masked-out tokens are never
+    read (padding may hold anything); unmasked ones must be finite.
+
+    Precision on the CPU. Every sum (loss, KL, metrics) is accumulated in float64.
+
+    - float64 inputs, and the cispo, sapo, vespo and vanilla losses, sequence-level ratios and
+      ``kl_estimator="low_var_kl"`` at any dtype: per-token math in float64 (exponential within
+      1e-15 relative); the loss and metrics are float64-exact up to summation rounding, the
+      gradient is the float64 value rounded to float32 (6e-8 relative).
+    - float32, bfloat16 and float16 inputs of grpo, bnpo, dr_grpo, dapo and luspo at token level,
+      on an x86-64 CPU with AVX2 (elsewhere, or with ``SGPO_RS_SIMD=portable``, the float64 path
+      above runs): per-token math in float32 (16 tokens per AVX-512 instruction, 8 per AVX2 one),
+      with ``logp - old_logp`` and ``ref_logp - logp`` taken exactly into the
+      exponential's reduced argument, the ratio within 2.5e-7 relative and k3's
+      ``exp(x) - x - 1`` within 5e-7 relative at every ``x`` (a series near 0, where float32
+      would cancel). Bound against the float64 path: ``|loss - loss64| <= 5e-7 * S``, ``S`` the
+      same aggregation of ``|L|`` (so within 5e-7 relative unless the per-token losses cancel),
+      and each gradient entry within 5e-7 of its own magnitude (so within 1e-6 of ``max|grad|``).
+      Clip decisions and clip metrics are the float64 path's: a token whose ratio lies within
+      1e-6 of a clip bound, whose log ratio or KL gap exceeds 80 in magnitude, or whose float32
+      values overflow is computed in float64 instead. The instruction set is the CPU's best;
+      the environment variable ``SGPO_RS_SIMD`` (``avx512``, ``avx2`` or ``portable``, read once)
+      lowers it. AVX2 and AVX-512 give bit-identical results (the same fused multiply-adds).
 
     Per token, ``log_ratio = logp - old_logp``; ``importance_sampling_level="sequence"`` uses
     ``sum_t(log_ratio * M) / max(sum_t M, 1)`` per row (GSPO). ``r = exp(log_ratio)``.

@@ -30,7 +30,9 @@ pub struct DeviceGroups {
 impl DeviceGroups {
     fn arg(&self) -> Result<Arg> {
         if self.group_size > 0 {
-            if self.rows % self.group_size != 0 || self.num_groups * self.group_size != self.rows {
+            if !self.rows.is_multiple_of(self.group_size)
+                || self.num_groups * self.group_size != self.rows
+            {
                 return Err(Error::value(
                     "group_size",
                     format!(
@@ -273,7 +275,7 @@ pub fn token_advantages(
         MaskDtype::U8 => 4,
         MaskDtype::F32 => 16,
     };
-    let vec = out % 16 == 0 && mask % mask_align == 0;
+    let vec = out.is_multiple_of(16) && mask.is_multiple_of(mask_align);
     launch(
         stream,
         &GROUPS,

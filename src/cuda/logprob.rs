@@ -79,9 +79,9 @@ impl Logits {
     fn packed(&self) -> i32 {
         let size = self.dtype.size() as u64;
         i32::from(
-            self.ptr % 16 == 0
-                && (self.row_stride as u64 * size) % 16 == 0
-                && (self.group_stride as u64 * size) % 16 == 0,
+            self.ptr.is_multiple_of(16)
+                && (self.row_stride as u64 * size).is_multiple_of(16)
+                && (self.group_stride as u64 * size).is_multiple_of(16),
         )
     }
 
@@ -194,7 +194,7 @@ pub fn selective_logprobs_backward(
     let out_packed = if dlogits == logits.ptr {
         logits.packed()
     } else {
-        i32::from(dlogits % 16 == 0 && (out_stride as u64 * size) % 16 == 0)
+        i32::from(dlogits.is_multiple_of(16) && (out_stride as u64 * size).is_multiple_of(16))
     };
     logits.launch(
         stream,

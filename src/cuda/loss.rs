@@ -138,8 +138,8 @@ fn vectorizable(inputs: &DeviceLossInputs, grad: u64) -> bool {
         MaskDtype::U8 => 1,
         MaskDtype::F32 => 4,
     };
-    let aligned = |ptr: u64, size: u64| ptr % (4 * size) == 0;
-    inputs.len % 4 == 0
+    let aligned = |ptr: u64, size: u64| ptr.is_multiple_of(4 * size);
+    inputs.len.is_multiple_of(4)
         && aligned(inputs.logp, size)
         && aligned(inputs.old_logp, size)
         && aligned(inputs.ref_logp, size)

@@ -55,6 +55,30 @@ impl Lanes {
     }
 }
 
+/// [`weight_sum`] compiled for the SIMD level in use (additions only, in the same order, so
+/// every level gives the same sum).
+pub(crate) fn weight_sum_dispatched<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+            weight_sum(row, i)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+            weight_sum(row, i)
+        }
+        match crate::cpu::simd_level() {
+            // SAFETY: the level never exceeds what the CPU supports.
+            crate::cpu::SimdLevel::Avx512 => return unsafe { avx512(row, i) },
+            // SAFETY: as above.
+            crate::cpu::SimdLevel::Avx2 => return unsafe { avx2(row, i) },
+            crate::cpu::SimdLevel::Portable => {}
+        }
+    }
+    weight_sum(row, i)
+}
+
 /// Sum of a row's mask weights (lanes for speed, fixed order); errors on a negative or
 /// non-finite weight.
 #[inline(always)]
@@ -117,6 +141,9 @@ pub(crate) struct Row<'k, 'a, T, M> {
     pub row_weight: &'k (dyn Fn(f64) -> f64 + Sync),
     /// Each row's token weight, when the batch pass already summed (and validated) the mask.
     pub row_tokens: Option<&'k [f64]>,
+    /// Whether the rows take the float32 path (decided once per call:
+    /// [`super::uses_float32_path`]).
+    pub float32: bool,
 }
 
 fn non_finite(arg: &'static str, value: f64, i: usize, t: usize) -> Error {
@@ -213,19 +240,23 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
                 }
                 Ok(sums)
             }
-            _ => self.run_with(
-                i,
-                grad,
-                &terms::Clipped {
-                    lo,
-                    hi,
-                    delta: opt.delta.unwrap_or(f64::INFINITY),
-                },
-            ),
+            _ if self.float32 => self.run_f32(i, grad),
+            _ => self.run_f64(i, grad),
         }
     }
 
-    fn slices(&self, i: usize) -> RowSlices<'_, T, M> {
+    /// Row `i` of a PPO-clipped loss (TRL's grpo family) on the float64 path.
+    pub(super) fn run_f64(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
+        let opt = self.options;
+        let policy = terms::Clipped {
+            lo: 1.0 - opt.epsilon_low,
+            hi: 1.0 + opt.epsilon_high(),
+            delta: opt.delta.unwrap_or(f64::INFINITY),
+        };
+        self.run_with(i, grad, &policy)
+    }
+
+    pub(super) fn slices(&self, i: usize) -> RowSlices<'_, T, M> {
         let len = self.inputs.len;
         let span = i * len..(i + 1) * len;
         RowSlices {
@@ -237,7 +268,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
     }
 
     /// Finds the first unmasked non-finite input of row `i` in tokens `range`.
-    fn locate_non_finite(&self, i: usize, range: std::ops::Range<usize>) -> Error {
+    pub(super) fn locate_non_finite(&self, i: usize, range: std::ops::Range<usize>) -> Error {
         let s = self.slices(i);
         for t in range {
             if s.mask[t].weight() == 0.0 {
@@ -526,8 +557,15 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             ..RowSums::default()
         };
         sums.loss_weighted = rho * sums.loss;
+        self.add_per_row_metrics(i, seq_ratio, &mut sums);
+        Ok(sums)
+    }
+
+    /// TRL's per-sequence metric values ((B, 1) tensors), which exist even for empty rows, from
+    /// the row's sequence-level ratio (1 at token level).
+    pub(super) fn add_per_row_metrics(&self, i: usize, seq_ratio: f64, sums: &mut RowSums) {
+        let opt = self.options;
         if let AdvantageView::PerRow(adv) = self.inputs.advantages {
-            // TRL's per-sequence metric values ((B, 1) tensors) exist even for empty rows.
             let a = adv[i] as f64;
             let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
             let shown = opt.delta.map_or(seq_ratio, |delta| seq_ratio.min(delta));
@@ -540,15 +578,14 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             ];
             sums.cispo_row = terms::flag(seq_ratio > opt.epsilon_high() && a > 0.0);
         }
-        Ok(sums)
     }
 }
 
-struct RowSlices<'s, T, M> {
-    lp: &'s [T],
-    old: Option<&'s [T]>,
-    reference: Option<&'s [T]>,
-    mask: &'s [M],
+pub(super) struct RowSlices<'s, T, M> {
+    pub lp: &'s [T],
+    pub old: Option<&'s [T]>,
+    pub reference: Option<&'s [T]>,
+    pub mask: &'s [M],
 }
 
 /// Adds the KL term (`beta * kl`, times `r` with bias correction) and its gradient to the

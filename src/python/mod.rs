@@ -5,6 +5,7 @@
 mod advantages;
 mod arrays;
 mod buffers;
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod errors;
@@ -39,6 +40,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(text::parse_verdict, m)?)?;
     m.add_function(wrap_pyfunction!(text::parse_verdict_batch, m)?)?;
     m.add_function(wrap_pyfunction!(text::first_error_from_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu::simd_level_name, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu::cpu_simd_level_name, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu::set_simd_level, m)?)?;
     m.add("cuda_built", cfg!(feature = "cuda"))?;
     #[cfg(feature = "cuda")]
     {

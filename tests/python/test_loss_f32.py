@@ -1,0 +1,239 @@
+"""policy_loss's float32 path (float32/bfloat16/float16 inputs of the PPO-clipped losses at token
+level) at every SIMD level this CPU has (the portable level runs the float64 path), against the
+float64 references.
+
+Bounds tested (the ones ``sgpo_rs.policy_loss``'s docstring states):
+
+- loss: ``|loss - loss64| <= 5e-7 * S`` with ``S`` the aggregation of ``|L|`` (the numpy
+  reference's ``magnitudes``), and within 1e-6 relative on inputs shaped like a training batch;
+- gradient: within 1e-6 of ``max|grad|`` (absolute) of torch float64 autograd of TRL's formula;
+- clip decisions and clip metrics: equal to the float64 path's, also for ratios within float32
+  rounding of ``1 +- epsilon``;
+- k3's ``exp(x) - x - 1``: within 1e-6 relative where float32 would cancel (``|x| ~ 1e-4``);
+- AVX2 and AVX-512 give bit-identical results.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import ml_dtypes
+import numpy as np
+import pytest
+import reference as ref
+import sgpo_rs as sg
+from sgpo_rs import _core
+from test_loss import torch_grad
+
+ORDER = ("portable", "avx2", "avx512")
+LEVELS = ORDER[: ORDER.index(_core.cpu_simd_level()) + 1]
+CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+KL = {
+    "none": dict(),
+    "k3": dict(beta=0.04, kl_estimator="k3"),
+    "k3-nobc": dict(beta=0.04, kl_estimator="k3", kl_bias_correction=False),
+    "k1": dict(beta=0.1, kl_estimator="k1"),
+    "k2": dict(beta=0.1, kl_estimator="k2"),
+    "abs": dict(beta=0.1, kl_estimator="abs", kl_bias_correction=False),
+}
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    """Runs the test with the kernels at one SIMD level; the CPU's best again afterwards."""
+    assert _core.set_simd_level(request.param) == request.param
+    yield request.param
+    _core.set_simd_level(None)
+
+
+def _upcast(x):
+    return None if x is None else np.asarray(x, dtype=np.float64)
+
+
+def _check_against_float64(lp, old, adv, mask, **kw):
+    """The float32 path's loss against the numpy reference, its gradient against torch float64
+    autograd, its metrics against the float64 path's (clip metrics exactly)."""
+    rf = kw.pop("ref_logp", None)
+    out = sg.policy_loss(lp, old, adv, mask, ref_logp=rf, **kw)
+    lp64, old64, rf64 = _upcast(lp), _upcast(old), _upcast(rf)
+    loss64, _, sizes = ref.policy_loss(lp64, old64, adv, mask, ref_logp=rf64, magnitudes=True, **kw)
+    assert abs(out.loss - loss64) <= 5e-7 * sizes["loss"] + 1e-300, (out.loss, loss64, sizes)
+    _, grad64 = torch_grad(lp64, old64, adv, mask, ref_logp=rf64, **kw)
+    grad64 = np.asarray(grad64)
+    scale = max(float(np.abs(grad64).max()), 1e-300)
+    assert float(np.abs(out.grad - grad64).max()) <= 1e-6 * scale
+    on64 = sg.policy_loss(lp64, old64, adv, mask, ref_logp=rf64, **kw)
+    assert set(out.metrics) == set(on64.metrics)
+    for key, value in on64.metrics.items():
+        if key.startswith("clip_ratio"):
+            np.testing.assert_equal(out.metrics[key], value, err_msg=key)
+        else:
+            np.testing.assert_allclose(out.metrics[key], value, rtol=1e-6, atol=1e-12, err_msg=key)
+    return out
+
+
+@pytest.mark.parametrize("kl", list(KL))
+@pytest.mark.parametrize("loss_type", CLIPPED)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (5, 300), (16, 1000)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_float32_path_within_its_bound(level, loss_type, kl, shape):
+    rng = np.random.default_rng(_seed("f32", loss_type, kl, shape))
+    B, T = shape
+    lp, old, rf, adv, m = ref.make_loss_inputs(rng, B, T, adv2d=B % 2 == 1, extreme=T >= 17)
+    _check_against_float64(lp, old, adv, m, ref_logp=rf, loss_type=loss_type, **KL[kl])
+
+
+@pytest.mark.parametrize("half", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("kl", ["none", "k3"])
+def test_half_inputs_on_the_float32_path(level, half, kl):
+    rng = np.random.default_rng(_seed("half", kl))
+    lp, old, rf, adv, m = ref.make_loss_inputs(rng, 6, 333, extreme=False)
+    lp, old, rf = (x.astype(half) for x in (lp, old, rf))
+    _check_against_float64(lp, old, adv, m, ref_logp=rf, **KL[kl])
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_training_batch_loss_within_1e6_relative(level, beta):
+    """Inputs shaped like compare.py's: logp in [-3, 0), old within +-0.3, ref within +-0.5,
+    per-row advantages of both signs, right-padded bool mask."""
+    rng = np.random.default_rng(7)
+    B, T = 32, 2048
+    lp = (-3.0 * rng.random((B, T))).astype(np.float32)
+    old = (lp + 0.6 * (rng.random((B, T)) - 0.5)).astype(np.float32)
+    rf = (lp + (rng.random((B, T)) - 0.5)).astype(np.float32)
+    adv = (rng.random(B) * 4.0 - 2.0).astype(np.float32)
+    mask = np.arange(T)[None, :] < rng.integers(T // 4, T + 1, size=B)[:, None]
+    kw = dict(ref_logp=rf, beta=beta) if beta else dict()
+    out = _check_against_float64(lp, old, adv, mask, **kw)
+    loss64, _ = ref.policy_loss(
+        lp.astype(np.float64),
+        old.astype(np.float64),
+        adv,
+        mask,
+        **{**kw, **({"ref_logp": rf.astype(np.float64)} if beta else {})},
+    )
+    assert abs(out.loss - loss64) <= 1e-6 * abs(loss64)
+
+
+@pytest.mark.parametrize("bound", [0.8, 1.28, 1.5])
+def test_clip_decisions_near_the_bounds_are_float64s(level, bound):
+    """Ratios within a few float32 units of a clip bound (including float32's own rounding of the
+    bound) are decided as the float64 path decides them: equal clip metrics, and gradients that
+    pass or stop at the same tokens."""
+    T = 4096
+    lp = np.full((2, T), -1.0, dtype=np.float32)
+    # old = lp - log(bound) + k ulp: ratios straddling the bound by a few units of float32.
+    steps = np.arange(T) - T // 2
+    target = np.float32(-1.0 - np.log(bound))
+    old = (target + steps.astype(np.float32) * np.spacing(target)).astype(np.float32)[None, :].repeat(2, 0)
+    adv = np.array([1.0, -1.0], dtype=np.float32)
+    mask = np.ones((2, T), dtype=bool)
+    kw = dict(epsilon_low=0.2, epsilon_high=0.28, delta=1.5)
+    out = sg.policy_loss(lp, old, adv, mask, **kw)
+    out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **kw)
+    for key, value in out64.metrics.items():
+        assert out.metrics[key] == value, key
+    np.testing.assert_array_equal(out.grad == 0.0, out64.grad == 0.0)
+    np.testing.assert_allclose(out.grad, out64.grad, rtol=5e-7, atol=0.0)
+    # The two rows' losses nearly cancel: the bound is on the sum of magnitudes.
+    lp64, old64 = lp.astype(np.float64), old.astype(np.float64)
+    _, _, sizes = ref.policy_loss(lp64, old64, adv, mask, magnitudes=True, **kw)
+    assert abs(out.loss - out64.loss) <= 5e-7 * sizes["loss"]
+
+
+def test_k3_kl_has_no_cancellation_near_zero(level):
+    """``x = ref - logp`` of 1e-4: float32's ``exp(x) - x - 1`` would keep no correct digit."""
+    rng = np.random.default_rng(3)
+    lp = (-3.0 * rng.random((4, 1000))).astype(np.float32)
+    rf = (lp + np.float32(1e-4) * rng.standard_normal((4, 1000)).astype(np.float32)).astype(np.float32)
+    adv = np.ones(4, dtype=np.float32)
+    mask = np.ones((4, 1000), dtype=bool)
+    out = sg.policy_loss(lp, lp, adv, mask, ref_logp=rf, beta=0.04)
+    _, metrics = ref.policy_loss(
+        lp.astype(np.float64), lp.astype(np.float64), adv, mask, ref_logp=rf.astype(np.float64), beta=0.04
+    )
+    assert metrics["kl"] > 0.0
+    assert abs(out.metrics["kl"] - metrics["kl"]) <= 1e-6 * metrics["kl"]
+
+
+@pytest.mark.parametrize("gap", [30.0, 85.0, 100.0])
+def test_large_gaps_fall_back_to_float64(level, gap):
+    """Log ratios and KL gaps where float32's exp overflows: same values, or the same error, as
+    the float64 path."""
+    lp = np.full((2, 40), -1.0, dtype=np.float32)
+    old = lp.copy()
+    old[:, ::3] -= np.float32(gap)
+    rf = lp.copy()
+    rf[:, 1::5] += np.float32(gap)
+    rf[:, ::9] += np.float32(gap)  # both gaps at some tokens (the float32 KL times r overflows)
+    adv = np.array([0.5, -0.5], dtype=np.float32)
+    mask = np.ones((2, 40), dtype=bool)
+    kw = dict(ref_logp=rf, beta=0.04, grad_scale=1e-30)
+    kw64 = dict(kw, ref_logp=rf.astype(np.float64))
+    try:
+        out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **kw64)
+    except ValueError as error64:
+        with pytest.raises(ValueError) as error:
+            sg.policy_loss(lp, old, adv, mask, **kw)
+        assert str(error.value) == str(error64)
+        return
+    out = sg.policy_loss(lp, old, adv, mask, **kw)
+    assert abs(out.loss - out64.loss) <= 5e-7 * abs(out64.loss)
+    np.testing.assert_allclose(out.grad, out64.grad, rtol=5e-7, atol=0.0)
+    for key, value in out64.metrics.items():
+        np.testing.assert_allclose(out.metrics[key], value, rtol=5e-7, err_msg=key)
+
+
+@pytest.mark.skipif("avx512" not in LEVELS, reason="needs a CPU with AVX-512")
+def test_avx2_and_avx512_give_bit_identical_results():
+    """Both fuse the same multiply-adds in the same order (the portable build rounds each
+    product, so it differs within the bounds tested above)."""
+    rng = np.random.default_rng(11)
+    lp, old, rf, adv, m = ref.make_loss_inputs(rng, 9, 1001, adv2d=True, mask_kind="float32")
+    results = []
+    try:
+        for name in ("avx2", "avx512"):
+            assert _core.set_simd_level(name) == name
+            results.append(sg.policy_loss(lp, old, adv, m, ref_logp=rf, beta=0.04))
+    finally:
+        _core.set_simd_level(None)
+    avx2, avx512 = results
+    assert avx2.loss == avx512.loss
+    assert avx2.metrics == avx512.metrics
+    np.testing.assert_array_equal(avx2.grad, avx512.grad)
+
+
+def test_portable_level_runs_the_float64_path():
+    """Without AVX2 the float32 path would be slower than the float64 one, so f32 inputs then
+    give exactly what their float64 copies give."""
+    rng = np.random.default_rng(5)
+    lp, old, rf, adv, m = ref.make_loss_inputs(rng, 4, 300)
+    up = [x.astype(np.float64) for x in (lp, old, rf)]
+    try:
+        assert _core.set_simd_level("portable") == "portable"
+        out = sg.policy_loss(lp, old, adv, m, ref_logp=rf, beta=0.04)
+        out64 = sg.policy_loss(up[0], up[1], adv, m, ref_logp=up[2], beta=0.04)
+    finally:
+        _core.set_simd_level(None)
+    assert out.loss == out64.loss
+    assert out.metrics == out64.metrics
+    np.testing.assert_array_equal(out.grad, out64.grad)
+
+
+def test_simd_level_env_var_lowers_the_level():
+    code = "from sgpo_rs import _core; print(_core.simd_level(), _core.cpu_simd_level())"
+    env = dict(os.environ, SGPO_RS_SIMD="portable")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.split() == ["portable", _core.cpu_simd_level()]
+    # A level the CPU lacks, or an unknown name, leaves the CPU's best.
+    env["SGPO_RS_SIMD"] = "sse9"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.split()[0] == _core.cpu_simd_level()
+    with pytest.raises(ValueError, match="level"):
+        _core.set_simd_level("sse9")
