@@ -1,0 +1,418 @@
+"""Tables, plots and EXPERIMENTS.md from the JSON of ``experiment_arith.py``: every number in the
+report is computed here from that file.
+
+    python examples/experiment_report.py docs/experiment_arith.json          # -> EXPERIMENTS.md, docs/*.png
+    python examples/experiment_arith.py --report docs/experiment_arith.json  # the same
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = {
+    "grpo": "GRPO (TRL GRPOTrainer)",
+    "sgpo_prefix": "SGPO, prefix rule",
+    "sgpo_logistic": "SGPO, logistic rule (paper preset)",
+    "sgpo_shuffled": "SGPO, shuffled verdicts (control)",
+    "sgpo_noisy": "SGPO, noisy judge (control)",
+}
+COLORS = {
+    "grpo": "#444444",
+    "sgpo_prefix": "#1f77b4",
+    "sgpo_logistic": "#2ca02c",
+    "sgpo_shuffled": "#ff7f0e",
+    "sgpo_noisy": "#d62728",
+}
+# Two-sided 95% Student t quantiles by degrees of freedom (no scipy dependency for a table).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and the half-width of its 95% t interval over seeds (nan half-width for one seed)."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float("nan")
+    t = T95.get(x.size - 1, 1.96)
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def fmt(m: float, h: float, digits: int = 3) -> str:
+    if math.isnan(m):
+        return "n/a"
+    if math.isnan(h):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def arms_of(results: Dict[str, Any]) -> List[str]:
+    return [a for a in results["config"]["arms"] if any(r["arm"] == a for r in results["runs"])]
+
+
+def runs_of(results: Dict[str, Any], arm: str) -> List[Dict[str, Any]]:
+    return sorted((r for r in results["runs"] if r["arm"] == arm), key=lambda r: r["seed"])
+
+
+def eval_at(run: Dict[str, Any], step: int, key: str = "greedy") -> float:
+    for e in run["evals"]:
+        if e["step"] == step:
+            return float(e[key])
+    return float("nan")
+
+
+def eval_steps(results: Dict[str, Any]) -> List[int]:
+    return sorted({e["step"] for r in results["runs"] for e in r["evals"]})
+
+
+def step_series(run: Dict[str, Any], key: str) -> np.ndarray:
+    return np.array([s.get(key, np.nan) for s in run["steps"]], dtype=float)
+
+
+def window_mean(run: Dict[str, Any], key: str, lo: int, hi: int) -> float:
+    """Mean of a per-step metric over steps lo..hi (1-based, inclusive)."""
+    vals = [s.get(key, np.nan) for s in run["steps"] if lo <= s["step"] <= hi]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def steps_to(run: Dict[str, Any], threshold: float) -> Optional[int]:
+    for e in sorted(run["evals"], key=lambda e: e["step"]):
+        if e["greedy"] >= threshold:
+            return int(e["step"])
+    return None
+
+
+def paired(results: Dict[str, Any], arm: str, fn) -> Tuple[float, float, int]:
+    """Mean and CI of ``fn(run_arm) - fn(run_grpo)`` over the seeds both ran."""
+    base = {r["seed"]: r for r in runs_of(results, "grpo")}
+    diffs = [fn(r) - fn(base[r["seed"]]) for r in runs_of(results, arm) if r["seed"] in base]
+    m, h = mean_ci(diffs)
+    return m, h, len(diffs)
+
+
+def verdict(m: float, h: float) -> str:
+    if math.isnan(m) or math.isnan(h):
+        return "undetermined (one seed)"
+    if m - h > 0:
+        return "better than GRPO"
+    if m + h < 0:
+        return "worse than GRPO"
+    return "no difference from GRPO detectable"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def plot(results: Dict[str, Any], out: str) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = arms_of(results)
+    steps = eval_steps(results)
+    paths = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for arm in arms:
+        runs = runs_of(results, arm)
+        for ax, key, title in zip(
+            axes,
+            ("greedy", "pass_at_k", "sample_acc"),
+            ("held-out greedy accuracy", f"held-out pass@{results['config']['pass_k']}", "held-out accuracy of one sample (T=1)"),
+        ):
+            y = np.array([[eval_at(r, s, key) for s in steps] for r in runs])
+            m = np.nanmean(y, axis=0)
+            ax.plot(steps, m, color=COLORS.get(arm), label=LABELS.get(arm, arm), lw=1.8)
+            if len(runs) > 1:
+                ax.fill_between(steps, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=COLORS.get(arm), alpha=0.12)
+            ax.set_title(title)
+            ax.set_xlabel("RL step")
+    axes[0].set_ylabel("accuracy (mean over seeds; band: min-max)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "experiment_arith_accuracy.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = max(1, min(10, results["config"]["steps"] // 10))
+    for arm in arms:
+        runs = runs_of(results, arm)
+        for ax, key in zip(axes, ("all_negative_frac", "sgpo/diversified_frac")):
+            y = np.array([step_series(r, key) for r in runs])
+            if np.all(np.isnan(y)):
+                continue
+            kernel = np.ones(width) / width
+            smooth = np.array([np.convolve(row, kernel, mode="valid") for row in y])
+            x = np.arange(1, y.shape[1] + 1)[width - 1 :]
+            ax.plot(x, smooth.mean(axis=0), color=COLORS.get(arm), label=LABELS.get(arm, arm), lw=1.8)
+            if len(runs) > 1:
+                ax.fill_between(x, smooth.min(axis=0), smooth.max(axis=0), color=COLORS.get(arm), alpha=0.12)
+    axes[0].set_title(f"all-negative groups in the training batch ({width}-step moving mean)")
+    axes[1].set_title(f"diversified groups (SGPO arms; {width}-step moving mean)")
+    for ax in axes:
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("fraction of groups")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "experiment_arith_all_negative.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
+    """The numbers the report quotes, as a dict (the test checks their sanity)."""
+    cfg = results["config"]
+    arms = arms_of(results)
+    steps = eval_steps(results)
+    last = steps[-1]
+    early = min((s for s in steps if s > 0), key=lambda s: abs(s - last / 4), default=last)
+    start = float(np.mean([eval_at(r, 0) for r in results["runs"]]))
+    threshold = start + cfg["threshold_gain"]
+    early_window = (1, max(1, cfg["steps"] // 4))
+    late_window = (cfg["steps"] - max(1, cfg["steps"] // 4) + 1, cfg["steps"])
+    table = {}
+    for arm in arms:
+        runs = runs_of(results, arm)
+        reached = [steps_to(r, threshold) for r in runs]
+        row = {
+            "seeds": len(runs),
+            "greedy": {str(s): mean_ci([eval_at(r, s) for r in runs]) for s in steps},
+            "pass_at_k": mean_ci([eval_at(r, last, "pass_at_k") for r in runs]),
+            "sample_acc": mean_ci([eval_at(r, last, "sample_acc") for r in runs]),
+            "reached": sum(x is not None for x in reached),
+            "steps_to_threshold": mean_ci([x for x in reached if x is not None]),
+            "all_negative_early": mean_ci([window_mean(r, "all_negative_frac", *early_window) for r in runs]),
+            "all_negative_late": mean_ci([window_mean(r, "all_negative_frac", *late_window) for r in runs]),
+            "diversified": mean_ci([window_mean(r, "sgpo/diversified_frac", 1, cfg["steps"]) for r in runs]),
+            "mean_credit": mean_ci([window_mean(r, "sgpo/mean_credit", 1, cfg["steps"]) for r in runs]),
+            "kl_last": mean_ci([window_mean(r, "kl", *late_window) for r in runs]),
+            "wall_per_step": mean_ci([window_mean(r, "wall_s", 1, cfg["steps"]) for r in runs]),
+            "judged_per_step": mean_ci([window_mean(r, "judged", 1, cfg["steps"]) for r in runs]),
+            "judge_calls": mean_ci([float(r["judge_calls"]) for r in runs]),
+            "by_steps_last": {
+                k: mean_ci([r["evals"][-1]["by_steps"][k] for r in runs]) for k in runs[0]["evals"][-1]["by_steps"]
+            },
+            "by_steps_first": {
+                k: mean_ci([r["evals"][0]["by_steps"][k] for r in runs]) for k in runs[0]["evals"][0]["by_steps"]
+            },
+        }
+        if arm != "grpo" and any(r["arm"] == "grpo" for r in results["runs"]):
+            row["diff_early"] = paired(results, arm, lambda r: eval_at(r, early))
+            row["diff_last"] = paired(results, arm, lambda r: eval_at(r, last))
+            row["diff_auc"] = paired(results, arm, lambda r: float(np.mean([eval_at(r, s) for s in steps])))
+            row["diff_passk"] = paired(results, arm, lambda r: eval_at(r, last, "pass_at_k"))
+            row["diff_sample"] = paired(results, arm, lambda r: eval_at(r, last, "sample_acc"))
+        table[arm] = row
+    return {
+        "arms": arms,
+        "steps": steps,
+        "early": early,
+        "last": last,
+        "start": start,
+        "threshold": threshold,
+        "early_window": early_window,
+        "late_window": late_window,
+        "table": table,
+    }
+
+
+def _claim(s: Dict[str, Any]) -> List[str]:
+    """Plain sentences on the paper's claim, decided by the confidence intervals."""
+    t = s["table"]
+    lines = []
+    if "sgpo_prefix" not in t or "diff_early" not in t["sgpo_prefix"]:
+        return ["The study did not run both GRPO and SGPO (prefix), so the claim is not tested here."]
+    for arm in ("sgpo_prefix", "sgpo_logistic"):
+        if arm not in t:
+            continue
+        e, l = t[arm]["diff_early"], t[arm]["diff_last"]
+        lines.append(
+            f"- {LABELS[arm]} vs GRPO, held-out greedy accuracy, paired over {e[2]} seeds: at step {s['early']} "
+            f"{e[0]:+.3f} (95% CI ± {e[1]:.3f}: {verdict(e[0], e[1])}); at step {s['last']} {l[0]:+.3f} "
+            f"(± {l[1]:.3f}: {verdict(l[0], l[1])})."
+        )
+    for arm in ("sgpo_shuffled", "sgpo_noisy"):
+        if arm in t and "diff_early" in t[arm]:
+            e, l = t[arm]["diff_early"], t[arm]["diff_last"]
+            lines.append(
+                f"- {LABELS[arm]} vs GRPO: at step {s['early']} {e[0]:+.3f} (± {e[1]:.3f}: {verdict(e[0], e[1])}); "
+                f"at step {s['last']} {l[0]:+.3f} (± {l[1]:.3f}: {verdict(l[0], l[1])})."
+            )
+    helped_early = any(
+        arm in t and t[arm]["diff_early"][0] - t[arm]["diff_early"][1] > 0 for arm in ("sgpo_prefix", "sgpo_logistic")
+    )
+    info = "sgpo_shuffled" in t and "sgpo_prefix" in t
+    if helped_early:
+        gap = t["sgpo_prefix"]["diff_early"][0] - t["sgpo_shuffled"]["diff_early"][0] if info else float("nan")
+        lines.append(
+            f"- **Claim, early gain: held** - SGPO was ahead of GRPO early with a confidence interval "
+            f"excluding zero. Information vs noise: SGPO (prefix) minus shuffled control at step "
+            f"{s['early']}: {gap:+.3f} (unpaired, see the table)."
+        )
+    else:
+        lines.append(
+            "- **Claim, early gain: not shown here** - neither SGPO rule's early accuracy differs from "
+            "GRPO's by more than the seed-to-seed spread (95% intervals include zero)."
+        )
+    return lines
+
+
+def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_path: str) -> str:
+    cfg = results["config"]
+    t = s["table"]
+    rel = [os.path.relpath(p, os.path.dirname(os.path.abspath(md_path))) for p in figures]
+    steps = s["steps"]
+    shown = [x for x in steps if x in (0, s["early"], steps[len(steps) // 2], s["last"])]
+    k = cfg["pass_k"]
+    out: List[str] = []
+    w = out.append
+    w("# Experiments: SGPO vs GRPO on a small language model (TRL, CPU)\n")
+    w(
+        "Generated by `python examples/experiment_report.py docs/experiment_arith.json` from the raw "
+        "results of `python examples/experiment_arith.py` (the default study); every number below is "
+        "computed from that JSON. "
+        + ("**This is a smoke run (a few steps): its numbers mean nothing.**\n" if results.get("smoke") else "\n")
+    )
+    w("## Setup\n")
+    diffs = ", ".join(f"{n} steps/±{o}" for n, o in results["difficulties"])
+    w(
+        f"- **Task**: arithmetic chains, e.g. `{results['examples']['prompt']}` -> "
+        f"`{results['examples']['solution'].replace(chr(10) + chr(10), ' ⏎⏎ ')}` (one step per paragraph; "
+        f"the last step's result is the answer). Difficulty mix (number of steps / largest +- operand): "
+        f"{diffs}; `*` by 2 or 3; values stay in 0..199. Reward: 1 if the last integer of the completion is "
+        f"the result. Disjoint sets: {results['sets']['warmup']} warm-up, {results['sets']['train']} RL-train, "
+        f"{results['sets']['eval']} held-out problems."
+    )
+    w(
+        f"- **Judge**: `sgpo_rs.judge.RuleJudge` (exact, checks every step, returns the first wrong one), "
+        f"with the score's denominator set to the problem's number of operations when the response stops "
+        f"early (see the reading)."
+    )
+    w(
+        f"- **Model**: Qwen2, {cfg['layers']} layers, hidden size {cfg['hidden']}, random init, word-level "
+        f"tokenizer built with `tokenizers` (each number one token). Warm-up: {cfg['warmup_steps']} supervised "
+        f"steps (batch {cfg['warmup_batch']}, lr {cfg['warmup_lr']}) on correct chains; loss "
+        f"{results['warmup']['loss_first']:.2f} -> {results['warmup']['loss_last']:.3f}. Every RL run starts "
+        f"from this one checkpoint."
+    )
+    w(
+        f"- **RL**: {cfg['steps']} steps, {cfg['prompts_per_step']} prompts x {cfg['num_generations']} "
+        f"completions per step, lr {cfg['lr']} (constant), KL beta {cfg['beta']}, temperature 1, max "
+        f"{cfg['max_completion_length']} completion tokens, TRL 1.16 defaults otherwise (loss `dapo`, group "
+        f"std scaling). Seeds {cfg['seeds']} for every arm (the seed sets TRL's sampling and data order). "
+        f"SGPO credit: prefix rule `{cfg['credit_scale']} * k/n`; logistic rule `sgpo_preset='paper'` "
+        f"(`1.0 * sigmoid(5 (k/n - 0.5))`); controls use the prefix rule with verdicts shuffled within each "
+        f"judging call, or each replaced with probability {cfg['noise']} by a random step."
+    )
+    w(
+        f"- **Evaluation** every {cfg['eval_every']} steps on the held-out set: greedy accuracy; pass@{k} "
+        f"and one-sample accuracy from {k} samples at T=1 on the first {cfg['n_passk']} problems."
+    )
+    w(
+        f"- **Cost**: {len(results['runs'])} runs on {results['workers']} worker processes (one torch thread "
+        f"each), CPU; the whole study took {results['wall_s'] / 60:.1f} min wall time (warm-up "
+        f"{results['warmup']['wall_s']:.0f} s).\n"
+    )
+    w("## Curves\n")
+    for p in rel:
+        w(f"![{os.path.basename(p)}]({p})\n")
+    w("## Held-out greedy accuracy (mean ± 95% t-interval over seeds)\n")
+    w("| arm | seeds | " + " | ".join(f"step {x}" for x in shown) + f" | pass@{k}, step {s['last']} | one sample, step {s['last']} |")
+    w("|---|---|" + "---|" * (len(shown) + 2))
+    for arm in s["arms"]:
+        r = t[arm]
+        cells = [fmt(*r["greedy"][str(x)]) for x in shown]
+        w(f"| {LABELS.get(arm, arm)} | {r['seeds']} | " + " | ".join(cells) + f" | {fmt(*r['pass_at_k'])} | {fmt(*r['sample_acc'])} |")
+    w("")
+    if any("diff_early" in r for r in t.values()):
+        w("## Paired differences to GRPO (same seed; mean ± 95% t-interval)\n")
+        w(f"| arm | greedy, step {s['early']} | greedy, step {s['last']} | greedy, mean over evals | pass@{k}, step {s['last']} | one sample, step {s['last']} |")
+        w("|---|---|---|---|---|---|")
+        for arm in s["arms"]:
+            r = t[arm]
+            if "diff_early" not in r:
+                continue
+            cells = [r["diff_early"], r["diff_last"], r["diff_auc"], r["diff_passk"], r["diff_sample"]]
+            w(f"| {LABELS.get(arm, arm)} | " + " | ".join(f"{c[0]:+.3f} ± {c[1]:.3f}" if not math.isnan(c[1]) else f"{c[0]:+.3f}" for c in cells) + " |")
+        w("")
+    w(f"## Steps to a threshold, all-negative groups, cost\n")
+    w(
+        f"Threshold: greedy accuracy >= start ({s['start']:.3f}) + {cfg['threshold_gain']} = {s['threshold']:.3f}, "
+        f"checked at the evaluations. All-negative fraction: groups of the training batch with no right "
+        f"completion, mean over steps {s['early_window'][0]}-{s['early_window'][1]} (early) and "
+        f"{s['late_window'][0]}-{s['late_window'][1]} (late).\n"
+    )
+    w("| arm | reached | steps to threshold | all-negative, early | all-negative, late | diversified | mean credit | KL, late | s/step | judged/step |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for arm in s["arms"]:
+        r = t[arm]
+        w(
+            f"| {LABELS.get(arm, arm)} | {r['reached']}/{r['seeds']} | {fmt(*r['steps_to_threshold'], digits=0)} | "
+            f"{fmt(*r['all_negative_early'])} | {fmt(*r['all_negative_late'])} | {fmt(*r['diversified'])} | "
+            f"{fmt(*r['mean_credit'])} | {fmt(*r['kl_last'])} | {fmt(*r['wall_per_step'], digits=2)} | "
+            f"{fmt(*r['judged_per_step'], digits=1)} |"
+        )
+    w("")
+    w("## By difficulty (greedy accuracy by number of steps, start -> last evaluation)\n")
+    keys = list(next(iter(t.values()))["by_steps_last"].keys())
+    w("| arm | " + " | ".join(f"{kk} steps" for kk in keys) + " |")
+    w("|---|" + "---|" * len(keys))
+    for arm in s["arms"]:
+        r = t[arm]
+        w(
+            f"| {LABELS.get(arm, arm)} | "
+            + " | ".join(f"{r['by_steps_first'][kk][0]:.3f} -> {fmt(*r['by_steps_last'][kk])}" for kk in keys)
+            + " |"
+        )
+    w("")
+    w("## Reading\n")
+    w("Decided from the intervals above (a difference counts only when its 95% interval excludes zero):\n")
+    out.extend(_claim(s))
+    w("")
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiment_notes.md")
+    if os.path.exists(notes) and not results.get("smoke"):
+        with open(notes) as f:
+            w(f.read())
+    return "\n".join(out) + "\n"
+
+
+def write_report(results: Dict[str, Any], out: str, md_path: str) -> Dict[str, Any]:
+    """PNGs into ``out``, the report into ``md_path``; returns the summary."""
+    os.makedirs(out, exist_ok=True)
+    figures = plot(results, out)
+    s = summarize(results)
+    with open(md_path, "w") as f:
+        f.write(markdown(results, s, figures, md_path))
+    return s
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", help="results of experiment_arith.py")
+    parser.add_argument("--out", help="folder for the PNGs (default: the JSON's folder)")
+    parser.add_argument("--markdown", default=os.path.join(ROOT, "EXPERIMENTS.md"))
+    args = parser.parse_args(argv)
+    import json
+
+    with open(args.json) as f:
+        results = json.load(f)
+    write_report(results, args.out or os.path.dirname(os.path.abspath(args.json)), args.markdown)
+    print(f"report: {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
