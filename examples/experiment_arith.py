@@ -44,7 +44,7 @@ import re
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -173,7 +173,9 @@ def build_model(folder: str, seed: int, hidden: int, layers: int) -> None:
     model.save_pretrained(folder)
 
 
-def warm_up(folder: str, rows: List[Dict[str, Any]], steps: int, lr: float, batch: int, seed: int) -> List[float]:
+def warm_up(
+    folder: str, rows: List[Dict[str, Any]], steps: int, lr: float, batch: int, seed: int
+) -> List[float]:
     """Supervised warm-up on correct chains (loss on the solution and EOS only); saves in place."""
     import torch
     from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
@@ -214,7 +216,9 @@ def warm_up(folder: str, rows: List[Dict[str, Any]], steps: int, lr: float, batc
     return losses
 
 
-def evaluate(model, tokenizer, rows: List[Dict[str, Any]], *, k: int, n_passk: int, max_new: int) -> Dict[str, Any]:
+def evaluate(
+    model, tokenizer, rows: List[Dict[str, Any]], *, k: int, n_passk: int, max_new: int
+) -> Dict[str, Any]:
     """Greedy accuracy on ``rows`` (overall and by number of steps) and pass@k (k samples at
     temperature 1) on the first ``n_passk``. Leaves torch's RNG as it found it, so evaluating does
     not change the training run's samples."""
@@ -226,21 +230,30 @@ def evaluate(model, tokenizer, rows: List[Dict[str, Any]], *, k: int, n_passk: i
     torch.manual_seed(12345)
     try:
         with torch.no_grad():
-            greedy = _generate(model, tokenizer, [r["prompt"] for r in rows], do_sample=False, n=1, max_new=max_new)
+            greedy = _generate(
+                model, tokenizer, [r["prompt"] for r in rows], do_sample=False, n=1, max_new=max_new
+            )
             right = np.array(correct_answer(None, greedy, [r["answer"] for r in rows]))
             by_steps: Dict[str, float] = {}
             for n_steps in sorted({r["n_steps"] for r in rows}):
                 pick = np.array([r["n_steps"] == n_steps for r in rows])
                 by_steps[str(n_steps)] = float(right[pick].mean())
             sub = rows[:n_passk]
-            samples = _generate(model, tokenizer, [r["prompt"] for r in sub], do_sample=True, n=k, max_new=max_new)
+            samples = _generate(
+                model, tokenizer, [r["prompt"] for r in sub], do_sample=True, n=k, max_new=max_new
+            )
             hits = np.array(correct_answer(None, samples, [r["answer"] for r in sub for _ in range(k)]))
             pass_k = float(hits.reshape(len(sub), k).max(axis=1).mean())
             sample_acc = float(hits.mean())
     finally:
         torch.set_rng_state(state)
         model.train(was_training)
-    return {"greedy": float(right.mean()), "by_steps": by_steps, "pass_at_k": pass_k, "sample_acc": sample_acc}
+    return {
+        "greedy": float(right.mean()),
+        "by_steps": by_steps,
+        "pass_at_k": pass_k,
+        "sample_acc": sample_acc,
+    }
 
 
 def _generate(model, tokenizer, prompts: List[str], *, do_sample: bool, n: int, max_new: int) -> List[str]:
@@ -287,7 +300,6 @@ class StudyJudge:
 
     def judge(self, problems: List[str], responses: List[str]) -> list:
         from sgpo_rs.judge import Verdict
-
         from sgpo_rs.judge.rule import parse_problem
 
         verdicts = []
@@ -334,9 +346,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from trl import GRPOConfig, GRPOTrainer
-
     from sgpo_rs.trl import SGPOConfig, SGPOTrainer
+    from trl import GRPOConfig, GRPOTrainer
 
     arm, seed, cfg = job["arm"], job["seed"], job["cfg"]
     eval_rows = job["eval"]
@@ -389,7 +400,12 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     def run_eval(step: int) -> None:
         start = time.perf_counter()
         result = evaluate(
-            model, tokenizer, eval_rows, k=cfg["pass_k"], n_passk=cfg["n_passk"], max_new=cfg["max_completion_length"]
+            model,
+            tokenizer,
+            eval_rows,
+            k=cfg["pass_k"],
+            n_passk=cfg["n_passk"],
+            max_new=cfg["max_completion_length"],
         )
         result.update(step=step, eval_s=time.perf_counter() - start)
         evals.append(result)
@@ -426,7 +442,15 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and steps and "loss" in logs:
-                keep = ("loss", "kl", "reward", "reward_std", "grad_norm", "entropy", "completions/mean_length")
+                keep = (
+                    "loss",
+                    "kl",
+                    "reward",
+                    "reward_std",
+                    "grad_norm",
+                    "entropy",
+                    "completions/mean_length",
+                )
                 for key, value in logs.items():
                     if key in keep or key.startswith("sgpo/"):
                         steps[-1][key] = float(value)
@@ -512,7 +536,14 @@ def study(cfg: Dict[str, Any], workers: int, work: str, progress: bool = True) -
 
     torch.set_num_threads(max(1, workers))
     t0 = time.time()
-    losses = warm_up(model_dir, sets["warmup"], cfg["warmup_steps"], cfg["warmup_lr"], cfg["warmup_batch"], cfg["model_seed"])
+    losses = warm_up(
+        model_dir,
+        sets["warmup"],
+        cfg["warmup_steps"],
+        cfg["warmup_lr"],
+        cfg["warmup_batch"],
+        cfg["model_seed"],
+    )
     warm_s = time.time() - t0
     jobs = [
         dict(arm=arm, seed=seed, cfg=cfg, model=model_dir, work=work, train=sets["train"], eval=sets["eval"])
@@ -553,9 +584,13 @@ def study(cfg: Dict[str, Any], workers: int, work: str, progress: bool = True) -
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny version of the whole study (CI)")
-    parser.add_argument("--out", help="folder for the JSON and PNGs (default: docs/; smoke: a temporary folder)")
+    parser.add_argument(
+        "--out", help="folder for the JSON and PNGs (default: docs/; smoke: a temporary folder)"
+    )
     parser.add_argument("--markdown", help="where the report goes (default: EXPERIMENTS.md; smoke: <out>/)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--steps", type=int, help="RL steps per run (override)")
@@ -586,7 +621,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if unknown:
             parser.error(f"unknown arms: {sorted(unknown)}")
     out = args.out or (tempfile.mkdtemp(prefix="sgpo-arith-") if args.smoke else os.path.join(ROOT, "docs"))
-    markdown = args.markdown or (os.path.join(out, "EXPERIMENTS.md") if args.smoke else os.path.join(ROOT, "EXPERIMENTS.md"))
+    markdown = args.markdown or (
+        os.path.join(out, "EXPERIMENTS.md") if args.smoke else os.path.join(ROOT, "EXPERIMENTS.md")
+    )
     os.makedirs(out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sgpo-arith-work-") as work:
         results = study(cfg, args.workers, work, progress=not args.no_progress)
