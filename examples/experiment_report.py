@@ -8,6 +8,7 @@ report is computed here from that file.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -90,10 +91,11 @@ def steps_to(run: Dict[str, Any], threshold: float) -> Optional[int]:
     return None
 
 
-def paired(results: Dict[str, Any], arm: str, fn) -> Tuple[float, float, int]:
-    """Mean and CI of ``fn(run_arm) - fn(run_grpo)`` over the seeds both ran."""
-    base = {r["seed"]: r for r in runs_of(results, "grpo")}
-    diffs = [fn(r) - fn(base[r["seed"]]) for r in runs_of(results, arm) if r["seed"] in base]
+def paired(results: Dict[str, Any], arm: str, fn, base: str = "grpo") -> Tuple[float, float, int]:
+    """Mean and CI of ``fn(run of arm) - fn(run of base)`` over the seeds both ran (paired: the same
+    seed gives both arms the same data order and the same first samples)."""
+    other = {r["seed"]: r for r in runs_of(results, base)}
+    diffs = [fn(r) - fn(other[r["seed"]]) for r in runs_of(results, arm) if r["seed"] in other]
     m, h = mean_ci(diffs)
     return m, h, len(diffs)
 
@@ -127,13 +129,19 @@ def plot(results: Dict[str, Any], out: str) -> List[str]:
         for ax, key, title in zip(
             axes,
             ("greedy", "pass_at_k", "sample_acc"),
-            ("held-out greedy accuracy", f"held-out pass@{results['config']['pass_k']}", "held-out accuracy of one sample (T=1)"),
+            (
+                "held-out greedy accuracy",
+                f"held-out pass@{results['config']['pass_k']}",
+                "held-out accuracy of one sample (T=1)",
+            ),
         ):
             y = np.array([[eval_at(r, s, key) for s in steps] for r in runs])
             m = np.nanmean(y, axis=0)
             ax.plot(steps, m, color=COLORS.get(arm), label=LABELS.get(arm, arm), lw=1.8)
             if len(runs) > 1:
-                ax.fill_between(steps, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=COLORS.get(arm), alpha=0.12)
+                ax.fill_between(
+                    steps, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=COLORS.get(arm), alpha=0.12
+                )
             ax.set_title(title)
             ax.set_xlabel("RL step")
     axes[0].set_ylabel("accuracy (mean over seeds; band: min-max)")
@@ -203,10 +211,12 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
             "judged_per_step": mean_ci([window_mean(r, "judged", 1, cfg["steps"]) for r in runs]),
             "judge_calls": mean_ci([float(r["judge_calls"]) for r in runs]),
             "by_steps_last": {
-                k: mean_ci([r["evals"][-1]["by_steps"][k] for r in runs]) for k in runs[0]["evals"][-1]["by_steps"]
+                k: mean_ci([r["evals"][-1]["by_steps"][k] for r in runs])
+                for k in runs[0]["evals"][-1]["by_steps"]
             },
             "by_steps_first": {
-                k: mean_ci([r["evals"][0]["by_steps"][k] for r in runs]) for k in runs[0]["evals"][0]["by_steps"]
+                k: mean_ci([r["evals"][0]["by_steps"][k] for r in runs])
+                for k in runs[0]["evals"][0]["by_steps"]
             },
         }
         if arm != "grpo" and any(r["arm"] == "grpo" for r in results["runs"]):
@@ -216,7 +226,18 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
             row["diff_passk"] = paired(results, arm, lambda r: eval_at(r, last, "pass_at_k"))
             row["diff_sample"] = paired(results, arm, lambda r: eval_at(r, last, "sample_acc"))
         table[arm] = row
+    information = {}
+    if "sgpo_prefix" in arms:
+        for control in ("sgpo_shuffled", "sgpo_noisy"):
+            if control in arms:
+                information[control] = paired(
+                    results,
+                    "sgpo_prefix",
+                    lambda r: float(np.mean([eval_at(r, x) for x in steps])),
+                    base=control,
+                )
     return {
+        "information": information,
         "arms": arms,
         "steps": steps,
         "early": early,
@@ -229,45 +250,77 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+def _diff(c: Tuple[float, float, int]) -> str:
+    return f"{c[0]:+.3f} ± {c[1]:.3f}" if not math.isnan(c[1]) else f"{c[0]:+.3f}"
+
+
 def _claim(s: Dict[str, Any]) -> List[str]:
     """Plain sentences on the paper's claim, decided by the confidence intervals."""
     t = s["table"]
     lines = []
     if "sgpo_prefix" not in t or "diff_early" not in t["sgpo_prefix"]:
         return ["The study did not run both GRPO and SGPO (prefix), so the claim is not tested here."]
-    for arm in ("sgpo_prefix", "sgpo_logistic"):
-        if arm not in t:
+    for arm in s["arms"]:
+        if "diff_early" not in t[arm]:
             continue
-        e, l = t[arm]["diff_early"], t[arm]["diff_last"]
+        e, last, auc = t[arm]["diff_early"], t[arm]["diff_last"], t[arm]["diff_auc"]
         lines.append(
-            f"- {LABELS[arm]} vs GRPO, held-out greedy accuracy, paired over {e[2]} seeds: at step {s['early']} "
-            f"{e[0]:+.3f} (95% CI ± {e[1]:.3f}: {verdict(e[0], e[1])}); at step {s['last']} {l[0]:+.3f} "
-            f"(± {l[1]:.3f}: {verdict(l[0], l[1])})."
+            f"- {LABELS[arm]} minus GRPO, held-out greedy accuracy ({e[2]} paired seeds): step {s['early']} "
+            f"{_diff(e)} ({verdict(e[0], e[1])}); step {s['last']} {_diff(last)} "
+            f"({verdict(last[0], last[1])}); "
+            f"mean over the evaluations {_diff(auc)} ({verdict(auc[0], auc[1])})."
         )
-    for arm in ("sgpo_shuffled", "sgpo_noisy"):
-        if arm in t and "diff_early" in t[arm]:
-            e, l = t[arm]["diff_early"], t[arm]["diff_last"]
-            lines.append(
-                f"- {LABELS[arm]} vs GRPO: at step {s['early']} {e[0]:+.3f} (± {e[1]:.3f}: {verdict(e[0], e[1])}); "
-                f"at step {s['last']} {l[0]:+.3f} (± {l[1]:.3f}: {verdict(l[0], l[1])})."
-            )
-    helped_early = any(
-        arm in t and t[arm]["diff_early"][0] - t[arm]["diff_early"][1] > 0 for arm in ("sgpo_prefix", "sgpo_logistic")
-    )
-    info = "sgpo_shuffled" in t and "sgpo_prefix" in t
-    if helped_early:
-        gap = t["sgpo_prefix"]["diff_early"][0] - t["sgpo_shuffled"]["diff_early"][0] if info else float("nan")
+    info = s.get("information", {})
+    for control, c in info.items():
         lines.append(
-            f"- **Claim, early gain: held** - SGPO was ahead of GRPO early with a confidence interval "
-            f"excluding zero. Information vs noise: SGPO (prefix) minus shuffled control at step "
-            f"{s['early']}: {gap:+.3f} (unpaired, see the table)."
+            f"- SGPO, prefix rule minus {LABELS[control]}, mean over the evaluations: {_diff(c)} "
+            f"({verdict(c[0], c[1]).replace('GRPO', 'the control')})."
+        )
+    if any(math.isnan(t[a]["diff_early"][1]) for a in ("sgpo_prefix", "sgpo_logistic") if a in t):
+        lines.append("- **The paper's claim: undetermined** - one seed gives no interval.")
+        return lines
+    early_gain = [
+        arm
+        for arm in ("sgpo_prefix", "sgpo_logistic")
+        if arm in t and t[arm]["diff_early"][0] - t[arm]["diff_early"][1] > 0
+    ]
+    any_gain = [
+        arm
+        for arm in ("sgpo_prefix", "sgpo_logistic")
+        if arm in t and any(t[arm][k][0] - t[arm][k][1] > 0 for k in ("diff_early", "diff_last", "diff_auc"))
+    ]
+    if early_gain:
+        lines.append(
+            f"- **The paper's claim, part 1 (SGPO helps early, while all-negative groups are common): held** "
+            f"for {', '.join(LABELS[a] for a in early_gain)}."
         )
     else:
         lines.append(
-            "- **Claim, early gain: not shown here** - neither SGPO rule's early accuracy differs from "
-            "GRPO's by more than the seed-to-seed spread (95% intervals include zero)."
+            "- **The paper's claim, part 1 (SGPO helps early, while all-negative groups are common): not "
+            "held here** - no SGPO rule's early accuracy differs from GRPO's by more than the seed-to-seed "
+            "spread (the 95% intervals include zero)."
+        )
+    if not any_gain:
+        lines.append(
+            "- **Part 2 (the gain comes from the judge's information, not from reward noise): not testable "
+            "here** - there is no gain over GRPO to attribute."
+        )
+    elif info and all(c[0] - c[1] > 0 for c in info.values()):
+        lines.append("- **Part 2 (information, not noise): held** - the real judge beat both controls.")
+    else:
+        lines.append(
+            "- **Part 2 (information, not noise): not shown** - the real judge did not beat every control "
+            "by more than the seed-to-seed spread."
         )
     return lines
+
+
+def is_default(results: Dict[str, Any]) -> bool:
+    """Whether the JSON is the default study's (the written discussion is about that run only)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import experiment_arith
+
+    return results["config"] == json.loads(json.dumps(experiment_arith.FULL)) and not results.get("smoke")
 
 
 def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_path: str) -> str:
@@ -284,7 +337,11 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
         "Generated by `python examples/experiment_report.py docs/experiment_arith.json` from the raw "
         "results of `python examples/experiment_arith.py` (the default study); every number below is "
         "computed from that JSON. "
-        + ("**This is a smoke run (a few steps): its numbers mean nothing.**\n" if results.get("smoke") else "\n")
+        + (
+            "**This is a smoke run (a few steps): its numbers mean nothing.**\n"
+            if results.get("smoke")
+            else "\n"
+        )
     )
     w("## Setup\n")
     diffs = ", ".join(f"{n} steps/±{o}" for n, o in results["difficulties"])
@@ -293,17 +350,19 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
         f"`{results['examples']['solution'].replace(chr(10) + chr(10), ' ⏎⏎ ')}` (one step per paragraph; "
         f"the last step's result is the answer). Difficulty mix (number of steps / largest +- operand): "
         f"{diffs}; `*` by 2 or 3; values stay in 0..199. Reward: 1 if the last integer of the completion is "
-        f"the result. Disjoint sets: {results['sets']['warmup']} warm-up, {results['sets']['train']} RL-train, "
+        f"the result. Disjoint sets: {results['sets']['warmup']} warm-up, "
+        f"{results['sets']['train']} RL-train, "
         f"{results['sets']['eval']} held-out problems."
     )
     w(
-        f"- **Judge**: `sgpo_rs.judge.RuleJudge` (exact, checks every step, returns the first wrong one), "
-        f"with the score's denominator set to the problem's number of operations when the response stops "
-        f"early (see the reading)."
+        "- **Judge**: `sgpo_rs.judge.RuleJudge` (exact, checks every step, returns the first wrong one), "
+        "with the score's denominator set to the problem's number of operations when the response stops "
+        "early (see the reading)."
     )
     w(
         f"- **Model**: Qwen2, {cfg['layers']} layers, hidden size {cfg['hidden']}, random init, word-level "
-        f"tokenizer built with `tokenizers` (each number one token). Warm-up: {cfg['warmup_steps']} supervised "
+        f"tokenizer built with `tokenizers` (each number one token). "
+        f"Warm-up: {cfg['warmup_steps']} supervised "
         f"steps (batch {cfg['warmup_batch']}, lr {cfg['warmup_lr']}) on correct chains; loss "
         f"{results['warmup']['loss_first']:.2f} -> {results['warmup']['loss_last']:.3f}. Every RL run starts "
         f"from this one checkpoint."
@@ -330,37 +389,59 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
     for p in rel:
         w(f"![{os.path.basename(p)}]({p})\n")
     w("## Held-out greedy accuracy (mean ± 95% t-interval over seeds)\n")
-    w("| arm | seeds | " + " | ".join(f"step {x}" for x in shown) + f" | pass@{k}, step {s['last']} | one sample, step {s['last']} |")
+    w(
+        "| arm | seeds | "
+        + " | ".join(f"step {x}" for x in shown)
+        + f" | pass@{k}, step {s['last']} | one sample, step {s['last']} |"
+    )
     w("|---|---|" + "---|" * (len(shown) + 2))
     for arm in s["arms"]:
         r = t[arm]
         cells = [fmt(*r["greedy"][str(x)]) for x in shown]
-        w(f"| {LABELS.get(arm, arm)} | {r['seeds']} | " + " | ".join(cells) + f" | {fmt(*r['pass_at_k'])} | {fmt(*r['sample_acc'])} |")
+        w(
+            f"| {LABELS.get(arm, arm)} | {r['seeds']} | "
+            + " | ".join(cells)
+            + f" | {fmt(*r['pass_at_k'])} | {fmt(*r['sample_acc'])} |"
+        )
     w("")
     if any("diff_early" in r for r in t.values()):
         w("## Paired differences to GRPO (same seed; mean ± 95% t-interval)\n")
-        w(f"| arm | greedy, step {s['early']} | greedy, step {s['last']} | greedy, mean over evals | pass@{k}, step {s['last']} | one sample, step {s['last']} |")
+        w(
+            f"| arm | greedy, step {s['early']} | greedy, step {s['last']} | greedy, mean over evals "
+            f"| pass@{k}, step {s['last']} | one sample, step {s['last']} |"
+        )
         w("|---|---|---|---|---|---|")
         for arm in s["arms"]:
             r = t[arm]
             if "diff_early" not in r:
                 continue
             cells = [r["diff_early"], r["diff_last"], r["diff_auc"], r["diff_passk"], r["diff_sample"]]
-            w(f"| {LABELS.get(arm, arm)} | " + " | ".join(f"{c[0]:+.3f} ± {c[1]:.3f}" if not math.isnan(c[1]) else f"{c[0]:+.3f}" for c in cells) + " |")
+            w(
+                f"| {LABELS.get(arm, arm)} | "
+                + " | ".join(
+                    f"{c[0]:+.3f} ± {c[1]:.3f}" if not math.isnan(c[1]) else f"{c[0]:+.3f}" for c in cells
+                )
+                + " |"
+            )
         w("")
-    w(f"## Steps to a threshold, all-negative groups, cost\n")
+    w("## Steps to a threshold, all-negative groups, cost\n")
     w(
-        f"Threshold: greedy accuracy >= start ({s['start']:.3f}) + {cfg['threshold_gain']} = {s['threshold']:.3f}, "
+        f"Threshold: greedy accuracy >= start ({s['start']:.3f}) + {cfg['threshold_gain']} "
+        f"= {s['threshold']:.3f}, "
         f"checked at the evaluations. All-negative fraction: groups of the training batch with no right "
         f"completion, mean over steps {s['early_window'][0]}-{s['early_window'][1]} (early) and "
         f"{s['late_window'][0]}-{s['late_window'][1]} (late).\n"
     )
-    w("| arm | reached | steps to threshold | all-negative, early | all-negative, late | diversified | mean credit | KL, late | s/step | judged/step |")
+    w(
+        "| arm | reached | steps to threshold | all-negative, early | all-negative, late | diversified "
+        "| mean credit | KL, late | s/step | judged/step |"
+    )
     w("|---|---|---|---|---|---|---|---|---|---|")
     for arm in s["arms"]:
         r = t[arm]
         w(
-            f"| {LABELS.get(arm, arm)} | {r['reached']}/{r['seeds']} | {fmt(*r['steps_to_threshold'], digits=0)} | "
+            f"| {LABELS.get(arm, arm)} | {r['reached']}/{r['seeds']} | "
+            f"{fmt(*r['steps_to_threshold'], digits=0)} | "
             f"{fmt(*r['all_negative_early'])} | {fmt(*r['all_negative_late'])} | {fmt(*r['diversified'])} | "
             f"{fmt(*r['mean_credit'])} | {fmt(*r['kl_last'])} | {fmt(*r['wall_per_step'], digits=2)} | "
             f"{fmt(*r['judged_per_step'], digits=1)} |"
@@ -383,7 +464,11 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
     out.extend(_claim(s))
     w("")
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiment_notes.md")
-    if os.path.exists(notes) and not results.get("smoke"):
+    if os.path.exists(notes) and is_default(results):
+        w(
+            "### Discussion of the default run\n\n(Written after reading it; the statements above are "
+            "recomputed from the JSON.)\n"
+        )
         with open(notes) as f:
             w(f.read())
     return "\n".join(out) + "\n"
@@ -400,13 +485,13 @@ def write_report(results: Dict[str, Any], out: str, md_path: str) -> Dict[str, A
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("json", help="results of experiment_arith.py")
     parser.add_argument("--out", help="folder for the PNGs (default: the JSON's folder)")
     parser.add_argument("--markdown", default=os.path.join(ROOT, "EXPERIMENTS.md"))
     args = parser.parse_args(argv)
-    import json
-
     with open(args.json) as f:
         results = json.load(f)
     write_report(results, args.out or os.path.dirname(os.path.abspath(args.json)), args.markdown)
