@@ -511,6 +511,10 @@ FULL = dict(
 RL moved nothing in 40 steps; 1500: about 0.67, few all-wrong groups) so that RL starts in between,
 where about a third of the groups are all wrong; the RL learning rate likewise (1e-3 collapsed both
 GRPO and SGPO, 1e-4 moved neither in 40 steps)."""
+LOW = dict(FULL, warmup_steps=650)
+"""The low-accuracy regime: a shorter warm-up, so RL starts where about half the groups are all wrong
+(the regime in which the paper expects SGPO to help most)."""
+REGIMES = {"medium": FULL, "low": LOW}
 SMOKE = dict(
     FULL,
     seeds=[0],
@@ -596,7 +600,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, help="RL steps per run (override)")
     parser.add_argument("--seeds", type=int, help="number of seeds (override)")
     parser.add_argument("--arms", help="comma-separated subset of " + ",".join(ARMS))
-    parser.add_argument("--report", metavar="JSON", help="only regenerate the report from a results JSON")
+    parser.add_argument(
+        "--regime",
+        choices=["both", *REGIMES],
+        default="both",
+        help="warm-up regime: medium (900 warm-up steps), low (650), or both (the default study)",
+    )
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="only regenerate the report from results")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -604,35 +614,48 @@ def main(argv: Optional[List[str]] = None) -> int:
     import experiment_report
 
     if args.report:
-        with open(args.report) as f:
-            results = json.load(f)
-        out = args.out or os.path.dirname(os.path.abspath(args.report))
-        experiment_report.write_report(results, out, args.markdown or os.path.join(ROOT, "EXPERIMENTS.md"))
+        loaded = []
+        for path in args.report:
+            with open(path) as f:
+                loaded.append(json.load(f))
+        out = args.out or os.path.dirname(os.path.abspath(args.report[0]))
+        experiment_report.write_report(loaded, out, args.markdown or os.path.join(ROOT, "EXPERIMENTS.md"))
         return 0
 
-    cfg = dict(SMOKE if args.smoke else FULL)
-    if args.steps:
-        cfg["steps"] = args.steps
-    if args.seeds:
-        cfg["seeds"] = list(range(args.seeds))
-    if args.arms:
-        cfg["arms"] = [a for a in args.arms.split(",") if a]
-        unknown = set(cfg["arms"]) - set(ARMS)
-        if unknown:
-            parser.error(f"unknown arms: {sorted(unknown)}")
+    if args.smoke:
+        regimes = {"smoke": SMOKE}
+    elif args.regime == "both":
+        regimes = REGIMES
+    else:
+        regimes = {args.regime: REGIMES[args.regime]}
     out = args.out or (tempfile.mkdtemp(prefix="sgpo-arith-") if args.smoke else os.path.join(ROOT, "docs"))
     markdown = args.markdown or (
         os.path.join(out, "EXPERIMENTS.md") if args.smoke else os.path.join(ROOT, "EXPERIMENTS.md")
     )
     os.makedirs(out, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sgpo-arith-work-") as work:
-        results = study(cfg, args.workers, work, progress=not args.no_progress)
-    results["smoke"] = bool(args.smoke)
-    path = os.path.join(out, "experiment_arith.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
-    experiment_report.write_report(results, out, markdown)
-    print(f"results: {path}\nreport: {markdown}\nwall time: {results['wall_s']:.0f} s")
+    everything = []
+    for name, base in regimes.items():
+        cfg = dict(base)
+        if args.steps:
+            cfg["steps"] = args.steps
+        if args.seeds:
+            cfg["seeds"] = list(range(args.seeds))
+        if args.arms:
+            cfg["arms"] = [a for a in args.arms.split(",") if a]
+            unknown = set(cfg["arms"]) - set(ARMS)
+            if unknown:
+                parser.error(f"unknown arms: {sorted(unknown)}")
+        with tempfile.TemporaryDirectory(prefix="sgpo-arith-work-") as work:
+            results = study(cfg, args.workers, work, progress=not args.no_progress)
+        results["smoke"] = bool(args.smoke)
+        results["regime"] = name
+        path = os.path.join(out, f"experiment_arith_{name}.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"results: {path} ({results['wall_s']:.0f} s)")
+        everything.append(results)
+    experiment_report.write_report(everything, out, markdown)
+    print(f"report: {markdown}\nwall time: {sum(r['wall_s'] for r in everything):.0f} s")
     return 0
 
 

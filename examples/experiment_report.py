@@ -1,8 +1,8 @@
 """Tables, plots and EXPERIMENTS.md from the JSON of ``experiment_arith.py``: every number in the
 report is computed here from that file.
 
-    python examples/experiment_report.py docs/experiment_arith.json          # -> EXPERIMENTS.md, docs/*.png
-    python examples/experiment_arith.py --report docs/experiment_arith.json  # the same
+    python examples/experiment_report.py docs/experiment_arith_low.json docs/experiment_arith_medium.json
+    python examples/experiment_arith.py --report docs/experiment_arith_*.json   # the same
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def verdict(m: float, h: float) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def plot(results: Dict[str, Any], out: str) -> List[str]:
+def plot(results: Dict[str, Any], out: str, name: str) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +147,7 @@ def plot(results: Dict[str, Any], out: str) -> List[str]:
     axes[0].set_ylabel("accuracy (mean over seeds; band: min-max)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = os.path.join(out, "experiment_arith_accuracy.png")
+    path = os.path.join(out, f"experiment_arith_{name}_accuracy.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
@@ -173,7 +173,7 @@ def plot(results: Dict[str, Any], out: str) -> List[str]:
         ax.set_ylabel("fraction of groups")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = os.path.join(out, "experiment_arith_all_negative.png")
+    path = os.path.join(out, f"experiment_arith_{name}_all_negative.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
@@ -202,6 +202,8 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
             "sample_acc": mean_ci([eval_at(r, last, "sample_acc") for r in runs]),
             "reached": sum(x is not None for x in reached),
             "steps_to_threshold": mean_ci([x for x in reached if x is not None]),
+            "train_acc_early": mean_ci([window_mean(r, "accuracy", *early_window) for r in runs]),
+            "train_acc_late": mean_ci([window_mean(r, "accuracy", *late_window) for r in runs]),
             "all_negative_early": mean_ci([window_mean(r, "all_negative_frac", *early_window) for r in runs]),
             "all_negative_late": mean_ci([window_mean(r, "all_negative_frac", *late_window) for r in runs]),
             "diversified": mean_ci([window_mean(r, "sgpo/diversified_frac", 1, cfg["steps"]) for r in runs]),
@@ -224,6 +226,7 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
             row["diff_last"] = paired(results, arm, lambda r: eval_at(r, last))
             row["diff_auc"] = paired(results, arm, lambda r: float(np.mean([eval_at(r, s) for s in steps])))
             row["diff_passk"] = paired(results, arm, lambda r: eval_at(r, last, "pass_at_k"))
+            row["diff_train_late"] = paired(results, arm, lambda r: window_mean(r, "accuracy", *late_window))
             row["diff_sample"] = paired(results, arm, lambda r: eval_at(r, last, "sample_acc"))
         table[arm] = row
     information = {}
@@ -315,15 +318,108 @@ def _claim(s: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def is_default(results: Dict[str, Any]) -> bool:
-    """Whether the JSON is the default study's (the written discussion is about that run only)."""
+def regime_of(results: Dict[str, Any]) -> str:
+    """The regime a JSON belongs to: the default study's regime whose config it has, else its label."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import experiment_arith
 
-    return results["config"] == json.loads(json.dumps(experiment_arith.FULL)) and not results.get("smoke")
+    if not results.get("smoke"):
+        for name, cfg in experiment_arith.REGIMES.items():
+            if results["config"] == json.loads(json.dumps(cfg)):
+                return name
+    return str(results.get("regime", "custom"))
 
 
-def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_path: str) -> str:
+def is_default(everything: List[Dict[str, Any]]) -> bool:
+    """Whether the JSONs are the default study's (the written discussion is about that run only)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import experiment_arith
+
+    return sorted(regime_of(r) for r in everything) == sorted(experiment_arith.REGIMES)
+
+
+def _setup(everything: List[Dict[str, Any]]) -> List[str]:
+    results = everything[0]
+    cfg = results["config"]
+    k = cfg["pass_k"]
+    diffs = ", ".join(f"{n} steps/±{o}" for n, o in results["difficulties"])
+    warm = "; ".join(
+        f"{regime_of(r)}: {r['config']['warmup_steps']} steps, loss {r['warmup']['loss_first']:.2f} -> "
+        f"{r['warmup']['loss_last']:.3f}, held-out greedy accuracy {summarize(r)['start']:.3f}"
+        for r in everything
+    )
+    return [
+        f"- **Task**: arithmetic chains, e.g. `{results['examples']['prompt']}` -> "
+        f"`{results['examples']['solution'].replace(chr(10) + chr(10), ' ⏎⏎ ')}` (one step per paragraph; "
+        f"the last step's result is the answer). Difficulty mix (number of steps / largest +- operand): "
+        f"{diffs}; `*` by 2 or 3; values stay in 0..199. Reward: 1 if the last integer of the completion "
+        f"is the result. Disjoint sets: {results['sets']['warmup']} warm-up, "
+        f"{results['sets']['train']} RL-train, {results['sets']['eval']} held-out problems.",
+        "- **Judge**: `sgpo_rs.judge.RuleJudge` (exact: checks every step, returns the first wrong one); "
+        "a response that stops early is scored against the problem's number of operations, not its own "
+        "(see the discussion).",
+        f"- **Model**: Qwen2, {cfg['layers']} layers, hidden size {cfg['hidden']}, random init, word-level "
+        f"tokenizer built with `tokenizers` (each number one token). Supervised warm-up on correct chains "
+        f"(batch {cfg['warmup_batch']}, lr {cfg['warmup_lr']}), one checkpoint per regime that every RL run "
+        f"of the regime starts from - {warm}.",
+        f"- **RL**: {cfg['steps']} steps, {cfg['prompts_per_step']} prompts x {cfg['num_generations']} "
+        f"completions per step, lr {cfg['lr']} (constant), KL beta {cfg['beta']}, temperature 1, max "
+        f"{cfg['max_completion_length']} completion tokens, TRL 1.16 defaults otherwise (loss `dapo`, group "
+        f"std scaling). Seeds {cfg['seeds']} for every arm (the seed sets TRL's sampling and data order, "
+        f"so arms are compared paired by seed). SGPO credit: prefix rule `{cfg['credit_scale']} * k/n`; "
+        f"logistic rule `sgpo_preset='paper'` (`1.0 * sigmoid(5 (k/n - 0.5))`); the controls use the prefix "
+        f"rule with the verdicts shuffled within each judging call (same credit distribution, no "
+        f"information), or each replaced with probability {cfg['noise']} by a uniformly random step.",
+        f"- **Evaluation** every {cfg['eval_every']} steps on the held-out set: greedy accuracy (all "
+        f"{results['sets']['eval']} problems); pass@{k} and one-sample accuracy from {k} samples at T=1 "
+        f"on the first {cfg['n_passk']}.",
+        "- **Cost**: "
+        + "; ".join(
+            f"{regime_of(r)}: {len(r['runs'])} runs on {r['workers']} worker processes (one torch thread "
+            f"each), {r['wall_s'] / 60:.1f} min wall time incl. the warm-up ({r['warmup']['wall_s']:.0f} s)"
+            for r in everything
+        )
+        + f"; {sum(r['wall_s'] for r in everything) / 60:.1f} min in all, on 2 CPU cores shared with "
+        "other work.",
+        "",
+    ]
+
+
+def _headline(everything: List[Dict[str, Any]], summaries: List[Dict[str, Any]]) -> List[str]:
+    out = [
+        "| regime | start greedy acc. | GRPO all-negative, early | SGPO prefix - GRPO, early | "
+        "SGPO prefix - GRPO, last | SGPO logistic - GRPO, early | SGPO logistic - GRPO, last | "
+        "SGPO prefix - shuffled, mean | SGPO prefix - noisy, mean |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r, s in zip(everything, summaries):
+        t = s["table"]
+
+        def cell(arm: str, key: str, t: Dict[str, Any] = t) -> str:
+            return _diff(t[arm][key]) if arm in t and key in t[arm] else "n/a"
+
+        info = s["information"]
+        out.append(
+            f"| {regime_of(r)} | {s['start']:.3f} | "
+            f"{fmt(*t['grpo']['all_negative_early']) if 'grpo' in t else 'n/a'} | "
+            f"{cell('sgpo_prefix', 'diff_early')} | {cell('sgpo_prefix', 'diff_last')} | "
+            f"{cell('sgpo_logistic', 'diff_early')} | {cell('sgpo_logistic', 'diff_last')} | "
+            f"{_diff(info['sgpo_shuffled']) if 'sgpo_shuffled' in info else 'n/a'} | "
+            f"{_diff(info['sgpo_noisy']) if 'sgpo_noisy' in info else 'n/a'} |"
+        )
+    s = summaries[0]
+    out += [
+        "",
+        f"Held-out greedy accuracy, paired differences over seeds (mean ± 95% t-interval); early = step "
+        f"{s['early']}, last = step {s['last']}, mean = mean over all evaluations; all-negative early = "
+        f"fraction of GRPO's training groups with no right completion over steps "
+        f"{s['early_window'][0]}-{s['early_window'][1]}.",
+        "",
+    ]
+    return out
+
+
+def _regime(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_path: str) -> List[str]:
     cfg = results["config"]
     t = s["table"]
     rel = [os.path.relpath(p, os.path.dirname(os.path.abspath(md_path))) for p in figures]
@@ -332,63 +428,11 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
     k = cfg["pass_k"]
     out: List[str] = []
     w = out.append
-    w("# Experiments: SGPO vs GRPO on a small language model (TRL, CPU)\n")
-    w(
-        "Generated by `python examples/experiment_report.py docs/experiment_arith.json` from the raw "
-        "results of `python examples/experiment_arith.py` (the default study); every number below is "
-        "computed from that JSON. "
-        + (
-            "**This is a smoke run (a few steps): its numbers mean nothing.**\n"
-            if results.get("smoke")
-            else "\n"
-        )
-    )
-    w("## Setup\n")
-    diffs = ", ".join(f"{n} steps/±{o}" for n, o in results["difficulties"])
-    w(
-        f"- **Task**: arithmetic chains, e.g. `{results['examples']['prompt']}` -> "
-        f"`{results['examples']['solution'].replace(chr(10) + chr(10), ' ⏎⏎ ')}` (one step per paragraph; "
-        f"the last step's result is the answer). Difficulty mix (number of steps / largest +- operand): "
-        f"{diffs}; `*` by 2 or 3; values stay in 0..199. Reward: 1 if the last integer of the completion is "
-        f"the result. Disjoint sets: {results['sets']['warmup']} warm-up, "
-        f"{results['sets']['train']} RL-train, "
-        f"{results['sets']['eval']} held-out problems."
-    )
-    w(
-        "- **Judge**: `sgpo_rs.judge.RuleJudge` (exact, checks every step, returns the first wrong one), "
-        "with the score's denominator set to the problem's number of operations when the response stops "
-        "early (see the reading)."
-    )
-    w(
-        f"- **Model**: Qwen2, {cfg['layers']} layers, hidden size {cfg['hidden']}, random init, word-level "
-        f"tokenizer built with `tokenizers` (each number one token). "
-        f"Warm-up: {cfg['warmup_steps']} supervised "
-        f"steps (batch {cfg['warmup_batch']}, lr {cfg['warmup_lr']}) on correct chains; loss "
-        f"{results['warmup']['loss_first']:.2f} -> {results['warmup']['loss_last']:.3f}. Every RL run starts "
-        f"from this one checkpoint."
-    )
-    w(
-        f"- **RL**: {cfg['steps']} steps, {cfg['prompts_per_step']} prompts x {cfg['num_generations']} "
-        f"completions per step, lr {cfg['lr']} (constant), KL beta {cfg['beta']}, temperature 1, max "
-        f"{cfg['max_completion_length']} completion tokens, TRL 1.16 defaults otherwise (loss `dapo`, group "
-        f"std scaling). Seeds {cfg['seeds']} for every arm (the seed sets TRL's sampling and data order). "
-        f"SGPO credit: prefix rule `{cfg['credit_scale']} * k/n`; logistic rule `sgpo_preset='paper'` "
-        f"(`1.0 * sigmoid(5 (k/n - 0.5))`); controls use the prefix rule with verdicts shuffled within each "
-        f"judging call, or each replaced with probability {cfg['noise']} by a random step."
-    )
-    w(
-        f"- **Evaluation** every {cfg['eval_every']} steps on the held-out set: greedy accuracy; pass@{k} "
-        f"and one-sample accuracy from {k} samples at T=1 on the first {cfg['n_passk']} problems."
-    )
-    w(
-        f"- **Cost**: {len(results['runs'])} runs on {results['workers']} worker processes (one torch thread "
-        f"each), CPU; the whole study took {results['wall_s'] / 60:.1f} min wall time (warm-up "
-        f"{results['warmup']['wall_s']:.0f} s).\n"
-    )
-    w("## Curves\n")
+    name = regime_of(results)
+    w(f"## Regime `{name}`: {cfg['warmup_steps']} warm-up steps, start accuracy {s['start']:.3f}\n")
     for p in rel:
         w(f"![{os.path.basename(p)}]({p})\n")
-    w("## Held-out greedy accuracy (mean ± 95% t-interval over seeds)\n")
+    w("### Held-out greedy accuracy (mean ± 95% t-interval over seeds)\n")
     w(
         "| arm | seeds | "
         + " | ".join(f"step {x}" for x in shown)
@@ -405,49 +449,49 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
         )
     w("")
     if any("diff_early" in r for r in t.values()):
-        w("## Paired differences to GRPO (same seed; mean ± 95% t-interval)\n")
+        w("### Paired differences to GRPO (same seed; mean ± 95% t-interval)\n")
         w(
             f"| arm | greedy, step {s['early']} | greedy, step {s['last']} | greedy, mean over evals "
-            f"| pass@{k}, step {s['last']} | one sample, step {s['last']} |"
+            f"| pass@{k}, step {s['last']} | one sample, step {s['last']} "
+            f"| train-batch acc., steps {s['late_window'][0]}-{s['late_window'][1]} |"
         )
-        w("|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|")
         for arm in s["arms"]:
             r = t[arm]
             if "diff_early" not in r:
                 continue
             cells = [r["diff_early"], r["diff_last"], r["diff_auc"], r["diff_passk"], r["diff_sample"]]
-            w(
-                f"| {LABELS.get(arm, arm)} | "
-                + " | ".join(
-                    f"{c[0]:+.3f} ± {c[1]:.3f}" if not math.isnan(c[1]) else f"{c[0]:+.3f}" for c in cells
-                )
-                + " |"
-            )
+            cells.append(r["diff_train_late"])
+            w(f"| {LABELS.get(arm, arm)} | " + " | ".join(_diff(c) for c in cells) + " |")
         w("")
-    w("## Steps to a threshold, all-negative groups, cost\n")
+    w("### Steps to a threshold, all-negative groups, cost\n")
     w(
         f"Threshold: greedy accuracy >= start ({s['start']:.3f}) + {cfg['threshold_gain']} "
-        f"= {s['threshold']:.3f}, "
-        f"checked at the evaluations. All-negative fraction: groups of the training batch with no right "
-        f"completion, mean over steps {s['early_window'][0]}-{s['early_window'][1]} (early) and "
-        f"{s['late_window'][0]}-{s['late_window'][1]} (late).\n"
+        f"= {s['threshold']:.3f}, checked at the evaluations (steps counted among the seeds that reached "
+        f"it). All-negative: fraction of the training batch's groups with no right completion, mean over "
+        f"steps {s['early_window'][0]}-{s['early_window'][1]} (early) and "
+        f"{s['late_window'][0]}-{s['late_window'][1]} (late). Training-batch accuracy: the fraction of "
+        f"right completions, sampled before the update (each RL-train problem is new to the policy in "
+        f"these {cfg['steps']} steps).\n"
     )
     w(
-        "| arm | reached | steps to threshold | all-negative, early | all-negative, late | diversified "
-        "| mean credit | KL, late | s/step | judged/step |"
+        "| arm | reached | steps to threshold | train-batch acc., early | train-batch acc., late "
+        "| all-negative, early | all-negative, late | diversified | mean credit | KL, late | s/step "
+        "| judged/step |"
     )
-    w("|---|---|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arm in s["arms"]:
         r = t[arm]
         w(
             f"| {LABELS.get(arm, arm)} | {r['reached']}/{r['seeds']} | "
-            f"{fmt(*r['steps_to_threshold'], digits=0)} | "
+            f"{fmt(*r['steps_to_threshold'], digits=0)} | {fmt(*r['train_acc_early'])} | "
+            f"{fmt(*r['train_acc_late'])} | "
             f"{fmt(*r['all_negative_early'])} | {fmt(*r['all_negative_late'])} | {fmt(*r['diversified'])} | "
             f"{fmt(*r['mean_credit'])} | {fmt(*r['kl_last'])} | {fmt(*r['wall_per_step'], digits=2)} | "
             f"{fmt(*r['judged_per_step'], digits=1)} |"
         )
     w("")
-    w("## By difficulty (greedy accuracy by number of steps, start -> last evaluation)\n")
+    w("### By difficulty (greedy accuracy by number of steps, start -> last evaluation)\n")
     keys = list(next(iter(t.values()))["by_steps_last"].keys())
     w("| arm | " + " | ".join(f"{kk} steps" for kk in keys) + " |")
     w("|---|" + "---|" * len(keys))
@@ -459,42 +503,72 @@ def markdown(results: Dict[str, Any], s: Dict[str, Any], figures: List[str], md_
             + " |"
         )
     w("")
-    w("## Reading\n")
+    w(f"### Reading, regime `{name}`\n")
     w("Decided from the intervals above (a difference counts only when its 95% interval excludes zero):\n")
     out.extend(_claim(s))
     w("")
+    return out
+
+
+def markdown(
+    everything: List[Dict[str, Any]], summaries: List[Dict[str, Any]], figures: List[List[str]], md_path: str
+) -> str:
+    names = " ".join(f"docs/experiment_arith_{regime_of(r)}.json" for r in everything)
+    out: List[str] = ["# Experiments: SGPO vs GRPO on a small language model (TRL, CPU)\n"]
+    out.append(
+        f"Generated by `python examples/experiment_report.py {names}` from the raw results of "
+        "`python examples/experiment_arith.py` (the default study runs both regimes); every number below "
+        "is computed from those JSON files. "
+        + (
+            "**This is a smoke run (a few steps): its numbers mean nothing.**\n"
+            if everything[0].get("smoke")
+            else "\n"
+        )
+    )
+    out.append("## Setup\n")
+    out += _setup(everything)
+    out.append("## Headline\n")
+    out += _headline(everything, summaries)
+    for r, s, f in zip(everything, summaries, figures):
+        out += _regime(r, s, f, md_path)
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiment_notes.md")
-    if os.path.exists(notes) and is_default(results):
-        w(
-            "### Discussion of the default run\n\n(Written after reading it; the statements above are "
-            "recomputed from the JSON.)\n"
+    if os.path.exists(notes) and is_default(everything):
+        out.append(
+            "## Discussion\n\n(Written after reading the default study; the decided statements above are "
+            "recomputed from the JSON, this text is not.)\n"
         )
         with open(notes) as f:
-            w(f.read())
+            out.append(f.read())
     return "\n".join(out) + "\n"
 
 
-def write_report(results: Dict[str, Any], out: str, md_path: str) -> Dict[str, Any]:
-    """PNGs into ``out``, the report into ``md_path``; returns the summary."""
+def write_report(results: Any, out: str, md_path: str) -> List[Dict[str, Any]]:
+    """PNGs into ``out``, the report into ``md_path`` from one study's results or a list of them
+    (one per regime); returns the summaries."""
+    everything = results if isinstance(results, list) else [results]
+    order = ["low", "medium"]
+    everything = sorted(everything, key=lambda r: order.index(regime_of(r)) if regime_of(r) in order else 9)
     os.makedirs(out, exist_ok=True)
-    figures = plot(results, out)
-    s = summarize(results)
+    figures = [plot(r, out, regime_of(r)) for r in everything]
+    summaries = [summarize(r) for r in everything]
     with open(md_path, "w") as f:
-        f.write(markdown(results, s, figures, md_path))
-    return s
+        f.write(markdown(everything, summaries, figures, md_path))
+    return summaries
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("json", help="results of experiment_arith.py")
-    parser.add_argument("--out", help="folder for the PNGs (default: the JSON's folder)")
+    parser.add_argument("json", nargs="+", help="results of experiment_arith.py (one per regime)")
+    parser.add_argument("--out", help="folder for the PNGs (default: the first JSON's folder)")
     parser.add_argument("--markdown", default=os.path.join(ROOT, "EXPERIMENTS.md"))
     args = parser.parse_args(argv)
-    with open(args.json) as f:
-        results = json.load(f)
-    write_report(results, args.out or os.path.dirname(os.path.abspath(args.json)), args.markdown)
+    everything = []
+    for path in args.json:
+        with open(path) as f:
+            everything.append(json.load(f))
+    write_report(everything, args.out or os.path.dirname(os.path.abspath(args.json[0])), args.markdown)
     print(f"report: {args.markdown}")
     return 0
 

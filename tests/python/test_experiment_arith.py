@@ -29,7 +29,7 @@ def smoke(tmp_path_factory):
     argv = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--no-progress"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    with open(out / "experiment_arith.json") as f:
+    with open(out / "experiment_arith_smoke.json") as f:
         return out, json.load(f)
 
 
@@ -78,10 +78,10 @@ def test_sgpo_arms_judge_and_log_their_metrics(smoke):
 def test_report_and_plots_are_written(smoke):
     out, results = smoke
     report = (out / "EXPERIMENTS.md").read_text()
-    for heading in ("## Setup", "## Curves", "## Held-out greedy accuracy", "## Reading"):
+    for heading in ("## Setup", "## Headline", "### Held-out greedy accuracy", "### Reading"):
         assert heading in report
     assert "smoke run" in report
-    for name in ("experiment_arith_accuracy.png", "experiment_arith_all_negative.png"):
+    for name in ("experiment_arith_smoke_accuracy.png", "experiment_arith_smoke_all_negative.png"):
         assert (out / name).stat().st_size > 1000
     assert results["wall_s"] > 0 and results["warmup"]["loss_last"] < results["warmup"]["loss_first"]
 
