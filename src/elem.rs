@@ -4,9 +4,20 @@
 
 use half::{bf16, f16};
 
+/// A slice of floating-point elements as the concrete type it holds: kernels specialised per
+/// element type (SIMD code) match on it instead of casting through `TypeId`.
+pub enum FloatSlice<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
 /// A floating-point input element (log-probabilities, advantages).
 pub trait FloatElem: Copy + Send + Sync + 'static {
     const DTYPE: &'static str;
+    /// `s` as its concrete element type.
+    fn view(s: &[Self]) -> FloatSlice<'_>;
     /// Whether every value is exactly a float32 (f32, bf16, f16): the loss may then compute in
     /// float32 lanes (f64 inputs keep the float64 path).
     const FITS_F32: bool;
@@ -16,6 +27,10 @@ pub trait FloatElem: Copy + Send + Sync + 'static {
 }
 
 impl FloatElem for f32 {
+    #[inline(always)]
+    fn view(s: &[Self]) -> FloatSlice<'_> {
+        FloatSlice::F32(s)
+    }
     const DTYPE: &'static str = "float32";
     const FITS_F32: bool = true;
     #[inline(always)]
@@ -29,6 +44,10 @@ impl FloatElem for f32 {
 }
 
 impl FloatElem for f64 {
+    #[inline(always)]
+    fn view(s: &[Self]) -> FloatSlice<'_> {
+        FloatSlice::F64(s)
+    }
     const DTYPE: &'static str = "float64";
     const FITS_F32: bool = false;
     #[inline(always)]
@@ -46,6 +65,10 @@ impl FloatElem for f64 {
 }
 
 impl FloatElem for bf16 {
+    #[inline(always)]
+    fn view(s: &[Self]) -> FloatSlice<'_> {
+        FloatSlice::Bf16(s)
+    }
     const DTYPE: &'static str = "bfloat16";
     const FITS_F32: bool = true;
     #[inline(always)]
@@ -65,6 +88,10 @@ impl FloatElem for bf16 {
 }
 
 impl FloatElem for f16 {
+    #[inline(always)]
+    fn view(s: &[Self]) -> FloatSlice<'_> {
+        FloatSlice::F16(s)
+    }
     const DTYPE: &'static str = "float16";
     const FITS_F32: bool = true;
     #[inline(always)]
@@ -135,3 +162,41 @@ impl MaskElem for bool {
 pub(crate) fn is_valid_weight(w: f32) -> bool {
     w.is_finite() && w >= 0.0
 }
+
+/// A mutable slice of output elements as the concrete type it holds (see [`FloatSlice`]).
+pub enum GradSliceMut<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+    Bf16(&'a mut [bf16]),
+    F16(&'a mut [f16]),
+}
+
+/// A gradient element a backward writes: float32, float64, or a half type (rounded to nearest
+/// even, as torch's casts).
+pub trait GradElem: Copy + Send + Sync + 'static {
+    const DTYPE: &'static str;
+    fn from_f64(value: f64) -> Self;
+    /// `s` as its concrete element type.
+    fn view_mut(s: &mut [Self]) -> GradSliceMut<'_>;
+}
+
+macro_rules! grad_elem {
+    ($t:ty, $name:literal, $variant:ident, |$v:ident| $convert:expr) => {
+        impl GradElem for $t {
+            const DTYPE: &'static str = $name;
+            #[inline(always)]
+            fn from_f64($v: f64) -> Self {
+                $convert
+            }
+            #[inline(always)]
+            fn view_mut(s: &mut [Self]) -> GradSliceMut<'_> {
+                GradSliceMut::$variant(s)
+            }
+        }
+    };
+}
+
+grad_elem!(f32, "float32", F32, |value| value as f32);
+grad_elem!(f64, "float64", F64, |value| value);
+grad_elem!(bf16, "bfloat16", Bf16, |value| bf16::from_f64(value));
+grad_elem!(f16, "float16", F16, |value| f16::from_f64(value));

@@ -6,9 +6,10 @@ use pyo3::prelude::*;
 use super::arrays::{FloatView, View};
 use super::errors::{to_py, value_error};
 use crate::elem::FloatElem;
+use crate::elem::GradElem;
 use crate::logprob::{
-    selective_logprobs, selective_logprobs_backward, selective_logprobs_backward_with_stats,
-    selective_logprobs_with_stats, GradElem, STATS_PER_ROW,
+    selective_logprobs, selective_logprobs_backward, ForwardOut, LogprobOptions, Upstream,
+    STATS_PER_ROW,
 };
 use half::{bf16, f16};
 
@@ -129,11 +130,19 @@ fn run_forward<T: FloatElem>(
     entropy: Option<&mut [f32]>,
     stats: Option<&mut [f64]>,
 ) -> crate::Result<()> {
-    py.detach(|| match stats {
-        Some(st) => {
-            selective_logprobs_with_stats(logits, vocab, targets, temperature, logp, entropy, st)
-        }
-        None => selective_logprobs(logits, vocab, targets, temperature, logp, entropy),
+    let out = ForwardOut {
+        logp,
+        entropy,
+        stats,
+    };
+    py.detach(|| {
+        selective_logprobs(
+            logits,
+            vocab,
+            targets,
+            &LogprobOptions::new(temperature),
+            out,
+        )
     })
 }
 
@@ -255,25 +264,19 @@ fn run_backward<T: FloatElem, O: GradElem>(
     args: &BackwardArgs<'_>,
     dlogits: &mut [O],
 ) -> crate::Result<()> {
-    py.detach(|| match args.stats {
-        Some(stats) => selective_logprobs_backward_with_stats(
+    let upstream = Upstream {
+        grad_logp: args.grad_logp,
+        grad_entropy: args.grad_entropy,
+        stats: args.stats,
+    };
+    py.detach(|| {
+        selective_logprobs_backward(
             logits,
             args.vocab,
             args.targets,
-            args.temperature,
-            args.grad_logp,
-            args.grad_entropy,
-            stats,
+            &LogprobOptions::new(args.temperature),
+            &upstream,
             dlogits,
-        ),
-        None => selective_logprobs_backward(
-            logits,
-            args.vocab,
-            args.targets,
-            args.temperature,
-            args.grad_logp,
-            args.grad_entropy,
-            dlogits,
-        ),
+        )
     })
 }
