@@ -1,48 +1,8 @@
 //! The knobs of the policy loss, parsed from the names TRL and verl use.
 
-use super::registry::{self, DefaultAggregation, LOSS_TYPES};
+use super::registry::DefaultAggregation;
+pub use super::registry::LossType;
 use crate::error::{Error, Result};
-
-/// The per-token policy objective. TRL's eight `loss_type`s plus verl's vanilla PPO loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossType {
-    Grpo,
-    Bnpo,
-    DrGrpo,
-    Dapo,
-    Cispo,
-    Sapo,
-    Luspo,
-    Vespo,
-    /// verl `compute_policy_loss_vanilla`: PPO clip with dual clip for negative advantages.
-    Vanilla,
-}
-
-impl LossType {
-    /// The loss type TRL's `loss_type` (or verl's `loss_mode`) calls `name` (see
-    /// [`super::registry::LOSS_TYPES`]).
-    pub fn parse(name: &str) -> Result<Self> {
-        LOSS_TYPES
-            .iter()
-            .find(|spec| spec.name == name)
-            .map(|spec| spec.loss_type)
-            .ok_or_else(|| Error::Choice {
-                arg: "loss_type",
-                allowed: registry::quoted_names().into(),
-                got: name.to_string(),
-            })
-    }
-
-    /// The name [`LossType::parse`] reads.
-    pub fn name(self) -> &'static str {
-        self.spec().name
-    }
-
-    /// The objectives that clip the ratio as PPO does (TRL's clip metrics apply to them).
-    pub fn is_trl_clipped(self) -> bool {
-        self.spec().trl_clipped
-    }
-}
 
 /// Whether the importance ratio is per token or one per sequence (GSPO).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,7 +343,10 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_parse() {
-        for t in LOSS_TYPES.iter().map(|spec| spec.loss_type) {
+        for t in super::super::registry::LOSS_TYPES
+            .iter()
+            .map(|spec| spec.loss_type)
+        {
             assert_eq!(LossType::parse(t.name()).unwrap(), t);
         }
         for l in [

@@ -2,9 +2,51 @@
 //! per-token formula, in one table. The parser, the default aggregation, the metrics' names, the
 //! CUDA host code (kernel codes, metric slots), the Python bindings (`_core.loss_types()`) and the
 //! tests all read it, so adding a loss type means a row here, its formula in `terms.rs`/`row.rs`
-//! and its CUDA twin in `kernels/loss.cu` (CONTRIBUTING.md has the list).
+//! and its CUDA twin in `kernels/loss.cu` (CONTRIBUTING.md has the whole list).
 
-use super::options::LossType;
+use crate::error::{Error, Result};
+
+/// The per-token policy objective: TRL's eight `loss_type`s plus verl's vanilla PPO loss,
+/// declared in the order of [`LOSS_TYPES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossType {
+    Grpo,
+    Bnpo,
+    DrGrpo,
+    Dapo,
+    Cispo,
+    Sapo,
+    Luspo,
+    Vespo,
+    /// verl `compute_policy_loss_vanilla`: PPO clip with dual clip for negative advantages.
+    Vanilla,
+}
+
+impl LossType {
+    /// The loss type TRL's `loss_type` (or verl's `loss_mode`) calls `name` (see
+    /// [`LOSS_TYPES`]).
+    pub fn parse(name: &str) -> Result<Self> {
+        LOSS_TYPES
+            .iter()
+            .find(|spec| spec.name == name)
+            .map(|spec| spec.loss_type)
+            .ok_or_else(|| Error::Choice {
+                arg: "loss_type",
+                allowed: quoted_names().into(),
+                got: name.to_string(),
+            })
+    }
+
+    /// The name [`LossType::parse`] reads.
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The objectives that clip the ratio as PPO does (TRL's clip metrics apply to them).
+    pub fn is_trl_clipped(self) -> bool {
+        self.spec().trl_clipped
+    }
+}
 
 /// The framework whose loss a loss type reproduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
