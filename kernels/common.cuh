@@ -49,14 +49,8 @@ __device__ __forceinline__ void store(f16_t* p, float x) {
 // went wrong; the second word keeps the complement of the smallest offending flat index
 // (atomicMax of ~index: deterministic), so an all-zero buffer - which torch makes on the device
 // without a host-to-device copy - is a clean status.
-#define STATUS_NONFINITE_INPUT 1u
-#define STATUS_BAD_MASK 2u
-#define STATUS_BAD_TARGET 4u
-#define STATUS_EMPTY_ROW 8u
-#define STATUS_OVERFLOW 16u
-#define STATUS_BAD_VERDICT 32u
-#define STATUS_BAD_CREDIT 64u
-#define STATUS_NONFINITE_REWARD 128u
+// The bits (STATUS_NONFINITE_INPUT, STATUS_OVERFLOW, ...) are defined from src/cuda/status.rs
+// ahead of this file when a source is compiled.
 
 __device__ __forceinline__ void report(u32* status, u32 bit, i64 where) {
     atomicOr(status, bit);

@@ -449,19 +449,8 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
     }
 }
 
-// Metric slots of `out` (src/cuda/loss.rs names them per loss type).
-#define OUT_LOSS 0
-#define OUT_KL 1
-#define OUT_CLIP_LOW_MEAN 2
-#define OUT_CLIP_HIGH_MEAN 3
-#define OUT_CLIP_REGION_MEAN 4
-#define OUT_CLIP_LOW_MIN 5
-#define OUT_CLIP_HIGH_MAX 6
-#define OUT_CISPO 7
-#define OUT_VESPO_PHI 8
-#define OUT_PG_CLIPFRAC 9
-#define OUT_PPO_KL 10
-#define OUT_PG_CLIPFRAC_LOWER 11
+// The slots of `out` (OUT_LOSS, OUT_KL, OUT_CLIP_LOW_MEAN, ...) are defined from the loss-type
+// registry (src/loss/registry.rs), which also tells the host which slots each loss type reports.
 
 #define FIN_SUMS 11
 

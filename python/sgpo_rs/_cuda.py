@@ -19,10 +19,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from . import _core, _nvrtc
 
-# Status bits the host distinguishes (kernels/common.cuh, src/cuda/status.rs); every other bit
-# is located from the inputs on the error path.
-NONFINITE_INPUT = 1
-OVERFLOW = 16
+# Status bits the host distinguishes, as the engine defines them for the kernels
+# (src/cuda/status.rs); every other bit is located from the inputs on the error path.
+_STATUS_BITS = _core.cuda_status_bits() if getattr(_core, "cuda_built", False) else {}
+NONFINITE_INPUT = _STATUS_BITS.get("NONFINITE_INPUT", 0)
+OVERFLOW = _STATUS_BITS.get("OVERFLOW", 0)
 
 
 def load_nvrtc() -> Optional[str]:

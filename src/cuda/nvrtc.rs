@@ -86,9 +86,10 @@ fn source_text(source: &KernelSource) -> Result<String> {
         }
         None => (COMMON.to_string(), source.code.to_string()),
     };
-    let defines = (source.defines)();
+    // The status bits for every source, then the source's own generated constants.
+    let (status, defines) = (super::status::cuda_defines(), (source.defines)());
     Ok(format!(
-        "{common}\n{defines}#line 1 \"{}\"\n{code}",
+        "{status}#line 1 \"common.cuh\"\n{common}\n{defines}#line 1 \"{}\"\n{code}",
         source.name
     ))
 }

@@ -103,6 +103,8 @@ impl DefaultAggregation {
 pub struct MetricSpec {
     pub name: &'static str,
     pub cuda_slot: usize,
+    /// The slot's name in `kernels/loss.cu` (`OUT_<NAME>`, defined from this table).
+    pub cuda_name: &'static str,
 }
 
 /// The CUDA output slot of the `kl` metric (slot 0 is the loss).
@@ -115,22 +117,27 @@ const TRL_CLIP_METRICS: &[MetricSpec] = &[
     MetricSpec {
         name: "clip_ratio/low_mean",
         cuda_slot: 2,
+        cuda_name: "CLIP_LOW_MEAN",
     },
     MetricSpec {
         name: "clip_ratio/high_mean",
         cuda_slot: 3,
+        cuda_name: "CLIP_HIGH_MEAN",
     },
     MetricSpec {
         name: "clip_ratio/region_mean",
         cuda_slot: 4,
+        cuda_name: "CLIP_REGION_MEAN",
     },
     MetricSpec {
         name: "clip_ratio/low_min",
         cuda_slot: 5,
+        cuda_name: "CLIP_LOW_MIN",
     },
     MetricSpec {
         name: "clip_ratio/high_max",
         cuda_slot: 6,
+        cuda_name: "CLIP_HIGH_MAX",
     },
 ];
 
@@ -206,6 +213,7 @@ pub const LOSS_TYPES: &[LossTypeSpec] = &[
         metrics: &[MetricSpec {
             name: "cispo_clip_ratio",
             cuda_slot: 7,
+            cuda_name: "CISPO",
         }],
         cuda_code: 4,
     },
@@ -236,6 +244,7 @@ pub const LOSS_TYPES: &[LossTypeSpec] = &[
         metrics: &[MetricSpec {
             name: "vespo/phi_seq_mean",
             cuda_slot: 8,
+            cuda_name: "VESPO_PHI",
         }],
         cuda_code: 7,
     },
@@ -249,14 +258,17 @@ pub const LOSS_TYPES: &[LossTypeSpec] = &[
             MetricSpec {
                 name: "pg_clipfrac",
                 cuda_slot: 9,
+                cuda_name: "PG_CLIPFRAC",
             },
             MetricSpec {
                 name: "ppo_kl",
                 cuda_slot: 10,
+                cuda_name: "PPO_KL",
             },
             MetricSpec {
                 name: "pg_clipfrac_lower",
                 cuda_slot: 11,
+                cuda_name: "PG_CLIPFRAC_LOWER",
             },
         ],
         cuda_code: 8,
@@ -280,9 +292,10 @@ pub fn quoted_names() -> String {
         .join(", ")
 }
 
-/// The C preprocessor lines that define `LT_<NAME>` for the CUDA kernels.
+/// The C preprocessor lines `kernels/loss.cu` is compiled with: `LT_<NAME>` for each loss type
+/// and `OUT_<NAME>` for each slot of the loss kernel's output (`OUT_LOSS`, `OUT_KL`, the metrics).
 pub fn cuda_defines() -> String {
-    LOSS_TYPES
+    let mut out: String = LOSS_TYPES
         .iter()
         .map(|spec| {
             format!(
@@ -291,7 +304,16 @@ pub fn cuda_defines() -> String {
                 spec.cuda_code
             )
         })
-        .collect()
+        .collect();
+    out.push_str("#define OUT_LOSS 0\n");
+    out.push_str(&format!("#define OUT_KL {KL_CUDA_SLOT}\n"));
+    let mut slots: Vec<&MetricSpec> = LOSS_TYPES.iter().flat_map(|spec| spec.metrics).collect();
+    slots.sort_by_key(|m| m.cuda_slot);
+    slots.dedup_by_key(|m| m.cuda_slot);
+    for m in slots {
+        out.push_str(&format!("#define OUT_{} {}\n", m.cuda_name, m.cuda_slot));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -319,9 +341,18 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), LOSS_TYPES.len());
+        let mut slot_names = std::collections::HashMap::new();
         for spec in LOSS_TYPES {
             for metric in spec.metrics {
                 assert!(metric.cuda_slot > KL_CUDA_SLOT && metric.cuda_slot < CUDA_SLOTS);
+                let name = slot_names
+                    .entry(metric.cuda_slot)
+                    .or_insert(metric.cuda_name);
+                assert_eq!(
+                    *name, metric.cuda_name,
+                    "slot {} has two names",
+                    metric.cuda_slot
+                );
             }
         }
     }
@@ -379,6 +410,9 @@ mod tests {
         let defines = cuda_defines();
         assert!(defines.contains("#define LT_DR_GRPO 2\n"));
         assert!(defines.contains("#define LT_VANILLA 8\n"));
-        assert_eq!(defines.lines().count(), LOSS_TYPES.len());
+        assert!(defines.contains("#define OUT_KL 1\n"));
+        assert!(defines.contains("#define OUT_PG_CLIPFRAC_LOWER 11\n"));
+        // Loss types, the loss and kl slots, and the ten metric slots (shared slots once).
+        assert_eq!(defines.lines().count(), LOSS_TYPES.len() + 2 + 10);
     }
 }

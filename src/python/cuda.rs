@@ -12,6 +12,17 @@ use crate::advantages::{AdvantageOptions, Scale, Singleton};
 use crate::cuda::{self, groups, logprob, loss, FloatDtype, MaskDtype, Stream, SOURCES};
 use crate::rewards::{CreditRule, DiversifyMode, RewardOptions};
 
+/// The kernels' status bits by name (`NONFINITE_INPUT`, `OVERFLOW`, ...), from
+/// [`cuda::status::BITS`]: the host code reads them from here instead of repeating them.
+#[pyfunction]
+pub(crate) fn cuda_status_bits(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for (name, bit) in cuda::status::BITS {
+        out.set_item(*name, *bit)?;
+    }
+    Ok(out)
+}
+
 /// What the CUDA path can use here: `nvrtc`, `nvrtc_version`, `driver`, `driver_version`,
 /// `device_count`, `reason` (why not, or None).
 #[pyfunction]
