@@ -10,6 +10,12 @@ import numpy as np
 _MASK_DTYPES = {np.dtype(t) for t in (np.bool_, np.uint8, np.int32, np.int64, np.float32, np.float64)}
 
 
+def _is_bfloat16(dtype: np.dtype) -> bool:
+    """ml_dtypes' bfloat16 (kind "V"). The kind test first: ``dtype.name`` is a Python-level
+    property of numpy that cost about a third of a small ``policy_loss`` call's overhead."""
+    return dtype.kind == "V" and dtype.name == "bfloat16"
+
+
 def _as_array(name: str, value: Any) -> np.ndarray:
     if value is None:
         raise TypeError(f"{name}: expected an array, got None")
@@ -17,7 +23,7 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         array = np.asarray(value)
     except Exception as error:  # torch tensors on an accelerator, ragged lists, ...
         raise TypeError(f"{name}: expected an array-like of numbers ({error})") from None
-    if array.dtype.name == "bfloat16":  # ml_dtypes' kind is "V"
+    if _is_bfloat16(array.dtype):
         return array
     if array.dtype == object or array.dtype.kind in "USVcMm":
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
@@ -33,7 +39,7 @@ def float64_rows(name: str, value: Any) -> np.ndarray:
     """A 1-D per-row float array as contiguous float64 (exact for float32 input)."""
     array = _as_array(name, value)
     _check_ndim(name, array, (1,), "a 1-D array of one value per row")
-    if array.dtype.kind not in "fiub" and array.dtype.name != "bfloat16":
+    if array.dtype.kind not in "fiub" and not _is_bfloat16(array.dtype):
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.float64)
 
@@ -118,7 +124,7 @@ def logprobs(name: str, value: Any) -> Tuple[np.ndarray, str]:
         return np.ascontiguousarray(array), "none"
     if array.dtype == np.float16:
         return np.ascontiguousarray(array).view(np.uint16), "float16"
-    if array.dtype.name == "bfloat16":  # ml_dtypes
+    if _is_bfloat16(array.dtype):
         return np.ascontiguousarray(array).view(np.uint16), "bfloat16"
     raise TypeError(f"{name}: expected dtype float32, float64, float16 or bfloat16, got {array.dtype}")
 
@@ -157,7 +163,7 @@ def mask(value: Any, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
 
 def advantages(value: Any, batch: int, length: Optional[int] = None) -> np.ndarray:
     array = _as_array("advantages", value)
-    if array.dtype.name == "bfloat16" or array.dtype == np.float16:
+    if _is_bfloat16(array.dtype) or array.dtype == np.float16:
         array = array.astype(np.float32)
     if array.dtype.kind not in "fiu":
         raise TypeError(f"advantages: expected real numbers, got dtype {array.dtype}")

@@ -52,7 +52,14 @@ const MAX_GAP: f32 = 80.0;
 pub(super) fn handles(options: &LossOptions) -> bool {
     // A scale or bound float32 cannot hold closely is left to float64.
     let representable = |v: f64| v == 0.0 || (1e-30..=1e30).contains(&v.abs());
-    options.loss_type.is_trl_clipped()
+    // Bounds that float32 rounds together (or apart) differently from float64 would tie (or
+    // not) differently in the clipped term's min.
+    let (lo, hi) = (1.0 - options.epsilon_low, 1.0 + options.epsilon_high());
+    let delta = options.delta.unwrap_or(f64::INFINITY);
+    let same_ties = |x: f64, y: f64| (x == y) == ((x as f32) == (y as f32));
+    let bounds_keep_ties = same_ties(lo, hi) && same_ties(delta, lo) && same_ties(delta, hi);
+    bounds_keep_ties
+        && options.loss_type.is_trl_clipped()
         && options.importance_sampling_level == ImportanceSamplingLevel::Token
         && options.kl_estimator != KlEstimator::LowVarKl
         && options.delta.is_none_or(representable)

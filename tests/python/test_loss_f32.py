@@ -226,6 +226,22 @@ def test_portable_level_runs_the_float64_path():
     np.testing.assert_array_equal(out.grad, out64.grad)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [dict(epsilon_low=1e-12, epsilon_high=0.0), dict(epsilon_high=0.2, delta=1.2 + 1e-12)],
+    ids=["lo-hi", "delta-hi"],
+)
+def test_bounds_that_float32_would_merge_take_the_float64_path(kw):
+    """Clip bounds that differ in float64 but not in float32 would tie in the clipped min where
+    float64 does not: those options run in float64 (bit-identical to float64 inputs)."""
+    rng = np.random.default_rng(9)
+    lp, old, _, adv, m = ref.make_loss_inputs(rng, 3, 200, extreme=False)
+    out = sg.policy_loss(lp, old, adv, m, **kw)
+    out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, m, **kw)
+    assert out.loss == out64.loss
+    np.testing.assert_array_equal(out.grad, out64.grad)
+
+
 def test_simd_level_env_var_lowers_the_level():
     code = "from sgpo_rs import _core; print(_core.simd_level(), _core.cpu_simd_level())"
     env = dict(os.environ, SGPO_RS_SIMD="portable")
