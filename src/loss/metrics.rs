@@ -3,6 +3,7 @@
 
 use super::options::{ImportanceSamplingLevel, LossOptions, LossType};
 use super::row::RowSums;
+use super::terms::{Cispo, Clipped, Vanilla, Vespo};
 use super::LossOutput;
 use crate::error::{Error, Result};
 
@@ -49,24 +50,48 @@ pub(crate) fn reduce(
     match options.loss_type {
         t if t.is_trl_clipped() => {
             if sequence && per_row_advantages {
-                metrics.push(("clip_ratio/low_mean", row_mean(|r| r.clip_row[0])));
-                metrics.push(("clip_ratio/high_mean", row_mean(|r| r.clip_row[1])));
-                metrics.push(("clip_ratio/region_mean", row_mean(|r| r.clip_row[2])));
-                let low_min = rows.iter().map(|r| r.clip_row[0]).fold(f64::NAN, f64::min);
-                let high_max = rows.iter().map(|r| r.clip_row[1]).fold(f64::NAN, f64::max);
+                metrics.push((
+                    "clip_ratio/low_mean",
+                    row_mean(|r| r.clip_row[Clipped::LOW]),
+                ));
+                metrics.push((
+                    "clip_ratio/high_mean",
+                    row_mean(|r| r.clip_row[Clipped::HIGH]),
+                ));
+                metrics.push((
+                    "clip_ratio/region_mean",
+                    row_mean(|r| r.clip_row[Clipped::REGION]),
+                ));
+                let low_min = rows
+                    .iter()
+                    .map(|r| r.clip_row[Clipped::LOW])
+                    .fold(f64::NAN, f64::min);
+                let high_max = rows
+                    .iter()
+                    .map(|r| r.clip_row[Clipped::HIGH])
+                    .fold(f64::NAN, f64::max);
                 metrics.push(("clip_ratio/low_min", low_min));
                 metrics.push(("clip_ratio/high_max", high_max));
             } else {
-                metrics.push(("clip_ratio/low_mean", token_mean(|r| r.metrics[0])));
-                metrics.push(("clip_ratio/high_mean", token_mean(|r| r.metrics[1])));
-                metrics.push(("clip_ratio/region_mean", token_mean(|r| r.metrics[2])));
+                metrics.push((
+                    "clip_ratio/low_mean",
+                    token_mean(|r| r.metrics[Clipped::LOW]),
+                ));
+                metrics.push((
+                    "clip_ratio/high_mean",
+                    token_mean(|r| r.metrics[Clipped::HIGH]),
+                ));
+                metrics.push((
+                    "clip_ratio/region_mean",
+                    token_mean(|r| r.metrics[Clipped::REGION]),
+                ));
                 metrics.push((
                     "clip_ratio/low_min",
-                    per_sequence(|r| r.metrics[0]).fold(f64::NAN, f64::min),
+                    per_sequence(|r| r.metrics[Clipped::LOW]).fold(f64::NAN, f64::min),
                 ));
                 metrics.push((
                     "clip_ratio/high_max",
-                    per_sequence(|r| r.metrics[1]).fold(f64::NAN, f64::max),
+                    per_sequence(|r| r.metrics[Clipped::HIGH]).fold(f64::NAN, f64::max),
                 ));
             }
         }
@@ -74,7 +99,7 @@ pub(crate) fn reduce(
             let value = if sequence && per_row_advantages {
                 row_mean(|r| r.cispo_row)
             } else {
-                token_mean(|r| r.metrics[0])
+                token_mean(|r| r.metrics[Cispo::CAPPED])
             };
             metrics.push(("cispo_clip_ratio", value));
         }
@@ -82,7 +107,7 @@ pub(crate) fn reduce(
             let value = if per_row_advantages {
                 row_mean(|r| r.phi_row)
             } else {
-                token_mean(|r| r.metrics[0])
+                token_mean(|r| r.metrics[Vespo::PHI])
             };
             metrics.push(("vespo/phi_seq_mean", value));
         }
@@ -90,9 +115,12 @@ pub(crate) fn reduce(
             // verl's masked_mean: 0 when no token counts.
             let verl_mean =
                 |f: fn(&RowSums) -> f64| if tokens > 0.0 { sum(f) / tokens } else { 0.0 };
-            metrics.push(("pg_clipfrac", verl_mean(|r| r.metrics[0])));
-            metrics.push(("ppo_kl", verl_mean(|r| r.metrics[2])));
-            metrics.push(("pg_clipfrac_lower", verl_mean(|r| r.metrics[1])));
+            metrics.push(("pg_clipfrac", verl_mean(|r| r.metrics[Vanilla::CLIPFRAC])));
+            metrics.push(("ppo_kl", verl_mean(|r| r.metrics[Vanilla::NEG_LOG_RATIO])));
+            metrics.push((
+                "pg_clipfrac_lower",
+                verl_mean(|r| r.metrics[Vanilla::CLIPFRAC_LOWER]),
+            ));
         }
         _ => {}
     }

@@ -22,7 +22,7 @@ pub(crate) use terms::clamp;
 
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};
-use row::{weight_sum_dispatched, Row, RowSums};
+use row::{weight_sum_dispatched, RowKernel, RowSums};
 
 /// Advantages per row (`(B,)`, TRL's default) or per token (`(B, T)`).
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +97,7 @@ pub fn policy_loss<T: FloatElem, M: MaskElem>(
         (tokens, counts.iter().filter(|&&n| n > 0.0).count())
     });
     let row_weight = |n: f64| aggregation.row_weight(n, batch, tokens, valid_rows);
-    let row = Row {
+    let row = RowKernel {
         inputs,
         options,
         row_weight: &row_weight,

@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
-use super::terms::{self, Policy};
+use super::terms::{self, Objective};
 use super::{AdvantageView, LossInputs};
 use crate::elem::{is_valid_weight, FloatElem, MaskElem};
 use crate::error::{Error, Result};
@@ -125,16 +125,19 @@ pub(crate) struct RowSums {
     /// `rho_i * loss`: the row's share of the batch loss.
     pub loss_weighted: f64,
     pub kl: f64,
-    /// The loss type's three metric sums (see [`terms::TokenTerm::metrics`]).
+    /// The loss type's three metric sums, in the slots its objective names
+    /// ([`terms::Clipped::LOW`], ...; see [`terms::TokenTerm::metrics`]).
     pub metrics: [f64; 3],
-    /// Per-sequence metric values where TRL's tensors are `(B, 1)`.
+    /// Per-sequence clip indicators (slots of [`terms::Clipped`]) where TRL's tensors are
+    /// `(B, 1)`.
     pub clip_row: [f64; 3],
     pub cispo_row: f64,
     pub phi_row: f64,
 }
 
-/// The row-independent part of the kernel.
-pub(crate) struct Row<'k, 'a, T, M> {
+/// What the computation of every row shares (inputs, options, row weights); [`RowKernel::run`]
+/// computes one row.
+pub(crate) struct RowKernel<'k, 'a, T, M> {
     pub inputs: &'k LossInputs<'a, T, M>,
     pub options: &'k LossOptions,
     /// `rho_i` as a function of the row's token weight.
@@ -197,7 +200,7 @@ impl Buffers {
     }
 }
 
-impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
+impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
     /// Computes row `i`, writing `grad_scale * dL/dlogp` into `grad` (`T >= 1` entries).
     pub(crate) fn run(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
         let opt = self.options;
@@ -346,7 +349,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         Ok(lanes.total().clamp(1e-8f64.ln(), 20.0))
     }
 
-    fn run_with<P: Policy>(&self, i: usize, grad: &mut [f32], policy: &P) -> Result<RowSums> {
+    fn run_with<P: Objective>(&self, i: usize, grad: &mut [f32], policy: &P) -> Result<RowSums> {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::cpu::has_avx2_fma() {
@@ -360,7 +363,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
     /// The same code compiled for AVX2+FMA (four f64 lanes instead of two).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_with_avx2<P: Policy>(
+    unsafe fn run_with_avx2<P: Objective>(
         &self,
         i: usize,
         grad: &mut [f32],
@@ -370,7 +373,7 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
     }
 
     #[inline(always)]
-    fn run_with_portable<P: Policy>(
+    fn run_with_portable<P: Objective>(
         &self,
         i: usize,
         grad: &mut [f32],
@@ -571,11 +574,9 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             let shown = opt.delta.map_or(seq_ratio, |delta| seq_ratio.min(delta));
             let low = shown < lo && a < 0.0;
             let high = shown > hi && a > 0.0;
-            sums.clip_row = [
-                terms::flag(low),
-                terms::flag(high),
-                terms::flag(low || high),
-            ];
+            sums.clip_row[terms::Clipped::LOW] = terms::flag(low);
+            sums.clip_row[terms::Clipped::HIGH] = terms::flag(high);
+            sums.clip_row[terms::Clipped::REGION] = terms::flag(low || high);
             sums.cispo_row = terms::flag(seq_ratio > opt.epsilon_high() && a > 0.0);
         }
     }

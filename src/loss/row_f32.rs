@@ -30,8 +30,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions};
-use super::row::{weight_sum_dispatched, Row, RowSums};
-use super::terms::{self, Policy};
+use super::row::{weight_sum_dispatched, RowKernel, RowSums};
+use super::terms::{self, Clipped, Objective};
 use super::AdvantageView;
 use crate::cpu::SimdLevel;
 use crate::elem::{FloatElem, MaskElem};
@@ -483,7 +483,7 @@ fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
     chunk::<K, HAS_OLD, BINARY, false>(p, input, grad, scratch, sums)
 }
 
-impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
+impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
     /// Row `i` on the float32 path (the caller checked [`handles`]).
     pub(super) fn run_f32(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
         let has_kl = self.options.beta != 0.0 && self.inputs.ref_logp.is_some();
@@ -645,7 +645,13 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
             tokens: n,
             loss: policy + opt.beta * kl_total + loss,
             kl: kl_total + kl,
-            metrics: [low, high, low + high],
+            metrics: {
+                let mut m = [0.0; 3];
+                m[Clipped::LOW] = low;
+                m[Clipped::HIGH] = high;
+                m[Clipped::REGION] = low + high;
+                m
+            },
             ..RowSums::default()
         };
         row.loss_weighted = rho * row.loss;
@@ -705,8 +711,8 @@ impl<T: FloatElem, M: MaskElem> Row<'_, '_, T, M> {
         }
         sums.fallback[0] += w * loss;
         sums.fallback[1] += w * kl_sum;
-        sums.fallback[2] += w * term.metrics[0];
-        sums.fallback[3] += w * term.metrics[1];
+        sums.fallback[2] += w * term.metrics[Clipped::LOW];
+        sums.fallback[3] += w * term.metrics[Clipped::HIGH];
         (scale * w * (d_logp + term.d_ratio * r)) as f32
     }
 }

@@ -49,7 +49,9 @@ fn min_weight(u: f64, v: f64) -> f64 {
 
 /// One token's loss, its two derivative paths (through the importance ratio `r`:
 /// `d_ratio = dL/dr`; directly through the log-probability: `d_logp`), and up to three metric
-/// values the loss type logs.
+/// values the loss type logs. The metric values are an array, so the token loop that sums them
+/// stays branch-free for every objective; which slot holds what is named by the objective's
+/// constants ([`Clipped::LOW`], [`Vanilla::CLIPFRAC`], ...).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TokenTerm {
     pub loss: f64,
@@ -58,9 +60,19 @@ pub(crate) struct TokenTerm {
     pub metrics: [f64; 3],
 }
 
-/// A per-token policy objective. `a` is the token's advantage, `lp` its log-probability, `d` its
-/// (clamped where the loss clamps it) log ratio.
-pub(crate) trait Policy: Sync {
+/// The metric array with `values` at their slots, 0 elsewhere (constant-folded).
+#[inline(always)]
+fn slots<const N: usize>(values: [(usize, f64); N]) -> [f64; 3] {
+    let mut out = [0.0; 3];
+    for (slot, value) in values {
+        out[slot] = value;
+    }
+    out
+}
+
+/// A per-token policy objective (the loss type's formula). `a` is the token's advantage, `lp` its
+/// log-probability, `d` its (clamped where the loss clamps it) log ratio.
+pub(crate) trait Objective: Sync {
     fn term(&self, r: f64, a: f64, lp: f64, d: f64) -> TokenTerm;
 }
 
@@ -73,7 +85,14 @@ pub(crate) struct Clipped {
     pub delta: f64,
 }
 
-impl Policy for Clipped {
+impl Clipped {
+    /// Metric slots: clipped low (`c1 < 1 - el`, `A < 0`), clipped high, either.
+    pub const LOW: usize = 0;
+    pub const HIGH: usize = 1;
+    pub const REGION: usize = 2;
+}
+
+impl Objective for Clipped {
     #[inline(always)]
     fn term(&self, r: f64, a: f64, _lp: f64, _d: f64) -> TokenTerm {
         let c1 = r.min(self.delta);
@@ -88,7 +107,11 @@ impl Policy for Clipped {
             loss: -u.min(v),
             d_ratio: -a * (wu * dc1 + (1.0 - wu) * dc2),
             d_logp: 0.0,
-            metrics: [flag(low), flag(high), flag(low || high)],
+            metrics: slots([
+                (Self::LOW, flag(low)),
+                (Self::HIGH, flag(high)),
+                (Self::REGION, flag(low || high)),
+            ]),
         }
     }
 }
@@ -101,7 +124,14 @@ pub(crate) struct Vanilla {
     pub clip_ratio_c: f64,
 }
 
-impl Policy for Vanilla {
+impl Vanilla {
+    /// Metric slots: `pg_clipfrac` (L2 > L1), `pg_clipfrac_lower`, and `-d` (for `ppo_kl`).
+    pub const CLIPFRAC: usize = 0;
+    pub const CLIPFRAC_LOWER: usize = 1;
+    pub const NEG_LOG_RATIO: usize = 2;
+}
+
+impl Objective for Vanilla {
     #[inline(always)]
     fn term(&self, r: f64, a: f64, _lp: f64, d: f64) -> TokenTerm {
         let l1 = -a * r;
@@ -118,7 +148,11 @@ impl Policy for Vanilla {
             loss: if negative { l3.min(lc) } else { lc },
             d_ratio: if negative { wc * d_lc } else { d_lc },
             d_logp: 0.0,
-            metrics: [flag(l2 > l1), flag(lc > l3 && negative), -d],
+            metrics: slots([
+                (Self::CLIPFRAC, flag(l2 > l1)),
+                (Self::CLIPFRAC_LOWER, flag(lc > l3 && negative)),
+                (Self::NEG_LOG_RATIO, -d),
+            ]),
         }
     }
 }
@@ -128,7 +162,12 @@ pub(crate) struct Cispo {
     pub eh: f64,
 }
 
-impl Policy for Cispo {
+impl Cispo {
+    /// Metric slot: the ratio capped (`r > eh`, `A > 0`).
+    pub const CAPPED: usize = 0;
+}
+
+impl Objective for Cispo {
     #[inline(always)]
     fn term(&self, r: f64, a: f64, lp: f64, _d: f64) -> TokenTerm {
         let coef = r.min(self.eh);
@@ -136,7 +175,7 @@ impl Policy for Cispo {
             loss: -coef * a * lp,
             d_ratio: 0.0,
             d_logp: -coef * a,
-            metrics: [flag(r > self.eh && a > 0.0), 0.0, 0.0],
+            metrics: slots([(Self::CAPPED, flag(r > self.eh && a > 0.0))]),
         }
     }
 }
@@ -147,7 +186,7 @@ pub(crate) struct Sapo {
     pub tau_neg: f64,
 }
 
-impl Policy for Sapo {
+impl Objective for Sapo {
     #[inline(always)]
     fn term(&self, r: f64, a: f64, _lp: f64, _d: f64) -> TokenTerm {
         let tau = if a > 0.0 { self.tau_pos } else { self.tau_neg };
@@ -179,6 +218,9 @@ pub(crate) struct Vespo {
 }
 
 impl Vespo {
+    /// Metric slot: the token's weight `phi`.
+    pub const PHI: usize = 0;
+
     /// The weight for a token with advantage `a`.
     #[inline(always)]
     pub(crate) fn phi(&self, a: f64) -> f64 {
@@ -190,7 +232,7 @@ impl Vespo {
     }
 }
 
-impl Policy for Vespo {
+impl Objective for Vespo {
     #[inline(always)]
     fn term(&self, _r: f64, a: f64, lp: f64, _d: f64) -> TokenTerm {
         let phi = self.phi(a);
@@ -198,7 +240,7 @@ impl Policy for Vespo {
             loss: -phi * a * lp,
             d_ratio: 0.0,
             d_logp: -phi * a,
-            metrics: [phi, 0.0, 0.0],
+            metrics: slots([(Self::PHI, phi)]),
         }
     }
 }
@@ -266,8 +308,8 @@ mod tests {
         };
         for &r in &[0.3, 0.95, 1.1, 1.7, 4.0] {
             for &a in &[-1.3, 0.7] {
-                let policies: [&dyn Policy; 3] = [&clipped, &vanilla, &sapo];
-                for p in policies {
+                let objectives: [&dyn Objective; 3] = [&clipped, &vanilla, &sapo];
+                for p in objectives {
                     let t = p.term(r, a, -1.0, 0.0);
                     let g = fd(|r| p.term(r, a, -1.0, 0.0).loss, r);
                     assert!((t.d_ratio - g).abs() < 1e-6, "r={r} a={a}");
