@@ -1,8 +1,9 @@
 """SGPO vs GRPO on a small language model, end to end with TRL: the arithmetic-chain study.
 
-    python examples/experiment_arith.py            # the full study (about 40 min on 2 CPU cores)
-    python examples/experiment_arith.py --smoke    # a 2-minute version of everything (CI)
-    python examples/experiment_arith.py --report docs/experiment_arith.json   # tables/plots only
+    python examples/experiment_arith.py                  # the default study: both regimes, ~40 min on 2 cores
+    python examples/experiment_arith.py --regime low     # one regime (~20 min)
+    python examples/experiment_arith.py --smoke          # a 2-minute version of everything (CI)
+    python examples/experiment_arith.py --report docs/experiment_arith_*.json   # tables/plots only
 
 Task: "Start from 7: + 5, * 3, - 4." The model writes one step per paragraph ("7 + 5 = 12",
 "12 * 3 = 36", "36 - 4 = 32"); the last step's result is its final answer. The reward is 1 when
@@ -13,9 +14,11 @@ step and reports the first wrong one. Train, warm-up and held-out problems are d
 Model: a 2-layer Qwen2 (hidden size 64) and a word-level tokenizer (every number 0..199 is one
 token; paragraph breaks are a token) built here with ``tokenizers``, randomly initialised, no
 downloads. A short supervised warm-up on correct chains gives a policy that solves the short
-chains often and the long ones rarely, so many GRPO groups on hard problems are all wrong.
+chains often and the long ones rarely, so many GRPO groups on hard problems are all wrong. Two
+regimes differ only in the warm-up's length: ``low`` (650 steps: about half the groups start all
+wrong) and ``medium`` (900 steps: about a quarter).
 
-Arms, all from the same warm-up checkpoint, with the same seeds, group size, learning rate, KL
+Arms, all from the regime's one warm-up checkpoint, with the same seeds, group size, learning rate, KL
 coefficient and steps:
 
 - ``grpo``: TRL's ``GRPOTrainer``;
@@ -30,8 +33,9 @@ Every run logs per step: the all-negative fraction (from the rewards, the same w
 TRL's loss, KL and reward, the sgpo/* metrics, judge calls and judged responses, wall time; every
 ``--eval-every`` steps: held-out greedy accuracy (overall and by number of steps) and pass@k.
 Runs go to ``--workers`` processes (one torch thread each: this model is too small for threads to
-help). Results: ``<out>/experiment_arith.json``; the report (``experiment_report.py``) turns it into
-the PNGs and the tables of EXPERIMENTS.md.
+help). Results: ``<out>/experiment_arith_<regime>.json`` (default ``docs/``); the report
+(``experiment_report.py``) turns them into the PNGs and the tables of EXPERIMENTS.md, and adds the
+written discussion (``experiment_notes.md``) only when the JSONs are the default study's.
 """
 
 from __future__ import annotations
@@ -538,7 +542,9 @@ def study(cfg: Dict[str, Any], workers: int, work: str, progress: bool = True) -
     build_model(model_dir, cfg["model_seed"], cfg["hidden"], cfg["layers"])
     import torch
 
-    torch.set_num_threads(max(1, workers))
+    # Two threads whatever --workers says: float reductions depend on the thread count, and the
+    # checkpoint every run starts from should not.
+    torch.set_num_threads(2)
     t0 = time.time()
     losses = warm_up(
         model_dir,

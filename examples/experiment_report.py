@@ -293,27 +293,40 @@ def _claim(s: Dict[str, Any]) -> List[str]:
         if arm in t and any(t[arm][k][0] - t[arm][k][1] > 0 for k in ("diff_early", "diff_last", "diff_auc"))
     ]
     if early_gain:
+        faded = [a for a in early_gain if t[a]["diff_last"][0] - t[a]["diff_last"][1] <= 0]
         lines.append(
             f"- **The paper's claim, part 1 (SGPO helps early, while all-negative groups are common): held** "
-            f"for {', '.join(LABELS[a] for a in early_gain)}."
+            f"for {' and '.join(LABELS[a] for a in early_gain)} at step {s['early']}"
+            + (
+                f"; at step {s['last']} the difference is no longer detectable for "
+                f"{' and '.join(LABELS[a] for a in faded)} (GRPO caught up)."
+                if faded
+                else "."
+            )
         )
     else:
         lines.append(
             "- **The paper's claim, part 1 (SGPO helps early, while all-negative groups are common): not "
-            "held here** - no SGPO rule's early accuracy differs from GRPO's by more than the seed-to-seed "
-            "spread (the 95% intervals include zero)."
+            "seen in this regime** - no SGPO rule's early accuracy differs from GRPO's by more than the "
+            "seed-to-seed spread (the 95% intervals include zero)."
         )
     if not any_gain:
         lines.append(
             "- **Part 2 (the gain comes from the judge's information, not from reward noise): not testable "
             "here** - there is no gain over GRPO to attribute."
         )
-    elif info and all(c[0] - c[1] > 0 for c in info.values()):
-        lines.append("- **Part 2 (information, not noise): held** - the real judge beat both controls.")
     else:
+        parts = []
+        for control, c in info.items():
+            beaten = c[0] - c[1] > 0
+            parts.append(
+                f"against the {LABELS[control].split(', ')[1].replace(' (control)', '')} control: "
+                + ("held (the real judge is better)" if beaten else "not shown (the interval includes zero)")
+            )
         lines.append(
-            "- **Part 2 (information, not noise): not shown** - the real judge did not beat every control "
-            "by more than the seed-to-seed spread."
+            "- **Part 2 (the gain comes from the judge's information, not from noise)**: "
+            + "; ".join(parts)
+            + "."
         )
     return lines
 
