@@ -5,17 +5,15 @@
 //! errors for the `sgpo_rs` Python package.
 
 pub mod advantages;
-pub mod cpu;
 pub mod credit_rule;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod elem;
 pub mod error;
-mod exp;
-mod exp_f32;
 pub mod groups;
 pub mod logprob;
 pub mod loss;
+pub mod numeric;
 pub mod outcome;
 pub mod rewards;
 pub mod rows;

@@ -31,7 +31,7 @@ const CHUNK: usize = 2048;
 
 /// Whether this CPU has the features the path is compiled for.
 pub(super) fn available() -> bool {
-    crate::cpu::has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
+    crate::numeric::simd::has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// Logit types read as eight f32 at a time.
@@ -421,7 +421,7 @@ pub(super) unsafe fn row_stats<T: Load8, const ENT: bool>(row: &[T], inv_t: f64)
                 // Rescale the sums to the new max: s' = e^(shift) s,
                 // t' = e^(shift) (t + s shift), shift = (M - M') / T (t is kept in log2 units).
                 let shift = (max as f64 - cm as f64) * inv_t;
-                let scale = _mm256_set1_pd(crate::exp::exp(shift));
+                let scale = _mm256_set1_pd(crate::numeric::exp::exp(shift));
                 let shift2 = _mm256_set1_pd(shift * std::f64::consts::LOG2_E);
                 for lane in 0..4 {
                     if ENT {

@@ -38,7 +38,7 @@ use rayon::prelude::*;
 use crate::elem::FloatElem;
 pub use crate::elem::GradElem;
 use crate::error::{Error, Result};
-use crate::exp::exp;
+use crate::numeric::exp::exp;
 use checks::{check_common, check_finite, check_len, target, to_f32};
 use row_backward::row_backward;
 #[cfg(target_arch = "x86_64")]

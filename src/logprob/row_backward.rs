@@ -10,7 +10,8 @@ use super::CHUNK;
 use crate::elem::{FloatElem, GradElem};
 #[cfg(target_arch = "x86_64")]
 use crate::elem::{FloatSlice, GradSliceMut};
-use crate::exp::exp;
+use crate::numeric::exp::exp;
+use crate::numeric::simd::simd_dispatch;
 
 /// The `avx2` backward for one row; false (nothing written) for f64 logits.
 #[cfg(target_arch = "x86_64")]
@@ -64,38 +65,17 @@ pub(super) fn row_backward_fast<T: FloatElem, O: GradElem>(
     true
 }
 
-pub(super) fn row_backward<T: FloatElem, O: GradElem>(
-    row: &[T],
-    out: &mut [O],
-    inv_t: f64,
-    offset: f64,
-    g: f64,
-    g_h: f64,
-    h: f64,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            unsafe { row_backward_avx2(row, out, inv_t, offset, g, g_h, h) };
-            return;
-        }
-    }
-    row_backward_portable(row, out, inv_t, offset, g, g_h, h);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_backward_avx2<T: FloatElem, O: GradElem>(
-    row: &[T],
-    out: &mut [O],
-    inv_t: f64,
-    offset: f64,
-    g: f64,
-    g_h: f64,
-    h: f64,
-) {
-    row_backward_portable(row, out, inv_t, offset, g, g_h, h);
+simd_dispatch! {
+    /// [`row_backward_portable`] compiled for the SIMD level in use.
+    pub(super) fn row_backward<T: FloatElem, O: GradElem>(
+        row: &[T],
+        out: &mut [O],
+        inv_t: f64,
+        offset: f64,
+        g: f64,
+        g_h: f64,
+        h: f64,
+    ) => row_backward_portable
 }
 
 /// `out_j = (-g p_j - g_H p_j (log p_j + H)) / T` (the target's `+g / T` is added by the caller).

@@ -10,7 +10,8 @@ use super::checks::{all_banned, bad_logit, overflow};
 use super::{CHUNK, LANES};
 use crate::elem::{FloatElem, FloatSlice};
 use crate::error::Result;
-use crate::exp::exp;
+use crate::numeric::exp::exp;
+use crate::numeric::simd::simd_dispatch;
 
 /// What one pass over a row gives: the max `m` of `z`, `s = sum e^(z - m)`,
 /// `t = sum e^(z - m) (z - m)`.
@@ -134,22 +135,9 @@ fn row_stats_fast<T: FloatElem>(
     }))
 }
 
-/// The f64 path's stats.
-fn row_stats_f64<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { row_stats_avx2(row, i, inv_t) };
-        }
-    }
-    row_stats_portable(row, i, inv_t)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_stats_avx2<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> {
-    row_stats_portable(row, i, inv_t)
+simd_dispatch! {
+    /// The f64 path's stats, compiled for the SIMD level in use.
+    fn row_stats_f64<T: FloatElem>(row: &[T], i: usize, inv_t: f64) -> Result<RowStats> => row_stats_portable
 }
 
 #[inline(always)]

@@ -18,7 +18,6 @@ use rayon::prelude::*;
 
 pub use metrics::LossMetrics;
 pub use options::{Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
-pub(crate) use terms::clamp;
 
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};
@@ -58,7 +57,9 @@ pub struct LossOutput {
 /// magnitude of the float64 path's, with the same clip decisions (the bound and how it is kept
 /// are in `row_f32`'s documentation). Everything else runs in float64.
 pub fn uses_float32_path<T: FloatElem>(options: &LossOptions) -> bool {
-    T::FITS_F32 && row_f32::handles(options) && row_f32::pays_off(crate::cpu::simd_level())
+    T::FITS_F32
+        && row_f32::handles(options)
+        && row_f32::pays_off(crate::numeric::simd::simd_level())
 }
 
 /// Computes the loss and writes `grad_scale * dL/dlogp` into `grad` (`B * T` floats).

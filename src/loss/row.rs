@@ -16,7 +16,8 @@ use super::terms::{self, Objective};
 use super::{AdvantageView, LossInputs};
 use crate::elem::{is_valid_weight, FloatElem, MaskElem};
 use crate::error::{Error, Result};
-use crate::exp;
+use crate::numeric::exp;
+use crate::numeric::simd::simd_dispatch;
 
 /// Tokens per chunk: the chunk's sixteen f64 buffers (16 KiB) stay in L1.
 const CHUNK: usize = 128;
@@ -55,28 +56,10 @@ impl Lanes {
     }
 }
 
-/// [`weight_sum`] compiled for the SIMD level in use (additions only, in the same order, so
-/// every level gives the same sum).
-pub(crate) fn weight_sum_dispatched<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn avx512<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
-            weight_sum(row, i)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
-            weight_sum(row, i)
-        }
-        match crate::cpu::simd_level() {
-            // SAFETY: the level never exceeds what the CPU supports.
-            crate::cpu::SimdLevel::Avx512 => return unsafe { avx512(row, i) },
-            // SAFETY: as above.
-            crate::cpu::SimdLevel::Avx2 => return unsafe { avx2(row, i) },
-            crate::cpu::SimdLevel::Portable => {}
-        }
-    }
-    weight_sum(row, i)
+simd_dispatch! {
+    /// [`weight_sum`] compiled for the SIMD level in use (additions only, in the same order, so
+    /// every level gives the same sum).
+    pub(crate) fn weight_sum_dispatched<M: MaskElem>(row: &[M], i: usize) -> Result<f64> => weight_sum
 }
 
 /// Sum of a row's mask weights (lanes for speed, fixed order); errors on a negative or
@@ -350,26 +333,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
     }
 
     fn run_with<P: Objective>(&self, i: usize, grad: &mut [f32], policy: &P) -> Result<RowSums> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::cpu::has_avx2_fma() {
-                // SAFETY: the CPU supports the features the function was compiled for.
-                return unsafe { self.run_with_avx2(i, grad, policy) };
-            }
-        }
-        self.run_with_portable(i, grad, policy)
-    }
-
-    /// The same code compiled for AVX2+FMA (four f64 lanes instead of two).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_with_avx2<P: Objective>(
-        &self,
-        i: usize,
-        grad: &mut [f32],
-        policy: &P,
-    ) -> Result<RowSums> {
-        self.run_with_portable(i, grad, policy)
+        run_with_dispatched(self, i, grad, policy)
     }
 
     #[inline(always)]
@@ -643,4 +607,26 @@ fn fill_kl(estimator: KlEstimator, buf: &mut Buffers, e: &[f64; CHUNK], m: usize
         buf.d_kl[k] = d;
         buf.kl_plus_d[k] = sum;
     }
+}
+
+/// [`RowKernel::run_with_portable`] as a free function, for [`simd_dispatch!`].
+#[inline(always)]
+fn run_with_inline<T: FloatElem, M: MaskElem, P: Objective>(
+    kernel: &RowKernel<'_, '_, T, M>,
+    i: usize,
+    grad: &mut [f32],
+    policy: &P,
+) -> Result<RowSums> {
+    kernel.run_with_portable(i, grad, policy)
+}
+
+simd_dispatch! {
+    /// One row of the float64 path compiled for the SIMD level in use (the same operations in the
+    /// same order at every level: wider vectors, the same results).
+    fn run_with_dispatched<T: FloatElem, M: MaskElem, P: Objective>(
+        kernel: &RowKernel<'_, '_, T, M>,
+        i: usize,
+        grad: &mut [f32],
+        policy: &P,
+    ) -> Result<RowSums> => run_with_inline
 }

@@ -21,7 +21,7 @@
 //! Error bound against the float64 path (tested in `tests/python/test_loss_f32.py` at every
 //! SIMD level): each token's loss and gradient differ by at most about 5e-7 of their own
 //! magnitude (the ratio 2.5e-7, a few float32 products; the k3 core at most 5e-7, see
-//! `crate::exp_f32`). So the loss differs by at most 5e-7 times `sum_i rho_i sum_t M |L_t|` (at
+//! `crate::numeric::exp_f32`). So the loss differs by at most 5e-7 times `sum_i rho_i sum_t M |L_t|` (at
 //! most 5e-7 relative when the per-token losses do not cancel), and each gradient entry by at
 //! most 5e-7 of its magnitude, far under 1e-6 of `max |grad|`.
 
@@ -33,11 +33,11 @@ use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions};
 use super::row::{weight_sum_dispatched, RowKernel, RowSums};
 use super::terms::{self, Clipped, Objective};
 use super::AdvantageView;
-use crate::cpu::SimdLevel;
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};
-use crate::exp;
-use crate::exp_f32::{exp_f32_of_difference, exp_minus_one_minus_x};
+use crate::numeric::exp;
+use crate::numeric::exp_f32::{exp_f32_of_difference, exp_minus_one_minus_x};
+use crate::numeric::simd::{simd_dispatch, SimdLevel};
 
 /// Tokens per chunk: the chunk's float32 buffers (about 10 KiB) stay in L1.
 const CHUNK: usize = 256;
@@ -168,34 +168,17 @@ thread_local! {
     static WORKSPACE: std::cell::Cell<Option<Box<Workspace>>> = const { std::cell::Cell::new(None) };
 }
 
-/// `out[k] = mask[k].weight()`, compiled for the SIMD level in use.
-fn mask_weights<M: MaskElem>(level: SimdLevel, mask: &[M], out: &mut [f32]) {
-    #[inline(always)]
-    fn convert<M: MaskElem>(mask: &[M], out: &mut [f32]) {
-        for (w, m) in out.iter_mut().zip(mask) {
-            *w = m.weight();
-        }
+/// `out[k] = mask[k].weight()`.
+#[inline(always)]
+fn convert_mask<M: MaskElem>(mask: &[M], out: &mut [f32]) {
+    for (w, m) in out.iter_mut().zip(mask) {
+        *w = m.weight();
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn avx512<M: MaskElem>(mask: &[M], out: &mut [f32]) {
-            convert(mask, out)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<M: MaskElem>(mask: &[M], out: &mut [f32]) {
-            convert(mask, out)
-        }
-        match level {
-            // SAFETY: `level` never exceeds what the CPU supports.
-            SimdLevel::Avx512 => return unsafe { avx512(mask, out) },
-            // SAFETY: as above.
-            SimdLevel::Avx2 => return unsafe { avx2(mask, out) },
-            SimdLevel::Portable => {}
-        }
-    }
-    let _ = level;
-    convert(mask, out)
+}
+
+simd_dispatch! {
+    /// [`convert_mask`] compiled for `level`.
+    fn mask_weights<M: MaskElem>(level: SimdLevel, mask: &[M], out: &mut [f32]) => convert_mask
 }
 
 /// A KL estimator in float32: `(kl, d kl / d lp, kl + d kl / d lp)` from `x = ref - lp` and
@@ -457,7 +440,9 @@ unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
     chunk::<K, HAS_OLD, BINARY, true>(p, input, grad, scratch, sums)
 }
 
-/// [`chunk`] for the level `level` (never above the CPU's: see [`crate::cpu::simd_level`]).
+/// [`chunk`] for the level `level` (never above the CPU's: see [`crate::numeric::simd::simd_level`]).
+/// Written out rather than with `simd_dispatch!`: the baseline variant differs (no fused
+/// multiply-adds, `FMA = false`), not only in its code generation.
 #[inline(always)]
 fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
     level: SimdLevel,
@@ -549,7 +534,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             ..p
         };
         let fallback_term = terms::Clipped { lo, hi, delta };
-        let level = crate::cpu::simd_level();
+        let level = crate::numeric::simd::simd_level();
 
         let mut sums = Sums {
             loss: [0.0; LANES],

@@ -4,7 +4,7 @@
 //! loop that calls it vectorises.
 
 use super::options::KlEstimator;
-use crate::exp::exp;
+use crate::numeric::exp::exp;
 
 /// `1.0` if `cond` else `0.0`.
 #[inline(always)]
@@ -16,18 +16,7 @@ pub(crate) fn flag(cond: bool) -> f64 {
     }
 }
 
-/// `clamp(x, lo, hi)` as torch computes it (NaN stays NaN); unlike `f64::clamp` it has no
-/// panic path, which keeps the token loops vectorisable.
-#[inline(always)]
-pub(crate) fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
-    if x < lo {
-        lo
-    } else if x > hi {
-        hi
-    } else {
-        x
-    }
-}
+pub(crate) use crate::numeric::clamp;
 
 /// `d clamp(x, lo, hi) / dx`
 #[inline(always)]

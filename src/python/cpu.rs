@@ -1,10 +1,10 @@
-//! Binding of the SIMD level ([`crate::cpu`]), private (`_core`), so tests and benchmarks can run
+//! Binding of the SIMD level ([`crate::numeric::simd`]), private (`_core`), so tests and benchmarks can run
 //! every vectorised path the CPU has.
 
 use pyo3::prelude::*;
 
 use super::errors::value_error;
-use crate::cpu::{force_simd_level, simd_level, SimdLevel};
+use crate::numeric::simd::{force_simd_level, simd_level, SimdLevel};
 
 /// The SIMD level the kernels use now: `"avx512"`, `"avx2"` or `"portable"`.
 #[pyfunction]
@@ -17,7 +17,7 @@ pub(crate) fn simd_level_name() -> &'static str {
 #[pyfunction]
 #[pyo3(name = "cpu_simd_level")]
 pub(crate) fn cpu_simd_level_name() -> &'static str {
-    crate::cpu::cpu_simd_level().name()
+    crate::numeric::simd::cpu_simd_level().name()
 }
 
 /// Makes the kernels use `level` (`None`: the CPU's best); returns the level now in use, which is

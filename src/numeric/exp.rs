@@ -26,7 +26,7 @@ pub(crate) fn exp(x: f64) -> f64 {
     const SHIFTER: f64 = 6_755_399_441_055_744.0;
     let is_nan = x.is_nan();
     // Not `f64::clamp`: its panic path keeps loops from vectorising.
-    let x = crate::loss::clamp(x, MIN_ARG, MAX_ARG);
+    let x = crate::numeric::clamp(x, MIN_ARG, MAX_ARG);
     let shifted = x * std::f64::consts::LOG2_E + SHIFTER;
     let n = shifted - SHIFTER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
@@ -61,7 +61,7 @@ pub(crate) fn exp(x: f64) -> f64 {
 pub(crate) fn exp_slice(x: &[f64], out: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::has_avx2_fma() {
+        if crate::numeric::simd::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function was compiled for.
             unsafe { exp_slice_avx2(x, out) };
             return;

@@ -103,6 +103,83 @@ pub(crate) fn has_avx2_fma() -> bool {
     simd_level() >= SimdLevel::Avx2
 }
 
+/// Defines a function that runs `$inner` compiled for the SIMD level in use: the one way the crate
+/// writes a loop once and compiles it for AVX-512, AVX2 + FMA and the baseline. `$inner` takes the
+/// same arguments and is `#[inline(always)]`, so each variant gets its own code generation.
+///
+/// ```ignore
+/// simd_dispatch! {
+///     /// Sum of a row's mask weights.
+///     pub(crate) fn weight_sum_dispatched<M: MaskElem>(row: &[M], i: usize) -> Result<f64> => weight_sum
+/// }
+/// ```
+///
+/// With `level: SimdLevel` as its first parameter the function runs at that level (decided once
+/// by the caller for a whole call) instead of reading [`simd_level`]; the level is not passed on.
+macro_rules! simd_dispatch {
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $(<$($g:ident: $bound:path),+>)?
+            (level: SimdLevel, $($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $inner:path
+    ) => {
+        $(#[$attr])*
+        $vis fn $name $(<$($g: $bound),+>)? (
+            level: $crate::numeric::simd::SimdLevel, $($arg: $ty),*
+        ) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                match level {
+                    // SAFETY: a level never exceeds what the CPU supports (`simd_level`,
+                    // `force_simd_level` cap it).
+                    $crate::numeric::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::numeric::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::numeric::simd::SimdLevel::Portable => {}
+                }
+            }
+            let _ = level;
+            $inner($($arg),*)
+        }
+    };
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $(<$($g:ident: $bound:path),+>)?
+            ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $inner:path
+    ) => {
+        $(#[$attr])*
+        $vis fn $name $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                match $crate::numeric::simd::simd_level() {
+                    // SAFETY: the level in use never exceeds what the CPU supports.
+                    $crate::numeric::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::numeric::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::numeric::simd::SimdLevel::Portable => {}
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
+
 #[cfg(test)]
 mod tests {
     use super::*;
