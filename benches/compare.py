@@ -25,16 +25,26 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import sgpo_rs as sg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import (  # noqa: E402
+    bench,
+    copy_bandwidth,
+    cpu_name,
+    fmt_ratio,
+    fmt_time,
+    reset_peak,
+    status_kb,
+    table,
+)
 
 MB = 1e6
 GROUP = 8
@@ -44,50 +54,6 @@ ADV_EPS = 1e-4
 
 # --------------------------------------------------------------------------------------------
 # Timing and formatting
-
-
-def bench(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Tuple[float, float]:
-    """(median, best) seconds of ``fn()`` over ``repeats`` timed calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
-
-
-def fmt_time(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
-
-
-def fmt_ratio(num: Optional[float], den: Optional[float]) -> str:
-    if num is None or den is None or den == 0:
-        return "-"
-    return f"{num / den:.2f}x"
-
-
-def table(headers: Sequence[str], rows: List[Sequence[str]]) -> None:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(
-        str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(headers, widths))
-    )
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(
-            "  ".join(
-                str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
-            )
-        )
-    print()
 
 
 def parse_shapes(text: str) -> List[Tuple[int, int]]:
@@ -330,27 +296,6 @@ def section_advantages(args, results: Dict[str, float]) -> None:
 # (c) bandwidth floor
 
 
-def copy_bandwidth(nbytes: int, repeats: int, threads: int) -> Tuple[float, float, float]:
-    """Copy bandwidth in bytes/s counting read + write (2 x nbytes, the STREAM "copy"
-    convention): best ``np.copyto`` between two ``nbytes`` arrays on one thread, and split over
-    ``threads`` threads (numpy releases the GIL for large copies). Third: the extra seconds per
-    byte of a copy into a freshly allocated array (page faults and zeroing of new pages), which
-    every kernel pays that returns a new output array."""
-    src = np.ones(nbytes // 8)
-    dst = np.zeros_like(src)
-    warm = bench(lambda: np.copyto(dst, src), repeats, warmup=1)[1]
-    fresh = bench(lambda: np.array(src, copy=True), repeats, warmup=1)[1]
-    chunks = np.array_split(np.arange(src.size), threads)
-    bounds = [(int(c[0]), int(c[-1]) + 1) for c in chunks if c.size]
-    with ThreadPoolExecutor(threads) as pool:
-
-        def parallel() -> None:
-            list(pool.map(lambda b: np.copyto(dst[b[0] : b[1]], src[b[0] : b[1]]), bounds))
-
-        multi = 2 * nbytes / bench(parallel, repeats, warmup=1)[1]
-    return 2 * nbytes / warm, multi, max(fresh - warm, 0.0) / nbytes
-
-
 def section_floor(args, results: Dict[str, float]) -> None:
     threads = len(os.sched_getaffinity(0))
     single, multi, fault_cost = copy_bandwidth(args.copy_mb * 2**20, args.repeats, threads)
@@ -512,23 +457,6 @@ def section_targets(args, results: Dict[str, float], floors: Dict[str, Tuple[flo
 # (d) memory
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (peak resident set) to the current resident set
-        return True
-    except OSError:
-        return False
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
 def memory_child(spec: str) -> None:
     """Runs one loss call in this fresh process and prints its peak extra resident memory."""
     kind, shape, beta_text = spec.split(":")
@@ -553,10 +481,10 @@ def memory_child(spec: str) -> None:
         torch_step(torch, trl_dapo_loss, {k: torch.from_numpy(v) for k, v in tiny.items()}, beta)
     else:
         sg_step(tiny, beta)
-    if _reset_peak():
-        before = _status_kb("VmRSS")
+    if reset_peak():
+        before = status_kb("VmRSS")
         out = call()
-        peak = _status_kb("VmHWM")
+        peak = status_kb("VmHWM")
         method = "VmHWM"
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -608,15 +536,7 @@ def section_memory(args) -> None:
 
 
 def machine(torch) -> None:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     usable = len(os.sched_getaffinity(0))
     print("== machine ==")
     print(f"cpu: {cpu}; {os.cpu_count()} logical cores, {usable} usable by this process")

@@ -21,33 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import bench, fmt_ratio, fmt_time, reset_peak, status_kb, table  # noqa: E402
 
 SEQ = 1024
 TEMPERATURE = 0.7
 IMPLS = ("sg", "torch", "trl")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def child(impl: str, n: int, v: int, dtype_name: str, repeats: int, backward: bool) -> None:
@@ -95,20 +80,15 @@ def child(impl: str, n: int, v: int, dtype_name: str, repeats: int, backward: bo
 
     measured = forward_backward if backward else forward
     peak_mb: Optional[float] = None
-    if _reset_peak():
-        before = _status_kb("VmRSS")
+    if reset_peak():
+        before = status_kb("VmRSS")
         out = measured()
-        peak_mb = (_status_kb("VmHWM") - before) / 1024
+        peak_mb = (status_kb("VmHWM") - before) / 1024
         del out
     times: Dict[str, Optional[float]] = {"fwd": None, "fwd_bwd": None}
     runs = [("fwd", forward)] + ([("fwd_bwd", forward_backward)] if backward else [])
     for key, fn in runs:
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        times[key] = statistics.median(samples)
+        times[key] = bench(fn, repeats, warmup=0)[0]
     print(json.dumps({"peak_mb": peak_mb, **times}))
 
 
@@ -119,25 +99,6 @@ def run_child(impl: str, n: int, v: int, dtype: str, repeats: int, backward: boo
         print(f"  {impl}: failed ({proc.stderr.strip().splitlines()[-1:]})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def fmt_time(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def fmt_ratio(num: Optional[float], den: Optional[float]) -> str:
-    if num is None or den is None or den <= 0:
-        return "-"
-    return f"{num / den:.2f}x"
-
-
-def table(headers: List[str], rows: List[List[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-    for r in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
 
 def parse_sizes(text: str) -> List[Tuple[int, int]]:

@@ -24,11 +24,13 @@ import os
 import platform
 import random
 import re
-import statistics
-import time
-from typing import Callable, List, Optional, Sequence, Tuple
+import sys
+from typing import Callable, List, Optional, Tuple
 
 import sgpo_rs as sg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import bench, table  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Synthetic data
@@ -108,24 +110,6 @@ def py_parse_verdict(text: str, num_steps: Optional[int] = None) -> Optional[int
 # Timing
 
 
-def bench(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def table(headers: Sequence[str], rows: List[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-    for row in rows:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,13 +142,13 @@ def main() -> None:
             lambda: [sg.parse_verdict(t, num_steps=n) for t, n in zip(answers, num_steps)],
         ),
     ]
-    seconds = {(op, impl): bench(fn, args.repeats) for op, impl, fn in cases}
+    seconds = {(op, impl): bench(fn, args.repeats, warmup=1)[0] for op, impl, fn in cases}
     rows = []
     for op, impl, _ in cases:
         t = seconds[(op, impl)]
         ratio = seconds[(op, "python re")] / t
         rows.append([op, impl, f"{t * 1e3:.1f} ms", f"{args.n / t:,.0f}", f"{ratio:.1f}x"])
-    table(["op", "implementation", "median", "responses/s", "vs python"], rows)
+    table(["op", "implementation", "median", "responses/s", "vs python"], rows, left=2)
 
     split_agree = sum(a == b for a, b in zip(sg.split_steps_batch(responses), map(py_split_steps, responses)))
     ours = sg.parse_verdicts(answers, num_steps=num_steps)

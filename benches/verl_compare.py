@@ -12,34 +12,22 @@ int64 ``response_mask`` (random lengths), ``index`` = numpy object array of uuid
 of 8 rows shuffled over the batch (``balance_batch``). Each call returns a fresh ``(N, L)`` float32
 tensor and the previous one is dropped first, as in a training loop. The floor is the bytes the
 step must move (read rewards and mask, write the advantages) over the copy bandwidth measured in
-this run (benches/compare.py's ``copy_bandwidth``: best of one-thread and all-thread copies).
+this run (benches/timing.py's ``copy_bandwidth``: best of one-thread and all-thread copies).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import uuid
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import bench, copy_bandwidth  # noqa: E402
+from timing import bench, copy_bandwidth, cpu_name  # noqa: E402
 
 GROUP = 8
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def inputs(n: int, length: int, rng: np.random.Generator):
