@@ -14,6 +14,11 @@ use criterion::{
 };
 use half::bf16;
 
+// The integration tests' seeded generator, so the benches draw the same kind of inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Rng;
 use sgpo_rs::advantages::{group_advantages, token_advantages, AdvantageOptions};
 use sgpo_rs::elem::{FloatElem, MaskElem};
 use sgpo_rs::groups::Groups;
@@ -28,33 +33,11 @@ const GROUP: usize = 8;
 /// Token length of the token-broadcast bench: 8192 x 8192 f32 would be 256 MB of output alone.
 const TOKEN_LEN: usize = 2048;
 
-/// SplitMix64: deterministic inputs without a `rand` dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
 /// Per-row token counts: every row keeps between a quarter and all of its `len` tokens, like
 /// right-padded completions of varying length.
 fn row_lengths(rng: &mut Rng, rows: usize, len: usize) -> Vec<usize> {
     (0..rows)
-        .map(|_| len / 4 + rng.below((len - len / 4 + 1) as u64) as usize)
+        .map(|_| len / 4 + rng.below(len - len / 4 + 1))
         .collect()
 }
 
@@ -69,7 +52,7 @@ fn mask_from_lengths<M: Copy>(lengths: &[usize], len: usize, on: M, off: M) -> V
 /// Advantages of a GRPO step: roughly unit scale, both signs.
 fn advantages(rng: &mut Rng, rows: usize) -> Vec<f32> {
     (0..rows)
-        .map(|_| (rng.uniform() * 4.0 - 2.0) as f32)
+        .map(|_| (rng.uniform(0.0, 1.0) * 4.0 - 2.0) as f32)
         .collect()
 }
 
@@ -89,14 +72,16 @@ impl LossData {
     fn new(batch: usize, len: usize, seed: u64) -> Self {
         let mut rng = Rng(seed);
         let n = batch * len;
-        let logp: Vec<f32> = (0..n).map(|_| (-3.0 * rng.uniform()) as f32).collect();
+        let logp: Vec<f32> = (0..n)
+            .map(|_| (-3.0 * rng.uniform(0.0, 1.0)) as f32)
+            .collect();
         let old_logp = logp
             .iter()
-            .map(|&l| l + (0.6 * rng.uniform() - 0.3) as f32)
+            .map(|&l| l + (0.6 * rng.uniform(0.0, 1.0) - 0.3) as f32)
             .collect();
         let ref_logp = logp
             .iter()
-            .map(|&l| l + (rng.uniform() - 0.5) as f32)
+            .map(|&l| l + (rng.uniform(0.0, 1.0) - 0.5) as f32)
             .collect();
         LossData {
             batch,
@@ -141,7 +126,7 @@ fn bench_rewards(c: &mut Criterion) {
     let num_steps: Vec<i64> = (0..ROWS).map(|_| 1 + rng.below(12) as i64).collect();
     let first_error: Vec<i64> = num_steps
         .iter()
-        .map(|&n| rng.below(n as u64 + 1) as i64 - 1)
+        .map(|&n| (rng.below(n as usize + 1) as i64) - 1)
         .collect();
     let groups = Groups::contiguous(ROWS, GROUP).unwrap();
     // Read rewards (f64), first_error and num_steps (i64); write rewards and credit (f32) and
@@ -171,11 +156,11 @@ fn bench_rewards(c: &mut Criterion) {
 
 fn bench_group_advantages(c: &mut Criterion) {
     let mut rng = Rng(2);
-    let rewards: Vec<f64> = (0..ROWS).map(|_| rng.uniform()).collect();
+    let rewards: Vec<f64> = (0..ROWS).map(|_| rng.uniform(0.0, 1.0)).collect();
     // verl layout: one prompt id per row, shuffled, same group sizes.
     let mut ids: Vec<i64> = (0..ROWS).map(|i| (i / GROUP) as i64 * 7919).collect();
     for i in (1..ids.len()).rev() {
-        ids.swap(i, rng.below(i as u64 + 1) as usize);
+        ids.swap(i, rng.below(i + 1));
     }
     let contiguous = Groups::contiguous(ROWS, GROUP).unwrap();
 
