@@ -1,4 +1,4 @@
-"""The GRPO-family policy loss (TRL's eight loss types and verl's vanilla PPO loss), fused."""
+"""The GRPO-family policy loss (TRL's loss types and verl's vanilla PPO loss), fused."""
 
 from __future__ import annotations
 
@@ -121,11 +121,12 @@ def policy_loss(
 
     Precision on the CPU. Every sum (loss, KL, metrics) is accumulated in float64.
 
-    - float64 inputs, and the cispo, sapo, vespo and vanilla losses, sequence-level ratios and
-      ``kl_estimator="low_var_kl"`` at any dtype: per-token math in float64 (exponential within
-      1e-15 relative); the loss and metrics are float64-exact up to summation rounding, the
-      gradient is the float64 value rounded to float32 (6e-8 relative).
-    - float32, bfloat16 and float16 inputs of grpo, bnpo, dr_grpo, dapo and luspo at token level,
+    - float64 inputs, the loss types that do not clip as PPO does (``trl_clipped`` false in
+      :func:`loss_types`), sequence-level ratios and ``kl_estimator="low_var_kl"`` at any dtype:
+      per-token math in float64 (exponential within 1e-15 relative); the loss and metrics are
+      float64-exact up to summation rounding, the gradient is the float64 value rounded to
+      float32 (6e-8 relative).
+    - float32, bfloat16 and float16 inputs of the PPO-clipped loss types at token level,
       on an x86-64 CPU with AVX2 (elsewhere, or with ``SGPO_RS_SIMD=portable``, the float64 path
       above runs): per-token math in float32 (16 tokens per AVX-512 instruction, 8 per AVX2 one),
       with ``logp - old_logp`` and ``ref_logp - logp`` taken exactly into the
@@ -143,29 +144,26 @@ def policy_loss(
     Per token, ``log_ratio = logp - old_logp``; ``importance_sampling_level="sequence"`` uses
     ``sum_t(log_ratio * M) / max(sum_t M, 1)`` per row (GSPO). ``r = exp(log_ratio)``.
 
-    - grpo, bnpo, dr_grpo, dapo, luspo: ``L = -min(c1 A, c2 A)``,
-      ``c2 = clamp(r, 1 - epsilon_low, 1 + epsilon_high)``, ``c1 = clamp(r, max=delta)`` if
-      ``delta`` else ``r``.
-    - cispo: ``L = -clamp(r, max=epsilon_high).detach() * A * logp``.
-    - sapo: ``L = -sigmoid(tau (r - 1)) * 4 / tau * A``, ``tau`` = ``sapo_temperature_pos`` if
-      ``A > 0`` else ``sapo_temperature_neg``.
-    - vespo: ``L = -phi * A * logp`` with the detached gamma weight of the sequence ratio.
-    - vanilla (verl): ``max(-A r, -A clip(r))``, dual-clipped at ``-A clip_ratio_c`` for ``A < 0``,
-      log ratio clamped to +-20.
+    ``loss_type`` is one of ``sgpo_rs.LOSS_TYPES`` (TRL's ``loss_type`` values and verl's vanilla
+    loss); each computes its framework's per-token objective ``L`` exactly, written out in the
+    repository's docs/formulas.md (sections 2 and 3), and :func:`loss_types` gives each type's
+    origin, default aggregation and metrics. The options they read:
+    ``epsilon_low``/``epsilon_high`` (the clip range ``[1 - epsilon_low, 1 + epsilon_high]``;
+    cispo's ratio cap is ``epsilon_high``) and ``delta`` (two-sided clipping) for the PPO-clipped
+    types, ``clip_ratio_c`` (vanilla's dual clip), ``sapo_temperature_pos``/``_neg`` and
+    ``vespo_k_pos``/``_lambda_pos``/``_k_neg``/``_lambda_neg``.
 
     KL (``beta != 0``): ``kl_estimator`` ``"k3"`` (TRL, ``exp(x) - x - 1``, ``x = ref - logp``),
     ``"low_var_kl"`` (verl's clamped k3), ``"k1"``, ``"abs"``, ``"k2"``; with
     ``kl_bias_correction`` (TRL's ``use_bias_correction_kl``) it is multiplied by ``r``.
     ``L += beta * kl``.
 
-    Aggregation (``loss_agg_mode`` overrides it with verl's names ``"token-mean"``,
-    ``"seq-mean-token-sum"``, ``"seq-mean-token-mean"``, ``"seq-mean-token-sum-norm"``):
-    grpo/sapo ``mean_b(sum_t L M / max(sum_t M, 1))``; bnpo ``sum(L M) / max(sum M, 1)``;
-    dr_grpo ``sum(L M) / (B * max_completion_length)`` (default ``T``); dapo/cispo/vespo
-    ``sum(L M) / num_items`` (default ``max(sum M, 1)``; TRL passes
-    ``num_items_in_batch / num_processes * grad_accum / steps_per_generation``); luspo
-    ``mean_b(sum_t L M)``; vanilla token-mean. Divide by gradient-accumulation steps yourself
-    where TRL does (``sgpo_rs.torch`` does it for you).
+    Aggregation: each loss type's own (its ``aggregation`` in :func:`loss_types`; those
+    normalised by ``num_items`` take TRL's ``num_items_in_batch / num_processes * grad_accum /
+    steps_per_generation``, default ``max(sum M, 1)``; dr_grpo's ``max_completion_length``
+    defaults to ``T``), or verl's ``loss_agg_mode`` (``"token-mean"``, ``"seq-mean-token-sum"``,
+    ``"seq-mean-token-mean"``, ``"seq-mean-token-sum-norm"`` with ``loss_scale_factor``). Divide
+    by gradient-accumulation steps yourself where TRL does (``sgpo_rs.torch`` does it for you).
 
     Gradients follow torch autograd exactly: clamps pass gradient only strictly inside their
     bounds and ``min``/``max`` split it 0.5/0.5 at ties. ``grad_scale`` multiplies ``.grad`` only.
