@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sgpo_rs
 
 pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
@@ -24,7 +25,10 @@ ARMS = ["grpo", "sgpo_prefix", "sgpo_logistic", "sgpo_shuffled", "sgpo_noisy"]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("arith")
-    paths = [str(ROOT / "python")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # The script runs in fresh processes: give them the sgpo_rs this session imported (installed,
+    # or a source tree with its built extension), never a source tree without the extension.
+    paths = [str(Path(sgpo_rs.__file__).resolve().parents[1])]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
     argv = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--no-progress"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)

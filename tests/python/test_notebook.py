@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import sgpo_rs
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -15,7 +16,6 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("trl")
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "quickstart.ipynb"
-PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 
 
 def test_notebook_is_stored_without_outputs():
@@ -26,9 +26,10 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_notebook_executes(tmp_path, monkeypatch):
-    # The kernel is a fresh process: it sees sgpo_rs only if it is installed or on PYTHONPATH (the
-    # source tree, as the test session itself may import it from there).
-    paths = [str(PYTHON_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # The kernel is a fresh process: give it the sgpo_rs this session imported (installed, or a
+    # source tree with its built extension), never a source tree without the extension.
+    paths = [str(Path(sgpo_rs.__file__).resolve().parents[1])]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
