@@ -17,6 +17,7 @@ trl = pytest.importorskip("trl")
 import sgpo_rs as sg  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from sgpo_rs.judge import CallableJudge, Verdict  # noqa: E402
+from sgpo_rs.judge.calling import FailureStreak  # noqa: E402
 from sgpo_rs.trl import SGPOConfig, SGPOTrainer  # noqa: E402
 from sgpo_rs.trl.compat import check_version  # noqa: E402
 from sgpo_rs.trl.judging import completion_text, prompt_text  # noqa: E402
@@ -211,7 +212,7 @@ def test_a_failing_judge_leaves_groups_plain_grpo_with_one_warning(two_reward_tr
     saved = trainer._sgpo_judge_fn, trainer.judge, dict(trainer._sgpo)
     trainer._sgpo_judge_fn = trainer.judge = judge
     trainer._sgpo["sgpo_judge_timeout_s"] = 0.3
-    trainer._sgpo_failed_steps = 0  # one failed step: a warning, far from the stopping limit
+    trainer._sgpo_failed_steps = FailureStreak()  # one failed step: a warning, far from the limit
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

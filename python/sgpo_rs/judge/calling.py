@@ -162,6 +162,21 @@ class JudgeOutcome:
         return self.failed > 0 and self.failed == self.first_error.shape[0]
 
 
+@dataclass
+class FailureStreak:
+    """How many judge calls in a row gave nothing (every row failed); the trainers stop the run
+    after ``limit`` of them instead of letting it go on as plain GRPO."""
+
+    count: int = 0
+
+    def record(self, outcome: JudgeOutcome, limit: Optional[int], message: Callable[[int], str]) -> None:
+        """Counts ``outcome``; at ``limit`` in a row (None: never) raises ``RuntimeError`` with
+        ``message(count)``, chained to the judge's exception."""
+        self.count = self.count + 1 if outcome.all_failed else 0
+        if limit is not None and self.count >= limit:
+            raise RuntimeError(message(self.count)) from outcome.exception
+
+
 def _shown(value: Any, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

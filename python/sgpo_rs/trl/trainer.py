@@ -36,6 +36,7 @@ import torch
 from trl import GRPOTrainer
 
 from ..credit import CreditOptions, length_scores, token_length_scores, tokenizer_offsets
+from ..judge.calling import FailureStreak
 from ..judge.verdict import NO_VERDICT
 from ..rewards import SGPORewards, sgpo_rewards
 from . import loss as _loss
@@ -184,7 +185,7 @@ class SGPOTrainer(GRPOTrainer):
 
         self._sgpo: Dict[str, Any] = sgpo
         self._sgpo_judge_fn = judge_fn
-        self._sgpo_failed_steps = 0
+        self._sgpo_failed_steps = FailureStreak()
         self._sgpo_warned_unknown = False
         if self._sgpo["sgpo_credit_unit"] == "tokens" and not getattr(
             self.processing_class, "is_fast", False
@@ -260,15 +261,17 @@ class SGPOTrainer(GRPOTrainer):
     def _sgpo_judge_health(self, outcome: Any) -> None:
         """Counts judging steps in which the judge gave no verdict at all; after
         ``sgpo_judge_max_failed_steps`` of them in a row, stops training with the judge's error."""
-        self._sgpo_failed_steps = self._sgpo_failed_steps + 1 if outcome.all_failed else 0
         limit = self._sgpo["sgpo_judge_max_failed_steps"]
-        if limit is not None and self._sgpo_failed_steps >= limit:
-            raise RuntimeError(
-                f"SGPO: the judge {judge_name(self.judge)} gave no verdict in {self._sgpo_failed_steps} "
+        self._sgpo_failed_steps.record(
+            outcome,
+            limit,
+            lambda count: (
+                f"SGPO: the judge {judge_name(self.judge)} gave no verdict in {count} "
                 f"consecutive judging steps (step {self.state.global_step}, process "
                 f"{self.accelerator.process_index}); training would go on as plain GRPO. Last failure: "
                 f"{outcome.message}. (sgpo_judge_max_failed_steps={limit}; None never stops)"
-            ) from outcome.exception
+            ),
+        )
 
     def _correct(self, rewards_per_func, inputs, prompts, completions, completion_ids_list):
         """Global correctness, ``(correct, unknown)``: bools per row of the gathered batch;

@@ -25,13 +25,13 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
 from ..credit import length_scores
-from ..judge.calling import as_judge_fn, run_judge
+from ..judge.calling import FailureStreak, as_judge_fn, run_judge
 from .options import _get
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -44,7 +44,7 @@ class _DriverJudge:
 
     judge: Any
     source: str
-    failed_steps: int = 0
+    failures: FailureStreak = field(default_factory=FailureStreak)
 
 
 _driver: Optional[_DriverJudge] = None
@@ -142,14 +142,16 @@ def judge_pending(pending: Any, scores: np.ndarray, codes: np.ndarray, options: 
         start = time.perf_counter()
         outcome = run_judge(judge_fn, problems, responses, judge_rows, timeout_s)
         elapsed = time.perf_counter() - start
-        driver.failed_steps = driver.failed_steps + 1 if outcome.all_failed else 0
         limit = _option(config, "judge_max_failed_steps", DEFAULT_MAX_FAILED_STEPS)
-        if limit is not None and driver.failed_steps >= limit:
-            raise RuntimeError(
-                f"sgpo: the judge gave no verdict in {driver.failed_steps} steps in a row (training would go "
+        driver.failures.record(
+            outcome,
+            limit,
+            lambda count: (
+                f"sgpo: the judge gave no verdict in {count} steps in a row (training would go "
                 f"on as plain GRPO); last failure: {outcome.message} "
                 f"(algorithm.sgpo.judge_max_failed_steps={limit}; null never stops)"
-            ) from outcome.exception
+            ),
+        )
         if outcome.message is not None:
             warnings.warn(f"sgpo_rs.verl: {outcome.message}", RuntimeWarning, stacklevel=2)
         pending.first_error[rows] = outcome.first_error

@@ -7,7 +7,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional
 
 from ..credit import UNITS, length_scores, token_length_scores, tokenizer_offsets
-from ..judge.calling import as_judge_fn, run_judge
+from ..judge.calling import FailureStreak, as_judge_fn, run_judge
 from ..judge.verdict import NO_VERDICT
 from . import verdicts
 
@@ -115,7 +115,7 @@ def make_compute_score(
         raise ValueError(
             f"max_consecutive_failures: expected None or an integer >= 1, got {max_consecutive_failures!r}"
         )
-    failures = [0]  # consecutive responses without a verdict because the judge failed, per worker
+    failures = FailureStreak()  # responses in a row the judge gave nothing for, per worker
     if credit_unit not in UNITS:
         raise ValueError(f"credit_unit: expected one of {UNITS}, got {credit_unit!r}")
     if credit_unit == "tokens":
@@ -134,13 +134,15 @@ def make_compute_score(
             outcome = run_judge(
                 judge_fn, [_problem(extra_info, problem_key)], [solution_str], [row], timeout_s
             )
-            failures[0] = failures[0] + 1 if outcome.all_failed else 0
-            if max_consecutive_failures is not None and failures[0] >= max_consecutive_failures:
-                raise RuntimeError(
-                    f"sgpo_rs.verl: the judge gave no verdict for {failures[0]} responses in a row (the run "
+            failures.record(
+                outcome,
+                max_consecutive_failures,
+                lambda count: (
+                    f"sgpo_rs.verl: the judge gave no verdict for {count} responses in a row (the run "
                     f"would go on as plain GRPO); last failure: {outcome.message} "
                     f"(max_consecutive_failures={max_consecutive_failures}; None never stops)"
-                ) from outcome.exception
+                ),
+            )
             if outcome.message is not None:
                 warnings.warn(f"sgpo_rs.verl: {outcome.message}", RuntimeWarning, stacklevel=2)
             first_error, num_steps, judged = int(outcome.first_error[0]), int(outcome.num_steps[0]), True
