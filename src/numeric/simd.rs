@@ -126,27 +126,10 @@ macro_rules! simd_dispatch {
         $vis fn $name $(<$($g: $bound),+>)? (
             level: $crate::numeric::simd::SimdLevel, $($arg: $ty),*
         ) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                    $inner($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                    $inner($($arg),*)
-                }
-                match level {
-                    // SAFETY: a level never exceeds what the CPU supports (`simd_level`,
-                    // `force_simd_level` cap it).
-                    $crate::numeric::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: as above.
-                    $crate::numeric::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::numeric::simd::SimdLevel::Portable => {}
-                }
-            }
-            let _ = level;
-            $inner($($arg),*)
+            let _ = level; // read only on x86-64
+            $crate::numeric::simd::simd_dispatch!(
+                @run level; $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? => $inner
+            )
         }
     };
     (
@@ -156,27 +139,38 @@ macro_rules! simd_dispatch {
     ) => {
         $(#[$attr])*
         $vis fn $name $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                    $inner($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                    $inner($($arg),*)
-                }
-                match $crate::numeric::simd::simd_level() {
-                    // SAFETY: the level in use never exceeds what the CPU supports.
-                    $crate::numeric::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: as above.
-                    $crate::numeric::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::numeric::simd::SimdLevel::Portable => {}
-                }
-            }
-            $inner($($arg),*)
+            $crate::numeric::simd::simd_dispatch!(
+                @run $crate::numeric::simd::simd_level();
+                $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? => $inner
+            )
         }
     };
+    // The body both forms share: the variants, the match on the level, the baseline.
+    (
+        @run $level:expr; $(<$($g:ident: $bound:path),+>)?
+            ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $inner:path
+    ) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                $inner($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                $inner($($arg),*)
+            }
+            match $level {
+                // SAFETY: a level never exceeds what the CPU supports (`simd_level` and
+                // `force_simd_level` cap it).
+                $crate::numeric::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                $crate::numeric::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                $crate::numeric::simd::SimdLevel::Portable => {}
+            }
+        }
+        $inner($($arg),*)
+    }};
 }
 pub(crate) use simd_dispatch;
 
