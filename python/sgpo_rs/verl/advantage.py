@@ -201,11 +201,13 @@ def sgpo_outcome(
     norm: bool = True,
     credit: Any = None,
 ) -> Tuple[np.ndarray, np.ndarray, SGPORewards]:
-    """(token advantages (N, L), per-row advantages (N,), the rule's result) for the estimators."""
+    """(token advantages (N, L), per-row advantages (N,), the rule's result) for the estimators.
+    ``index`` may already be group codes (int64, as :func:`group_codes` gives): then no uid pass."""
     rewards, _ = _rewards(token_level_rewards)
-    _, result = sgpo_scores(rewards, index, first_error, num_steps, options, correct, credit)
+    codes = group_codes(index, rewards.shape[0])  # once: both steps below take the codes as is
+    _, result = sgpo_scores(rewards, codes, first_error, num_steps, options, correct, credit)
     diversified = result.rewards.astype(np.float64)
-    out, per_row = _outcome(diversified, response_mask, index, rewards.shape, epsilon, norm)
+    out, per_row = _outcome(diversified, response_mask, codes, rewards.shape, epsilon, norm)
     return out, per_row, result
 
 

@@ -30,8 +30,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _core
 from ..credit import length_scores
 from ..judge.calling import FailureStreak, as_judge_fn, run_judge
+from .advantage import _rewards
 from .options import _get
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -116,15 +118,19 @@ def rows_to_judge(correct: np.ndarray, codes: np.ndarray, mode: str) -> np.ndarr
     return np.flatnonzero(incorrect & ~has_correct[codes])
 
 
-def judge_pending(pending: Any, scores: np.ndarray, codes: np.ndarray, options: Any, config: Any) -> None:
+def judge_pending(pending: Any, rewards: Any, codes: np.ndarray, options: Any, config: Any) -> None:
     """Fill ``pending``'s verdicts for the rows the rule uses, with one judge call; length scores
-    (``credit_unit="length"``) come from the judged responses' texts."""
+    (``credit_unit="length"``) come from the judged responses' texts. Correctness is the reward
+    function's ``sgpo_correct``, else ``score > 0`` (the rewards' row sums, read only then)."""
     if options.credit_unit == "tokens":
         raise RuntimeError(
             "sgpo: algorithm.sgpo.credit_unit=tokens needs the policy's tokenizer in the reward function; "
             "with judge_at='advantage' use credit_unit=steps or length"
         )
-    correct = pending.correct if pending.correct is not None else scores > 0
+    if pending.correct is not None:
+        correct = pending.correct
+    else:
+        correct = _core.sequence_scores_core(_rewards(rewards)[0]) > 0
     rows = rows_to_judge(np.asarray(correct, dtype=bool), codes, options.mode)
     pending.judged[:] = False
     pending.first_error[:] = -2

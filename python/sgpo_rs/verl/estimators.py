@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Tuple
 
-from .. import _core
 from . import verdicts
-from .advantage import _rewards, compute_grpo_outcome_advantage, group_codes, metrics_of, sgpo_outcome
+from .advantage import compute_grpo_outcome_advantage, group_codes, metrics_of, sgpo_outcome
 from .deferred import judge_pending
 from .options import SGPOOptions, norm_by_std
 
@@ -49,8 +48,8 @@ def sgpo(
     if len(pending) != rows:
         raise ValueError(f"sgpo verdicts: expected {rows} rows like token_level_rewards, got {len(pending)}")
     if pending.deferred:
-        rewards, _ = _rewards(token_level_rewards)
-        judge_pending(pending, _core.sequence_scores_core(rewards), group_codes(index, rows), options, config)
+        index = group_codes(index, rows)  # the uid pass once, for the judging and the rule
+        judge_pending(pending, token_level_rewards, index, options, config)
     by_length = options.credit_unit in ("length", "tokens")
     if by_length and pending.score is None:
         raise RuntimeError(
