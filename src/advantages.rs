@@ -193,6 +193,26 @@ pub fn token_advantages<M: MaskElem>(
     token_advantages_rows(advantages, Rows::contiguous("mask", mask, rows, len)?, out)
 }
 
+/// `(N, L)` from the shapes of `advantages` (`(N,)`) and `mask` (`(N, L)`), with one message for
+/// every entry point.
+pub fn token_shape(advantages: &[usize], mask: &[usize]) -> Result<(usize, usize)> {
+    let &[rows] = advantages else {
+        return Err(Error::shape(
+            "advantages",
+            "(N,) (one value per row)",
+            crate::error::shape_text(advantages),
+        ));
+    };
+    match *mask {
+        [r, len] if r == rows => Ok((rows, len)),
+        _ => Err(Error::shape(
+            "mask",
+            format!("({rows}, L) matching advantages ({rows},)"),
+            crate::error::shape_text(mask),
+        )),
+    }
+}
+
 /// [`token_advantages`] over mask rows that may stand apart (a column slice of a wider mask);
 /// `out` is C-contiguous `(N, L)`.
 pub fn token_advantages_rows<M: MaskElem>(

@@ -37,12 +37,20 @@ pub enum Error {
     #[error("{arg}: expected dtype {expected}, got {got}")]
     Dtype {
         arg: &'static str,
-        expected: &'static str,
+        expected: std::borrow::Cow<'static, str>,
         got: String,
     },
     /// A result that does not fit the float32 output (the inputs were finite but extreme).
     #[error("{arg}: result overflows float32 ({detail})")]
     Overflow { arg: &'static str, detail: String },
+    /// A tensor on another device than the call's inputs (the CUDA path never copies between
+    /// devices).
+    #[error("{arg}: expected a tensor on {expected}, got one on {got}")]
+    Device {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
     /// The CUDA path cannot run: no driver or NVRTC library, a compile or launch failure.
     #[error("CUDA: {0}")]
     Cuda(String),
@@ -66,5 +74,29 @@ impl Error {
             expected: expected.into(),
             got: got.into(),
         }
+    }
+}
+
+/// A shape as Python prints one (`(4, 8)`, `(4,)`, `()`), so messages read like the caller's
+/// own `.shape` whichever entry point raised them.
+pub fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        dims => {
+            let inner: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            format!("({})", inner.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_print_like_python_tuples() {
+        assert_eq!(shape_text(&[]), "()");
+        assert_eq!(shape_text(&[4]), "(4,)");
+        assert_eq!(shape_text(&[4, 8]), "(4, 8)");
     }
 }

@@ -536,6 +536,7 @@ fn invalid_inputs_name_their_argument() {
             | Error::NonFinite { arg, .. }
             | Error::Choice { arg, .. }
             | Error::Dtype { arg, .. }
+            | Error::Device { arg, .. }
             | Error::Overflow { arg, .. } => *arg,
             Error::Cuda(message) => panic!("{what}: the CPU rule raised a CUDA error: {message}"),
         };

@@ -117,9 +117,9 @@ def flag(name: str, value: Any) -> bool:
 
 
 def logprobs(name: str, value: Any) -> Tuple[np.ndarray, str]:
-    """Log-probabilities as float32/float64, or half-precision bits as uint16 plus their dtype."""
+    """Log-probabilities as float32/float64, or half-precision bits as uint16 plus their dtype
+    (shapes are the core's to check, with the same message on every path)."""
     array = _as_array(name, value)
-    _check_ndim(name, array, (2,), "a 2-D array (B, T)")
     if array.dtype == np.float32 or array.dtype == np.float64:
         return np.ascontiguousarray(array), "none"
     if array.dtype == np.float16:
@@ -134,8 +134,6 @@ def same_logprobs(name: str, value: Any, like: np.ndarray, half: str) -> Optiona
     if value is None:
         return None
     array, its_half = logprobs(name, value)
-    if array.shape != like.shape:
-        raise ValueError(f"{name}: expected shape {like.shape} like logp, got {array.shape}")
     if array.dtype != like.dtype or its_half != half:
         # Different precisions: bring the companion to logp's dtype (one copy).
         full = np.asarray(value)
@@ -146,11 +144,9 @@ def same_logprobs(name: str, value: Any, like: np.ndarray, half: str) -> Optiona
     return array
 
 
-def mask(value: Any, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+def mask(value: Any) -> np.ndarray:
+    """A mask in a dtype the core reads (its shape is the core's to check)."""
     array = _as_array("mask", value)
-    _check_ndim("mask", array, (2,), "a 2-D array (B, T)")
-    if shape is not None and array.shape != shape:
-        raise ValueError(f"mask: expected shape {shape}, got {array.shape}")
     if array.dtype not in _MASK_DTYPES:
         if array.dtype.kind in "iu":
             array = array.astype(np.int64)
@@ -161,14 +157,11 @@ def mask(value: Any, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def advantages(value: Any, batch: int, length: Optional[int] = None) -> np.ndarray:
+def advantages(value: Any) -> np.ndarray:
+    """Advantages as contiguous float32 (their shape is the core's to check)."""
     array = _as_array("advantages", value)
     if _is_bfloat16(array.dtype) or array.dtype == np.float16:
         array = array.astype(np.float32)
     if array.dtype.kind not in "fiu":
         raise TypeError(f"advantages: expected real numbers, got dtype {array.dtype}")
-    expected = f"({batch},)" if length is None else f"({batch},) or ({batch}, {length})"
-    ok = array.shape == (batch,) or (length is not None and array.shape == (batch, length))
-    if not ok:
-        raise ValueError(f"advantages: expected shape {expected}, got {array.shape}")
     return np.ascontiguousarray(array, dtype=np.float32)

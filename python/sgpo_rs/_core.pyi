@@ -92,112 +92,87 @@ def cpu_simd_level() -> str: ...
 def set_simd_level(level: Optional[str] = None) -> str: ...
 
 # The CUDA path (present when the extension was built with the `cuda` feature; see
-# `cuda_built`). Pointers are `tensor.data_ptr()` values, `stream_handle` a CUstream
-# (`torch.cuda.current_stream().cuda_stream`); launches are asynchronous and errors in the
-# inputs land in the 16-byte status buffer (`sgpo_rs._cuda` reads it).
+# `cuda_built`). Every tensor is passed as a `Tensor` description, which the core checks (device,
+# dtype, shape, layout, the size of every buffer) before it launches anything; `stream_handle` is
+# a CUstream (`torch.cuda.current_stream().cuda_stream`). Launches are asynchronous and errors in
+# the inputs land in the 16-byte status buffer (`sgpo_rs._cuda` reads it).
 cuda_built: bool
-LogitsLayout = Tuple[int, str, int, int, int, int, int]
-"""(data_ptr, dtype, rows, vocab, row_stride, group_rows, group_stride)"""
+Tensor = Tuple[int, str, Tuple[int, ...], Tuple[int, ...], str]
+"""(data_ptr, dtype without "torch.", shape, strides in elements, str(device))"""
+Groups = Tuple[Optional[int], Optional[Tuple[Tensor, Tensor]]]
+"""(group_size, None) for consecutive groups, or (None, (order, starts)) built from group ids"""
 
 def cuda_availability() -> Dict[str, Any]: ...
-def cuda_status_bits() -> Dict[str, int]: ...
 def cuda_device(ordinal: int) -> Tuple[str, int]: ...
 def cuda_compile_all(arch: int, *, verbose: bool = False) -> List[Tuple[str, int, str]]: ...
 def cuda_selective_logprobs(
-    device: int,
     stream_handle: int,
-    logits: LogitsLayout,
-    targets: int,
+    logits: Tensor,
+    targets: Tensor,
     temperature: float,
-    logp: int,
-    entropy: Optional[int],
-    status: int,
-    stats: Optional[int] = None,
+    logp: Tensor,
+    entropy: Optional[Tensor],
+    status: Tensor,
+    stats: Optional[Tensor] = None,
 ) -> None: ...
 def cuda_selective_logprobs_backward(
-    device: int,
     stream_handle: int,
-    logits: LogitsLayout,
-    targets: int,
+    logits: Tensor,
+    targets: Tensor,
     temperature: float,
-    grad_logp: int,
-    grad_entropy: Optional[int],
-    dlogits: int,
-    out_stride: int,
-    status: int,
-    stats: Optional[int] = None,
+    grad_logp: Tensor,
+    grad_entropy: Optional[Tensor],
+    dlogits: Tensor,
+    status: Tensor,
+    stats: Optional[Tensor] = None,
 ) -> None: ...
 def cuda_loss_workspace_len(batch: int, len: int) -> int: ...
 def cuda_policy_loss(
-    device: int,
     stream_handle: int,
-    logp: int,
-    old_logp: int,
-    ref_logp: int,
-    advantages: int,
-    advantages_per_token: bool,
-    mask: int,
-    dtype: str,
-    mask_dtype: str,
-    batch: int,
-    len: int,
+    logp: Tensor,
+    old_logp: Optional[Tensor],
+    ref_logp: Optional[Tensor],
+    advantages: Tensor,
+    mask: Tensor,
     options: Dict[str, Any],
-    grad: int,
-    workspace: int,
-    out: int,
-    status: int,
+    grad: Tensor,
+    workspace: Tensor,
+    out: Tensor,
+    status: Tensor,
 ) -> List[Tuple[str, int]]: ...
 def cuda_reward_scratch_len(num_groups: int) -> int: ...
 def cuda_sgpo_rewards(
-    device: int,
     stream_handle: int,
-    rows: int,
-    num_groups: int,
-    group_size: int,
-    order: int,
-    starts: int,
-    rewards: int,
-    first_error: int,
-    num_steps: int,
-    credit: int,
-    correct: int,
+    groups: Groups,
+    rewards: Tensor,
+    first_error: Optional[Tensor],
+    num_steps: Optional[Tensor],
+    credit: Optional[Tensor],
+    correct: Optional[Tensor],
     credit_scale: float,
     mode: str,
-    out_rewards: int,
-    out_credit: int,
-    out_all_negative: int,
-    out_diversified: int,
-    out_stats: int,
-    scratch: int,
-    status: int,
+    out_rewards: Tensor,
+    out_credit: Tensor,
+    out_all_negative: Tensor,
+    out_diversified: Tensor,
+    out_stats: Tensor,
+    scratch: Tensor,
+    status: Tensor,
     rule: str = "prefix",
     beta: float = 5.0,
     gamma: float = 0.5,
 ) -> None: ...
 def cuda_group_advantages(
-    device: int,
     stream_handle: int,
-    rows: int,
-    num_groups: int,
-    group_size: int,
-    order: int,
-    starts: int,
-    rewards: int,
+    groups: Groups,
+    rewards: Tensor,
     scale: str,
     eps: float,
     singleton: str,
-    out: int,
-    scratch: int,
-    status: int,
+    out: Tensor,
+    scratch: Tensor,
+    status: Tensor,
 ) -> None: ...
 def cuda_token_advantages(
-    device: int,
-    stream_handle: int,
-    advantages: int,
-    mask: int,
-    mask_dtype: str,
-    rows: int,
-    len: int,
-    out: int,
-    status: int,
+    stream_handle: int, advantages: Tensor, mask: Tensor, out: Tensor, status: Tensor
 ) -> None: ...

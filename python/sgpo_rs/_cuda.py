@@ -2,11 +2,17 @@
 
 Every output is allocated with torch on the input's device; the Rust core launches the kernels of
 ``kernels/*.cu`` (compiled with NVRTC on first use, once per device and process) on torch's
-current stream, on the tensors' own memory (``data_ptr()``: no copies). The kernels write input
-errors (NaN at an unmasked token, a target outside the vocabulary) into a 16-byte status buffer;
-``check=True`` (the default) reads it after the launches - one small device-to-host copy, which
-waits for the stream - and raises the ``ValueError`` the CPU path would raise. ``check=False``
-keeps everything asynchronous (then invalid inputs give NaN or undefined values, as in torch).
+current stream, on the tensors' own memory (``data_ptr()``: no copies). Each tensor is handed
+over as a description (pointer, dtype, shape, strides, device) that the core checks - with the
+CPU path's shape rules and messages, and the device, layout and size of every buffer - before
+anything is launched; what stays here is allocation through torch and the current stream.
+
+The kernels write input errors (NaN at an unmasked token, a target outside the vocabulary) into a
+16-byte status buffer; ``check=True`` (the default) reads it after the launches - one small
+device-to-host copy, which waits for the stream - and, when it is set, reruns the call on host
+copies of the inputs through the CPU engine, which raises its own error (so the message is the
+CPU path's; the copy happens on the error path only). ``check=False`` keeps everything
+asynchronous (then invalid inputs give NaN or undefined values, as in torch).
 
 libnvrtc is found in the ``nvidia-cuda-nvrtc`` package that CUDA builds of torch install (or at
 ``$SGPO_RS_NVRTC``), preferring the CUDA major version torch was built with, and loaded before the
@@ -18,12 +24,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 from . import _core, _nvrtc
-
-# Status bits the host distinguishes, as the engine defines them for the kernels
-# (src/cuda/status.rs); every other bit is located from the inputs on the error path.
-_STATUS_BITS = _core.cuda_status_bits() if getattr(_core, "cuda_built", False) else {}
-NONFINITE_INPUT = _STATUS_BITS.get("NONFINITE_INPUT", 0)
-OVERFLOW = _STATUS_BITS.get("OVERFLOW", 0)
 
 
 def load_nvrtc() -> Optional[str]:
@@ -64,16 +64,35 @@ def is_cuda(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and getattr(device, "type", None) == "cuda"
 
 
-def _stream(device: Any) -> Tuple[int, int]:
+def _stream_handle(device: Any) -> int:
+    """torch's current stream on ``device`` (0 off CUDA, where the core refuses the tensors)."""
     import torch
 
-    return device.index, torch.cuda.current_stream(device).cuda_stream
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-def _same_device(device: Any, **tensors: Any) -> None:
-    for name, t in tensors.items():
-        if t is not None and t.device != device:
-            raise RuntimeError(f"{name}: expected a tensor on {device} like the other inputs, got {t.device}")
+def _describe(t: Optional[Any]) -> Optional[Tuple[int, str, Tuple[int, ...], Tuple[int, ...], str]]:
+    """A tensor as the core's CUDA binding takes it: ``(data_ptr, dtype, shape, strides,
+    device)``. The core checks every such description (device, dtype, shape, layout, buffer
+    sizes) before it launches anything."""
+    if t is None:
+        return None
+    return (t.data_ptr(), str(t.dtype)[6:], tuple(t.shape), t.stride(), str(t.device))
+
+
+def _engine_error(what: str, bits: int, rerun: Any) -> Exception:
+    """The CPU engine's own error for inputs a kernel flagged: ``rerun`` repeats the call on host
+    copies of the caller's inputs (the error path only: a clean call never copies), so a message
+    is the same on both devices. A kernel that flags what the CPU accepts is a bug, reported as
+    such."""
+    try:
+        rerun()
+    except (ValueError, TypeError) as error:
+        return error
+    return RuntimeError(
+        f"{what}: the CUDA kernel reported status {bits:#x} for inputs the CPU path accepts; "
+        f"please report this"
+    )
 
 
 def _new_status(device: Any) -> Any:
@@ -93,95 +112,50 @@ def _read_status(status: Any) -> Tuple[int, int]:
     return _decode_status(*status.tolist())
 
 
-def _mask_input(mask: Any) -> Tuple[Any, str]:
+def _mask_input(mask: Any) -> Any:
+    """A mask as the kernels read it: bool as its bytes, uint8 as is, other real dtypes as float32
+    weights (the core checks the dtype it gets)."""
     import torch
 
     if mask.dtype == torch.bool:
-        return mask.contiguous().view(torch.uint8), "bool"
+        return mask.contiguous().view(torch.uint8)
     if mask.dtype == torch.uint8:
-        return mask.contiguous(), "uint8"
+        return mask.contiguous()
     if mask.dtype.is_complex:
         raise TypeError(f"mask: expected bool, integer or float values, got dtype {mask.dtype}")
-    return mask.contiguous().to(torch.float32), "float32"
+    return mask.contiguous().to(torch.float32)
 
 
-_FLOAT_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+def _advantages_input(advantages: Any) -> Any:
+    """Advantages as the kernels read them: contiguous float32 (real dtypes only, as on the CPU)."""
+    import torch
 
-
-def _float_name(name: str, t: Any) -> str:
-    dtype = _FLOAT_NAMES.get(str(t.dtype))
-    if dtype is None:
-        raise TypeError(f"{name}: expected dtype float32, bfloat16 or float16 on CUDA, got {t.dtype}")
-    return dtype
+    if advantages.dtype.is_complex or advantages.dtype == torch.bool:
+        raise TypeError(f"advantages: expected real numbers, got dtype {advantages.dtype}")
+    return advantages.detach().to(torch.float32).contiguous()
 
 
 # --- selective log-softmax ----------------------------------------------------------------------
 
 
-def _logits_layout(logits: Any) -> Tuple[Any, int, int, int, int, int]:
-    """``(x, rows, vocab, row_stride, group_rows, group_stride)``: how the kernels address the rows
-    of ``logits`` in place. A 3-D ``(B, T, V)`` view with any batch and row strides (TRL's
-    ``logits[:, :-1]``) is read without a copy; only a vocabulary dimension that is not contiguous
-    is copied."""
+def _logits_view(logits: Any) -> Any:
+    """``logits`` as the kernels read it in place: a 2-D ``(N, V)`` or 3-D ``(B, T, V)`` view with
+    any row strides (TRL's ``logits[:, :-1]`` is not copied); only a vocabulary dimension that is
+    not contiguous is copied."""
     x = logits.detach()
-    vocab = x.shape[-1]
-    if vocab > 0 and x.stride(-1) != 1:
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
-    if x.dim() == 3:
-        batch, length = x.shape[0], x.shape[1]
-        row_stride = x.stride(1) if length > 1 else vocab
-        group_stride = x.stride(0) if batch > 1 else max(length, 1) * row_stride
-        return x, batch * length, vocab, row_stride, max(length, 1), group_stride
-    if x.dim() != 2:
-        x = x.reshape(-1, vocab)
-    rows = x.shape[0]
-    row_stride = x.stride(0) if rows > 1 else vocab
-    return x, rows, vocab, row_stride, max(rows, 1), 0
+    if x.dim() not in (2, 3):
+        x = x.reshape(-1, x.shape[-1])
+    return x
 
 
-def _first(flags: Any) -> Optional[int]:
-    """Flat index of the first True of a bool tensor, or None (error paths only)."""
-    hit = flags.reshape(-1).nonzero()
-    return None if hit.numel() == 0 else int(hit[0, 0])
+def _rows(x: Any) -> int:
+    return x.numel() // x.shape[-1] if x.shape[-1] else int(x.shape[:-1].numel())
 
 
-def _check_logprob_status(
-    status: Any, logits: Any, targets: Any, temperature: float, grads: Tuple[Tuple[str, Any], ...] = ()
-) -> None:
-    """Raises the CPU path's error for the inputs the kernels flagged. The status only says that
-    something is wrong; the offending element is located here, in the CPU's order (upstream
-    gradients, targets, then non-finite logits, then rows without a finite logit)."""
-    bits, _ = _read_status(status)
-    if bits == 0:
-        return
-    for name, g in grads:
-        _check_finite_rows(name, g)
-    vocab = logits.shape[-1]
-    row = _first((targets < 0) | (targets >= vocab))
-    if row is not None:
-        raise ValueError(f"targets: expected token ids in [0, {vocab}), got {int(targets[row])} at row {row}")
-    z = logits.detach().reshape(-1, vocab).float() / temperature
-    at = _first(z.isnan() | (z == float("inf")))
-    if at is not None:
-        i, j = divmod(at, vocab)
-        raise ValueError(
-            f"logits: expected finite values, found {float(z[i, j])} at ({i}, {j}) "
-            f"(a logit may be -inf, never NaN or +inf)"
-        )
-    row = _first((z == float("-inf")).all(-1))
-    if row is not None:
-        raise ValueError(f"logits: row {row} has no token of non-zero probability (every logit is -inf)")
-    raise RuntimeError(f"selective log-softmax: the kernel reported status {bits:#x}")
-
-
-def _check_finite_rows(name: str, g: Optional[Any]) -> None:
-    if g is None:
-        return
-    import torch
-
-    row = _first(~torch.isfinite(g))
-    if row is not None:
-        raise ValueError(f"{name}: expected finite values, found {float(g[row])} at row {row}")
+def _per_row(x: Optional[Any], dtype: Any) -> Optional[Any]:
+    return None if x is None else x.detach().reshape(-1).to(dtype).contiguous()
 
 
 def selective_logprobs(
@@ -194,33 +168,32 @@ def selective_logprobs(
     import torch
 
     _require()
-    dtype = _float_name("logits", logits)
-    _same_device(logits.device, targets=targets)
     lead = tuple(logits.shape[:-1])
-    x, rows, vocab, row_stride, group_rows, group_stride = _logits_layout(logits)
-    t = targets.detach().reshape(-1).to(torch.int64).contiguous()
-    if t.numel() != rows:
-        raise ValueError(
-            f"targets: expected shape {lead} (one token id per row of logits), got {tuple(targets.shape)}"
-        )
+    x = _logits_view(logits)
+    rows = _rows(x)
+    t = _per_row(targets, torch.int64)
     logp = torch.empty(rows, dtype=torch.float32, device=x.device)
     ent = torch.empty(rows, dtype=torch.float32, device=x.device) if entropy else None
     stats = torch.empty((rows, 3), dtype=torch.float32, device=x.device) if keep_stats else None
     status = _new_status(x.device)
-    device, stream = _stream(x.device)
     _core.cuda_selective_logprobs(
-        device,
-        stream,
-        (x.data_ptr(), dtype, rows, vocab, row_stride, group_rows, group_stride),
-        t.data_ptr(),
+        _stream_handle(x.device),
+        _describe(x),
+        _describe(t),
         float(temperature),
-        logp.data_ptr(),
-        None if ent is None else ent.data_ptr(),
-        status.data_ptr(),
-        None if stats is None else stats.data_ptr(),
+        _describe(logp),
+        _describe(ent),
+        _describe(status),
+        _describe(stats),
     )
     if check:
-        _check_logprob_status(status, logits, t, temperature)
+        bits, _ = _read_status(status)
+        if bits:
+            raise _engine_error(
+                "selective log-softmax",
+                bits,
+                lambda: _cpu_selective_logprobs(logits, targets, temperature, entropy),
+            )
     result = (logp.reshape(lead), None if ent is None else ent.reshape(lead))
     return result + (stats,) if keep_stats else result
 
@@ -242,95 +215,56 @@ def selective_logprobs_backward(
     import torch
 
     _require()
-    dtype = _float_name("logits", logits)
-    x, rows, vocab, row_stride, group_rows, group_stride = _logits_layout(logits)
-    t = targets.detach().reshape(-1).to(torch.int64).contiguous()
-    g = None if grad_logp is None else grad_logp.detach().reshape(-1).to(torch.float32).contiguous()
-    gh = None if grad_entropy is None else grad_entropy.detach().reshape(-1).to(torch.float32).contiguous()
-    # A tensor on another device would hand the kernel a pointer it cannot read.
-    _same_device(x.device, targets=t, grad_logp=g, grad_entropy=gh, stats=stats)
-    for name, v in (("targets", t), ("grad_logp", g), ("grad_entropy", gh)):
-        if v is not None and v.numel() != rows:
-            raise ValueError(f"{name}: expected {rows} values (one per row of logits), got {v.numel()}")
-    if stats is not None and (tuple(stats.shape) != (rows, 3) or stats.dtype != torch.float32):
-        raise ValueError(f"stats: expected the forward's float32 ({rows}, 3) row statistics on {x.device}")
+    x = _logits_view(logits)
+    rows = _rows(x)
+    t = _per_row(targets, torch.int64)
+    g = _per_row(grad_logp, torch.float32)
+    gh = _per_row(grad_entropy, torch.float32)
     if g is None:
         g = torch.zeros(rows, dtype=torch.float32, device=x.device)
     if in_place and x.data_ptr() != logits.data_ptr():
         raise ValueError("logits: an in-place backward needs logits whose last dimension is contiguous")
-    out = x if in_place else torch.empty((rows, vocab), dtype=x.dtype, device=x.device)
+    out = x if in_place else torch.empty((rows, x.shape[-1]), dtype=x.dtype, device=x.device)
     status = _new_status(x.device)
-    device, stream = _stream(x.device)
     _core.cuda_selective_logprobs_backward(
-        device,
-        stream,
-        (x.data_ptr(), dtype, rows, vocab, row_stride, group_rows, group_stride),
-        t.data_ptr(),
+        _stream_handle(x.device),
+        _describe(x),
+        _describe(t),
         float(temperature),
-        g.data_ptr(),
-        None if gh is None else gh.data_ptr(),
-        out.data_ptr(),
-        vocab,
-        status.data_ptr(),
-        None if stats is None else stats.contiguous().data_ptr(),
+        _describe(g),
+        _describe(gh),
+        _describe(out),
+        _describe(status),
+        _describe(stats),
     )
     if check:
-        _check_logprob_status(status, logits, t, temperature, (("grad_logp", g), ("grad_entropy", gh)))
+        bits, _ = _read_status(status)
+        if bits:
+            raise _engine_error(
+                "selective log-softmax backward",
+                bits,
+                lambda: _cpu_selective_logprobs_backward(logits, targets, temperature, g, gh),
+            )
     return logits if in_place else out.reshape(logits.shape)
 
 
+def _cpu_selective_logprobs(logits: Any, targets: Any, temperature: float, entropy: bool) -> None:
+    from . import torch as sg_torch
+
+    x = logits.detach().cpu()
+    sg_torch.selective_log_softmax(x, targets.detach().cpu().reshape(x.shape[:-1]), temperature, entropy)
+
+
+def _cpu_selective_logprobs_backward(logits: Any, targets: Any, temperature: float, g: Any, gh: Any) -> None:
+    from . import torch as sg_torch
+
+    x = logits.detach().cpu()
+    lead = tuple(x.shape[:-1])
+    host = [None if v is None else v.cpu().reshape(lead) for v in (targets.detach(), g, gh)]
+    sg_torch._cpu_logprobs_backward(x, host[0], temperature, host[1], host[2])
+
+
 # --- policy loss --------------------------------------------------------------------------------
-
-
-def _loss_error(
-    bits: int,
-    first: int,
-    lp: Any,
-    old: Optional[Any],
-    ref: Optional[Any],
-    adv: Any,
-    weights: Any,
-) -> Exception:
-    """The CPU path's error for flagged loss inputs, located here in the CPU's order: per-row
-    advantages, the mask, then the first unmasked token with a non-finite input (checking logp,
-    old_logp, ref_logp, advantages there), then an overflowing gradient or loss."""
-    import torch
-
-    length = lp.shape[1]
-    if adv.dim() == 1:
-        row = _first(~torch.isfinite(adv))
-        if row is not None:
-            return ValueError(f"advantages: expected finite values, found {float(adv[row])} at row {row}")
-    at = _first(~((weights >= 0) & torch.isfinite(weights)))
-    if at is not None:
-        i, t = divmod(at, length)
-        return ValueError(f"mask: expected finite weights >= 0, got {float(weights[i, t])} at ({i}, {t})")
-    if bits & NONFINITE_INPUT:
-        inputs = [("logp", lp), ("old_logp", old), ("ref_logp", ref)]
-        if adv.dim() == 2:
-            inputs.append(("advantages", adv))
-        bad = torch.zeros_like(weights, dtype=torch.bool)
-        for _, x in inputs:
-            if x is not None:
-                bad |= ~torch.isfinite(x.float())
-        at = _first(bad & (weights != 0))
-        if at is not None:
-            i, t = divmod(at, length)
-            for name, x in inputs:
-                if x is not None and not bool(torch.isfinite(x[i, t].float())):
-                    value = float(x[i, t])
-                    return ValueError(
-                        f"{name}: expected finite values, found {value} at ({i}, {t}) (an unmasked token)"
-                    )
-    if bits & OVERFLOW:
-        if first >= 0:
-            i, t = divmod(first, length)
-            return ValueError(
-                f"grad: result overflows float32 (the gradient at ({i}, {t}) is not finite; "
-                f"check the log-probability gaps)"
-            )
-        return ValueError("loss: result overflows float32 (check the log-probability gaps)")
-    return RuntimeError(f"policy loss: the kernel reported status {bits:#x}")
 
 
 def policy_loss(
@@ -344,100 +278,75 @@ def policy_loss(
     out: Optional[Any] = None,
 ) -> Tuple[Any, Any, Dict[str, float]]:
     """``(loss, grad, metrics)``: a 0-dim float32 loss and the float32 ``(B, T)`` gradient on the
-    device, and the metrics as floats (read with the status)."""
+    device, and the metrics as floats (read with the status). Shapes, dtypes and devices are
+    checked by the core (the CPU path's rules and messages) before anything is launched."""
     import torch
 
     _require()
-    if logp.dim() != 2:
-        raise ValueError(f"logp: expected a 2-D tensor (B, T), got shape {tuple(logp.shape)}")
-    batch, length = logp.shape
-    dtype = _float_name("logp", logp)
-    device = logp.device
-    _same_device(device, old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, mask=mask)
-
-    def same(name: str, x: Optional[Any]) -> Optional[Any]:
-        if x is None:
-            return None
-        if tuple(x.shape) != (batch, length):
-            raise ValueError(f"{name}: expected shape {(batch, length)} like logp, got {tuple(x.shape)}")
-        return x.detach().to(logp.dtype).contiguous()
-
     lp = logp.detach().contiguous()
-    old = same("old_logp", old_logp)
-    ref = same("ref_logp", ref_logp) if options.get("beta", 0.0) != 0.0 else None
-    if tuple(mask.shape) != (batch, length):
-        raise ValueError(f"mask: expected shape {(batch, length)} like logp, got {tuple(mask.shape)}")
-    m, mask_dtype = _mask_input(mask.detach())
-    if advantages.dtype.is_complex or advantages.dtype == torch.bool:
-        raise TypeError(f"advantages: expected real numbers, got dtype {advantages.dtype}")
-    adv = advantages.detach().to(torch.float32).contiguous()
-    if tuple(adv.shape) not in ((batch,), (batch, length)):
-        raise ValueError(
-            f"advantages: expected shape ({batch},) or ({batch}, {length}), got {tuple(adv.shape)}"
-        )
-    per_token = adv.dim() == 2
+    batch, length = tuple(lp.shape) if lp.dim() == 2 else (0, 0)
+    old = None if old_logp is None else old_logp.detach().to(lp.dtype).contiguous()
+    ref = None if ref_logp is None else ref_logp.detach().to(lp.dtype).contiguous()
+    m = _mask_input(mask.detach())
+    adv = _advantages_input(advantages)
     if out is None:
-        grad = torch.empty((batch, length), dtype=torch.float32, device=device)
-    elif (
-        not isinstance(out, torch.Tensor)
-        or out.dtype != torch.float32
-        or tuple(out.shape) != (batch, length)
-        or not out.is_contiguous()
-        or out.device != device
-    ):
-        raise ValueError(f"out: expected a contiguous float32 tensor of shape {(batch, length)} on {device}")
-    else:
+        grad = torch.empty((batch, length), dtype=torch.float32, device=lp.device)
+    elif isinstance(out, torch.Tensor):
         grad = out
-    workspace = torch.empty(_core.cuda_loss_workspace_len(batch, length), dtype=torch.float64, device=device)
+    else:
+        raise TypeError(f"out: expected a float32 CUDA tensor, got {type(out).__name__}")
+    workspace = torch.empty(
+        _core.cuda_loss_workspace_len(batch, length), dtype=torch.float64, device=lp.device
+    )
     # The loss and metric slots (12 float64) and the status (2 int64) in one zeroed buffer, so
     # the host reads both with one copy (one wait for the stream).
-    results = torch.zeros(14, dtype=torch.int64, device=device)
-    out = results[:12].view(torch.float64)
+    results = torch.zeros(14, dtype=torch.int64, device=lp.device)
+    values = results[:12].view(torch.float64)
     status = results[12:]
-    ordinal, stream = _stream(device)
     slots = _core.cuda_policy_loss(
-        ordinal,
-        stream,
-        lp.data_ptr(),
-        0 if old is None else old.data_ptr(),
-        0 if ref is None else ref.data_ptr(),
-        adv.data_ptr(),
-        per_token,
-        m.data_ptr(),
-        dtype,
-        mask_dtype,
-        batch,
-        length,
+        _stream_handle(lp.device),
+        _describe(lp),
+        _describe(old),
+        _describe(ref),
+        _describe(adv),
+        _describe(m),
         options,
-        grad.data_ptr(),
-        workspace.data_ptr(),
-        out.data_ptr(),
-        status.data_ptr(),
+        _describe(grad),
+        _describe(workspace),
+        _describe(values),
+        _describe(status),
     )
     metrics: Dict[str, float] = {}
     if check:
         host = results.cpu()
-        bits, first = _decode_status(*host[12:].tolist())
-        if bits:
-            weights = m.float() if m.dtype == torch.uint8 else m
-            raise _loss_error(bits, first, lp, old, ref, adv, weights)
-        values = host[:12].view(torch.float64).tolist()
-        metrics = {name: values[slot] for name, slot in slots}
-        for name, value in metrics.items():
-            if value in (float("inf"), float("-inf")):
-                raise ValueError(
-                    f"metrics: result overflows float32 ({name} is {value}; "
-                    f"check the magnitudes of the inputs)"
-                )
-    return out[0].to(torch.float32), grad, metrics
+        bits, _ = _decode_status(*host[12:].tolist())
+        slot_values = host[:12].view(torch.float64).tolist()
+        metrics = {name: slot_values[slot] for name, slot in slots}
+        if bits or any(abs(v) == float("inf") for v in metrics.values()):
+            raise _engine_error(
+                "policy loss",
+                bits,
+                lambda: _cpu_policy_loss(logp, old_logp, ref_logp, advantages, mask, options),
+            )
+    return values[0].to(torch.float32), grad, metrics
+
+
+def _cpu_policy_loss(
+    logp: Any, old_logp: Any, ref_logp: Any, advantages: Any, mask: Any, options: Dict[str, Any]
+) -> None:
+    from . import torch as sg_torch
+
+    host = [None if x is None else x.detach().cpu() for x in (logp, old_logp, ref_logp, advantages, mask)]
+    sg_torch._forward(host[0], host[1], host[2], host[3], host[4], options, 1)
 
 
 # --- rewards and advantages ---------------------------------------------------------------------
 
 
 def _device_groups(rows: int, group_size: Optional[int], group_ids: Optional[Any], device: Any):
-    """``(num_groups, group_size, order, starts)`` on the device: contiguous groups, or CSR
-    built from ``group_ids`` with a stable sort (members keep their row order)."""
+    """``(num_groups, groups)``: ``groups`` as the core takes them, ``(group_size, None)`` for
+    consecutive groups or ``(None, (order, starts))``, CSR built on the device from
+    ``group_ids`` with a stable sort (members keep their row order)."""
     import torch
 
     from . import _arrays
@@ -451,13 +360,7 @@ def _device_groups(rows: int, group_size: Optional[int], group_ids: Optional[Any
             raise ValueError(
                 "group_size: give group_size (consecutive rows, TRL) or group_ids (one id per row, verl)"
             )
-        if group_size < 1:
-            raise ValueError(f"group_size: expected a positive group size, got {group_size}")
-        if rows % group_size:
-            raise ValueError(
-                f"group_size: expected a divisor of the number of rows ({rows}), got {group_size}"
-            )
-        return rows // group_size, group_size, None, None
+        return (rows // group_size if group_size > 0 else 0), (group_size, None)
     if not isinstance(group_ids, torch.Tensor):
         # Strings (verl uids) and lists become int64 codes on the host, as on the CPU path.
         group_ids = torch.from_numpy(_arrays.group_ids(group_ids))
@@ -469,74 +372,12 @@ def _device_groups(rows: int, group_size: Optional[int], group_ids: Optional[Any
     counts = torch.bincount(inverse)
     starts = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
     starts[1:] = torch.cumsum(counts, 0)
-    return counts.numel(), 0, order, starts
+    return counts.numel(), (None, (_describe(order), _describe(starts)))
 
 
-def _verdict_error(first_error: Any, num_steps: Any) -> Optional[Exception]:
-    """The first invalid verdict in row order, with the CPU path's message (error path only)."""
-    k, n = first_error, num_steps
-    bad = (n < 0) | (k < -2) | ((k != -2) & ((n == 0) | (k >= n)))
-    row = _first(bad)
-    if row is None:
-        return None
-    k, n = int(k[row]), int(n[row])
-    if n < 0:
-        return ValueError(f"num_steps: expected values >= 1, got {n} at row {row}")
-    if k < -2:
-        return ValueError(
-            f"first_error: expected -2 (not judged), -1 (no wrong step) or a step index >= 0, "
-            f"got {k} at row {row}"
-        )
-    if n == 0:
-        return ValueError(
-            f"num_steps: expected values >= 1 on judged rows, got 0 at row {row} (first_error {k})"
-        )
-    return ValueError(f"first_error: expected a step index below num_steps ({n}), got {k} at row {row}")
-
-
-def _check_group_status(status: Any, what: str, **arrays: Any) -> None:
-    """Raises the CPU path's error for flagged inputs, located here in the CPU's order."""
-    import torch
-
-    bits, first = _read_status(status)
-    if bits == 0:
-        return
-    rewards = arrays.get("rewards")
-    if rewards is not None:
-        row = _first(torch.isinf(rewards))
-        if row is not None:
-            raise ValueError(
-                f"rewards: expected finite values, found {float(rewards[row])} at row {row} "
-                f"(NaN marks an unscorable row; infinity is not allowed)"
-            )
-    if arrays.get("first_error") is not None:
-        error = _verdict_error(arrays["first_error"], arrays["num_steps"])
-        if error is not None:
-            raise error
-    credit = arrays.get("credit")
-    if credit is not None:
-        row = _first(~(credit.isnan() | ((credit >= 0) & (credit <= 1))))
-        if row is not None:
-            raise ValueError(
-                f"credit: expected values in [0, 1] (NaN = not judged), got {float(credit[row])} at row {row}"
-            )
-    advantages = arrays.get("advantages")
-    if advantages is not None:
-        row = _first(~torch.isfinite(advantages))
-        if row is not None:
-            raise ValueError(
-                f"advantages: expected finite values, found {float(advantages[row])} at row {row}"
-            )
-    mask = arrays.get("mask")
-    if mask is not None:
-        mask = mask.float()
-        at = _first(~((mask >= 0) & torch.isfinite(mask)))
-        if at is not None:
-            i, t = divmod(at, mask.shape[1])
-            raise ValueError(f"mask: expected finite weights >= 0, got {float(mask[i, t])} at ({i}, {t})")
-    if bits & OVERFLOW:
-        raise ValueError(f"{what}: result overflows float32 at index {first}; rescale the rewards")
-    raise RuntimeError(f"{what}: the kernel reported status {bits:#x}")
+def _host(x: Any) -> Any:
+    """A host copy for the CPU engine's rerun (tensors as numpy arrays, anything else as is)."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
 def _integers(name: str, x: Any) -> None:
@@ -572,7 +413,7 @@ def sgpo_rewards(
     device = rewards.device
     r = rewards.detach().reshape(-1).to(torch.float64).contiguous()
     rows = r.numel()
-    num_groups, size, order, starts = _device_groups(rows, group_size, group_ids, device)
+    num_groups, groups = _device_groups(rows, group_size, group_ids, device)
 
     def column(name: str, x: Optional[Any], dtype: Any) -> Optional[Any]:
         if x is None:
@@ -585,17 +426,12 @@ def sgpo_rewards(
                 raise TypeError(
                     f"{name}: expected bool values (or 0/1), got dtype {x.dtype} with other values"
                 )
-        x = x.to(device=device, dtype=dtype).reshape(-1).contiguous()
-        if x.numel() != rows:
-            raise ValueError(f"{name}: expected shape ({rows},), got {x.numel()} elements")
-        return x
+        return x.to(device=device, dtype=dtype).reshape(-1).contiguous()
 
     fe = column("first_error", first_error, torch.int64)
     ns = column("num_steps", num_steps, torch.int64)
     cr = column("credit", credit, torch.float64)
     co = column("correct", correct, torch.uint8)
-    if cr is None and (fe is None or ns is None):
-        raise ValueError("first_error: expected first_error and num_steps, or credit")
     out_rewards = torch.empty(rows, dtype=torch.float32, device=device)
     out_credit = torch.empty(rows, dtype=torch.float32, device=device)
     all_negative = torch.empty(rows, dtype=torch.uint8, device=device)
@@ -603,34 +439,37 @@ def sgpo_rewards(
     stats = torch.zeros(5, dtype=torch.float64, device=device)
     scratch = torch.zeros(_core.cuda_reward_scratch_len(num_groups), dtype=torch.float64, device=device)
     status = _new_status(device)
-    ordinal, stream = _stream(device)
     _core.cuda_sgpo_rewards(
-        ordinal,
-        stream,
-        rows,
-        num_groups,
-        size,
-        0 if order is None else order.data_ptr(),
-        0 if starts is None else starts.data_ptr(),
-        r.data_ptr(),
-        0 if fe is None else fe.data_ptr(),
-        0 if ns is None else ns.data_ptr(),
-        0 if cr is None else cr.data_ptr(),
-        0 if co is None else co.data_ptr(),
+        _stream_handle(device),
+        groups,
+        _describe(r),
+        _describe(fe),
+        _describe(ns),
+        _describe(cr),
+        _describe(co),
         float(credit_scale),
         mode,
-        out_rewards.data_ptr(),
-        out_credit.data_ptr(),
-        all_negative.data_ptr(),
-        diversified.data_ptr(),
-        stats.data_ptr(),
-        scratch.data_ptr(),
-        status.data_ptr(),
+        _describe(out_rewards),
+        _describe(out_credit),
+        _describe(all_negative),
+        _describe(diversified),
+        _describe(stats),
+        _describe(scratch),
+        _describe(status),
         rule,
         float(beta),
         float(gamma),
     )
-    _check_group_status(status, "rewards", rewards=r, first_error=fe, num_steps=ns, credit=cr)
+    bits, _ = _read_status(status)
+    if bits:
+        verdicts = (fe, ns, cr, co)
+        raise _engine_error(
+            "rewards",
+            bits,
+            lambda: _cpu_sgpo_rewards(
+                r, *verdicts, group_size, group_ids, credit_scale, mode, rule, beta, gamma
+            ),
+        )
     an, dv, missing, credit_sum, credited = stats.tolist()
     return {
         "rewards": out_rewards,
@@ -662,28 +501,28 @@ def group_advantages(
     device = rewards.device
     r = rewards.detach().reshape(-1).to(torch.float64).contiguous()
     rows = r.numel()
-    num_groups, size, order, starts = _device_groups(rows, group_size, group_ids, device)
+    _, groups = _device_groups(rows, group_size, group_ids, device)
     out = torch.empty(rows, dtype=torch.float32, device=device)
     scratch = torch.zeros(1, dtype=torch.float64, device=device)
     status = _new_status(device)
-    ordinal, stream = _stream(device)
     _core.cuda_group_advantages(
-        ordinal,
-        stream,
-        rows,
-        num_groups,
-        size,
-        0 if order is None else order.data_ptr(),
-        0 if starts is None else starts.data_ptr(),
-        r.data_ptr(),
+        _stream_handle(device),
+        groups,
+        _describe(r),
         scale,
         float(eps),
         singleton,
-        out.data_ptr(),
-        scratch.data_ptr(),
-        status.data_ptr(),
+        _describe(out),
+        _describe(scratch),
+        _describe(status),
     )
-    _check_group_status(status, "rewards", rewards=r)
+    bits, _ = _read_status(status)
+    if bits:
+        raise _engine_error(
+            "rewards",
+            bits,
+            lambda: _cpu_group_advantages(r, group_size, group_ids, scale, eps, singleton),
+        )
     return out
 
 
@@ -694,33 +533,71 @@ def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None, chec
 
     _require()
     device = advantages.device
-    _same_device(device, mask=mask, out=out)
-    a = advantages.detach().reshape(-1).to(torch.float32).contiguous()
-    if mask.dim() != 2 or mask.shape[0] != a.numel():
-        raise ValueError(
-            f"mask: expected shape ({a.numel()}, L) matching advantages, got {tuple(mask.shape)}"
-        )
-    m, mask_dtype = _mask_input(mask.detach())
-    rows, length = m.shape
-    if length == 0:
-        _check_finite_rows("advantages", a)  # the CPU path checks them even without tokens
+    a = _advantages_input(advantages)
+    m = _mask_input(mask.detach())
     if out is None:
-        out = torch.empty((rows, length), dtype=torch.float32, device=device)
-    elif out.dtype != torch.float32 or tuple(out.shape) != (rows, length) or not out.is_contiguous():
-        raise ValueError(f"out: expected a contiguous float32 tensor of shape {(rows, length)}")
+        shape = (a.shape[0], m.shape[-1]) if a.dim() == 1 and m.dim() == 2 else (0, 0)
+        out = torch.empty(shape, dtype=torch.float32, device=device)
     status = _new_status(device)
-    ordinal, stream = _stream(device)
     _core.cuda_token_advantages(
-        ordinal,
-        stream,
-        a.data_ptr(),
-        m.data_ptr(),
-        mask_dtype,
-        rows,
-        length,
-        out.data_ptr(),
-        status.data_ptr(),
+        _stream_handle(device), _describe(a), _describe(m), _describe(out), _describe(status)
     )
     if check:
-        _check_group_status(status, "token_advantages", advantages=a, mask=m)
+        bits, _ = _read_status(status)
+        # Without tokens no kernel runs, and the CPU path still checks the advantages.
+        if bits or (out.shape[1] == 0 and not bool(torch.isfinite(a).all())):
+            raise _engine_error("token_advantages", bits, lambda: _cpu_token_advantages(a, mask))
     return out
+
+
+# The CPU engine's reruns of the error path (see _engine_error): the caller's inputs, copied to
+# the host, through the public CPU functions.
+
+
+def _cpu_sgpo_rewards(
+    rewards: Any,
+    first_error: Any,
+    num_steps: Any,
+    credit: Any,
+    correct: Any,
+    group_size: Optional[int],
+    group_ids: Any,
+    credit_scale: float,
+    mode: str,
+    rule: str,
+    beta: float,
+    gamma: float,
+) -> None:
+    from .rewards import sgpo_rewards as cpu_sgpo_rewards
+
+    cpu_sgpo_rewards(
+        _host(rewards),
+        first_error=_host(first_error),
+        num_steps=_host(num_steps),
+        group_size=group_size,
+        group_ids=_host(group_ids),
+        correct=None if correct is None else _host(correct).astype(bool),
+        credit_scale=credit_scale,
+        mode=mode,
+        credit=_host(credit),
+        rule=rule,
+        beta=beta,
+        gamma=gamma,
+    )
+
+
+def _cpu_group_advantages(
+    rewards: Any, group_size: Optional[int], group_ids: Any, scale: str, eps: float, singleton: str
+) -> None:
+    from .advantages import group_advantages as cpu_group_advantages
+
+    host_ids = _host(group_ids)
+    cpu_group_advantages(
+        _host(rewards), group_size=group_size, group_ids=host_ids, scale=scale, eps=eps, singleton=singleton
+    )
+
+
+def _cpu_token_advantages(advantages: Any, mask: Any) -> None:
+    from .advantages import token_advantages as cpu_token_advantages
+
+    cpu_token_advantages(_host(advantages), _host(mask))

@@ -70,8 +70,4 @@ def token_advantages(advantages: Any, mask: Any, *, out: Optional[np.ndarray] = 
     """
     if _cuda.is_cuda(advantages):
         return _cuda.token_advantages(advantages, mask, out)
-    a = _arrays.float64_rows("advantages", advantages).astype(np.float32)
-    m = _arrays.mask(mask)
-    if m.shape[0] != a.shape[0]:
-        raise ValueError(f"mask: expected shape ({a.shape[0]}, L) matching advantages, got {m.shape}")
-    return _core.token_advantages_core(a, m, out)
+    return _core.token_advantages_core(_arrays.advantages(advantages), _arrays.mask(mask), out)

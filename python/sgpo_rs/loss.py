@@ -207,8 +207,8 @@ def policy_loss(
     lp, half = _arrays.logprobs("logp", logp)
     old = _arrays.same_logprobs("old_logp", old_logp, lp, half)
     ref = _arrays.same_logprobs("ref_logp", ref_logp, lp, half)
-    m = _arrays.mask(mask, lp.shape)
-    adv = _arrays.advantages(advantages, lp.shape[0], lp.shape[1])
+    m = _arrays.mask(mask)
+    adv = _arrays.advantages(advantages)
     loss, grad, metrics = _core.policy_loss_core(
         lp, old, ref, adv, m, half_dtype=half, options=options, out=out
     )

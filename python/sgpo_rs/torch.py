@@ -401,32 +401,49 @@ class SelectiveLogSoftmax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor):  # type: ignore[override]
         logits, targets = ctx.saved_tensors
-        lead = tuple(logits.shape[:-1])
         if logits.device.type == "cuda":
             gh = grads[1] if ctx.return_entropy else None
             dlogits = _cuda.selective_logprobs_backward(
                 logits, targets, ctx.temperature, grads[0], gh, stats=ctx.stats
             )
             return dlogits, None, None, None
-        x, half = _logits_numpy(logits)
-        t = _targets_numpy(targets, lead)
-        g = _grad_numpy(grads[0])
-        gh = _grad_numpy(grads[1]) if ctx.return_entropy and grads[1] is not None else None
-        out_dtype = str(logits.dtype).removeprefix("torch.")
-        dlogits = _core.selective_logprobs_backward_core(
-            x,
-            t,
-            g,
-            gh,
-            half_dtype=half,
-            temperature=ctx.temperature,
-            out_dtype=out_dtype,
-            stats=ctx.stats,
+        gh = grads[1] if ctx.return_entropy else None
+        return (
+            _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats),
+            None,
+            None,
+            None,
         )
-        dlogits_t = torch.from_numpy(dlogits)
-        if logits.dtype in _HALF_NAMES:  # int16 bits of the half type
-            dlogits_t = dlogits_t.view(logits.dtype)
-        return dlogits_t.reshape(logits.shape), None, None, None
+
+
+def _cpu_logprobs_backward(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    grad_logp: torch.Tensor,
+    grad_entropy: Optional[torch.Tensor],
+    stats: Optional[np.ndarray] = None,
+) -> torch.Tensor:
+    """``dlogits`` of CPU tensors, in the logits' dtype and shape, from the Rust core (``stats``:
+    the forward's saved row sums, or None to recompute them)."""
+    x, half = _logits_numpy(logits)
+    t = _targets_numpy(targets, tuple(logits.shape[:-1]))
+    g = _grad_numpy(grad_logp)
+    gh = None if grad_entropy is None else _grad_numpy(grad_entropy)
+    dlogits = _core.selective_logprobs_backward_core(
+        x,
+        t,
+        g,
+        gh,
+        half_dtype=half,
+        temperature=temperature,
+        out_dtype=str(logits.dtype).removeprefix("torch."),
+        stats=stats,
+    )
+    dlogits_t = torch.from_numpy(dlogits)
+    if logits.dtype in _HALF_NAMES:  # int16 bits of the half type
+        dlogits_t = dlogits_t.view(logits.dtype)
+    return dlogits_t.reshape(logits.shape)
 
 
 @torch.compiler.disable

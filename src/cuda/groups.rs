@@ -4,8 +4,9 @@
 use super::args::Arg;
 use super::device::{launch, Shape, Stream};
 use super::source::GROUPS;
+use super::tensor::{status_buffer, DeviceTensor};
 use super::MaskDtype;
-use crate::advantages::{AdvantageOptions, Scale, Singleton};
+use crate::advantages::{token_shape, AdvantageOptions, Scale, Singleton};
 use crate::error::{Error, Result};
 use crate::rewards::{DiversifyMode, RewardOptions};
 
@@ -110,7 +111,7 @@ pub fn reward_scratch_len(num_groups: usize) -> usize {
 
 /// The SGPO reward rule (`crate::rewards::sgpo_rewards`) on float64 rewards; `correct` is a
 /// uint8 array or 0 (then `reward > 0`).
-pub fn sgpo_rewards(
+fn launch_rewards(
     stream: &Stream,
     groups: &DeviceGroups,
     rewards: u64,
@@ -183,7 +184,7 @@ pub fn sgpo_rewards(
 /// Group-normalised advantages (`crate::advantages::group_advantages`) of float64 rewards into
 /// float32 `out`; `scratch` is one float64 (the batch standard deviation).
 #[allow(clippy::too_many_arguments)]
-pub fn group_advantages(
+fn launch_group_advantages(
     stream: &Stream,
     groups: &DeviceGroups,
     rewards: u64,
@@ -243,7 +244,7 @@ const TOKEN_CHUNK: usize = 1024;
 
 /// `out[i, t] = advantages[i] * mask[i, t]` (float32 `(rows, len)`).
 #[allow(clippy::too_many_arguments)]
-pub fn token_advantages(
+fn launch_token_advantages(
     stream: &Stream,
     advantages: u64,
     mask: u64,
@@ -296,4 +297,203 @@ pub fn token_advantages(
             Arg::Ptr(status),
         ],
     )
+}
+
+/// How the caller groups the rows: `group_size` consecutive rows, or by ids as CSR tensors
+/// (`order`: int64 `(N,)`, the rows group by group; `starts`: int64 `(G + 1,)` offsets).
+#[derive(Debug, Clone, Copy)]
+pub enum GroupTensors<'a> {
+    Consecutive(usize),
+    Ids {
+        order: &'a DeviceTensor,
+        starts: &'a DeviceTensor,
+    },
+}
+
+impl GroupTensors<'_> {
+    fn checked(&self, rows: usize, device: &str) -> Result<DeviceGroups> {
+        match *self {
+            GroupTensors::Consecutive(size) => {
+                if size == 0 || !rows.is_multiple_of(size) {
+                    return Err(Error::value(
+                        "group_size",
+                        format!("expected a divisor of the number of rows ({rows}), got {size}"),
+                    ));
+                }
+                Ok(DeviceGroups {
+                    rows,
+                    num_groups: rows / size,
+                    group_size: size,
+                    order: 0,
+                    starts: 0,
+                })
+            }
+            GroupTensors::Ids { order, starts } => {
+                let order_ptr = order.expect_buffer("group_ids", "int64", &[rows], device)?;
+                let num_groups = starts.numel().saturating_sub(1);
+                let starts_ptr =
+                    starts.expect_buffer("group_ids", "int64", &[num_groups + 1], device)?;
+                Ok(DeviceGroups {
+                    rows,
+                    num_groups,
+                    group_size: 0,
+                    order: order_ptr,
+                    starts: starts_ptr,
+                })
+            }
+        }
+    }
+}
+
+/// A per-row column (rewards, verdicts, advantages): `dtype`, `rows` values, dense on `device`.
+fn column(
+    arg: &'static str,
+    t: &DeviceTensor,
+    dtype: &'static str,
+    rows: usize,
+    device: &str,
+    like: &str,
+) -> Result<u64> {
+    if t.dtype != dtype {
+        return Err(Error::Dtype {
+            arg,
+            expected: dtype.into(),
+            got: t.dtype.clone(),
+        });
+    }
+    if t.numel() != rows {
+        return Err(Error::shape(
+            arg,
+            format!("({rows},) like {like}"),
+            crate::error::shape_text(&t.shape),
+        ));
+    }
+    t.expect_dense(arg, device, like)
+}
+
+fn stream_of(t: &DeviceTensor, arg: &'static str, handle: u64) -> Result<Stream> {
+    Ok(Stream {
+        device: t.ordinal(arg)?,
+        handle,
+    })
+}
+
+/// The reward rule's tensors as the caller describes them: float64 `rewards`, the verdicts
+/// (int64 `first_error` and `num_steps`, or float64 `credit`), optional uint8 `correct`, and
+/// the outputs and scratch it allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct RewardTensors<'a> {
+    pub rewards: &'a DeviceTensor,
+    pub first_error: Option<&'a DeviceTensor>,
+    pub num_steps: Option<&'a DeviceTensor>,
+    pub credit: Option<&'a DeviceTensor>,
+    pub correct: Option<&'a DeviceTensor>,
+    pub out_rewards: &'a DeviceTensor,
+    pub out_credit: &'a DeviceTensor,
+    pub all_negative: &'a DeviceTensor,
+    pub diversified: &'a DeviceTensor,
+    pub stats: &'a DeviceTensor,
+    pub scratch: &'a DeviceTensor,
+    pub status: &'a DeviceTensor,
+}
+
+/// Checks every tensor, then launches the SGPO reward rule (see [`launch_rewards`]).
+pub fn sgpo_rewards(
+    stream_handle: u64,
+    groups: GroupTensors<'_>,
+    t: &RewardTensors<'_>,
+    options: RewardOptions,
+) -> Result<()> {
+    let device = t.rewards.device.as_str();
+    let rows = t.rewards.numel();
+    let rewards = column("rewards", t.rewards, "float64", rows, device, "rewards")?;
+    let optional = |arg, c: Option<&DeviceTensor>, dtype| {
+        c.map(|c| column(arg, c, dtype, rows, device, "rewards"))
+            .transpose()
+    };
+    let verdicts = match (
+        optional("credit", t.credit, "float64")?,
+        optional("first_error", t.first_error, "int64")?,
+        optional("num_steps", t.num_steps, "int64")?,
+    ) {
+        (Some(credit), _, _) => DeviceVerdicts::Credit(credit),
+        (None, Some(first_error), Some(num_steps)) => DeviceVerdicts::Steps {
+            first_error,
+            num_steps,
+        },
+        _ => {
+            return Err(Error::value(
+                "first_error",
+                "expected first_error and num_steps, or credit",
+            ))
+        }
+    };
+    let correct = optional("correct", t.correct, "uint8")?.unwrap_or(0);
+    let groups = groups.checked(rows, device)?;
+    let buffer = |arg, b: &DeviceTensor, dtype, len| b.expect_buffer(arg, dtype, &[len], device);
+    let out = DeviceRewardOutputs {
+        rewards: buffer("out_rewards", t.out_rewards, "float32", rows)?,
+        credit: buffer("out_credit", t.out_credit, "float32", rows)?,
+        all_negative: buffer("all_negative", t.all_negative, "uint8", rows)?,
+        diversified: buffer("diversified", t.diversified, "uint8", rows)?,
+        stats: buffer("stats", t.stats, "float64", REWARD_STATS_LEN)?,
+        scratch: buffer(
+            "scratch",
+            t.scratch,
+            "float64",
+            reward_scratch_len(groups.num_groups),
+        )?,
+        status: status_buffer(t.status, device)?,
+    };
+    let stream = stream_of(t.rewards, "rewards", stream_handle)?;
+    launch_rewards(&stream, &groups, rewards, verdicts, correct, options, &out)
+}
+
+/// Checks every tensor, then launches the group-normalised advantages of float64 `rewards`
+/// into float32 `out` (`scratch`: one float64).
+pub fn group_advantages(
+    stream_handle: u64,
+    groups: GroupTensors<'_>,
+    rewards: &DeviceTensor,
+    options: AdvantageOptions,
+    out: &DeviceTensor,
+    scratch: &DeviceTensor,
+    status: &DeviceTensor,
+) -> Result<()> {
+    let device = rewards.device.as_str();
+    let rows = rewards.numel();
+    let rewards_ptr = column("rewards", rewards, "float64", rows, device, "rewards")?;
+    let groups = groups.checked(rows, device)?;
+    let out = out.expect_buffer("out", "float32", &[rows], device)?;
+    let scratch = scratch.expect_buffer("scratch", "float64", &[1], device)?;
+    let status = status_buffer(status, device)?;
+    let stream = stream_of(rewards, "rewards", stream_handle)?;
+    launch_group_advantages(&stream, &groups, rewards_ptr, options, out, scratch, status)
+}
+
+/// Checks every tensor (the mask's shape by the CPU path's rule), then launches
+/// `out[i, t] = advantages[i] * mask[i, t]`.
+pub fn token_advantages(
+    stream_handle: u64,
+    advantages: &DeviceTensor,
+    mask: &DeviceTensor,
+    out: &DeviceTensor,
+    status: &DeviceTensor,
+) -> Result<()> {
+    let (rows, len) = token_shape(&advantages.shape, &mask.shape)?;
+    let device = advantages.device.as_str();
+    let adv = column(
+        "advantages",
+        advantages,
+        "float32",
+        rows,
+        device,
+        "advantages",
+    )?;
+    let mask_dtype = MaskDtype::parse(&mask.dtype)?;
+    let mask_ptr = mask.expect_dense("mask", device, "advantages")?;
+    let out = out.expect_buffer("out", "float32", &[rows, len], device)?;
+    let status = status_buffer(status, device)?;
+    let stream = stream_of(advantages, "advantages", stream_handle)?;
+    launch_token_advantages(&stream, adv, mask_ptr, mask_dtype, rows, len, out, status)
 }

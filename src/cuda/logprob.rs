@@ -3,8 +3,9 @@
 use super::args::Arg;
 use super::device::{launch, Shape, Stream};
 use super::source::LOGPROB;
+use super::tensor::{status_buffer, DeviceTensor};
 use super::FloatDtype;
-use crate::error::{Error, Result};
+use crate::error::{shape_text, Error, Result};
 
 /// Threads per block (`LOGPROB_BLOCK` in the kernel).
 const BLOCK: u32 = 256;
@@ -26,6 +27,57 @@ pub struct Logits {
 }
 
 impl Logits {
+    /// The layout of a described `(N, V)` or `(B, T, V)` logits tensor whose last dimension is
+    /// contiguous; the rows may be any (non-negative) number of elements apart.
+    pub fn from_tensor(t: &DeviceTensor) -> Result<Logits> {
+        let dtype = FloatDtype::parse("logits", &t.dtype)?;
+        let strides: Vec<usize> = t
+            .strides
+            .iter()
+            .map(|&s| usize::try_from(s).ok())
+            .collect::<Option<_>>()
+            .filter(|s: &Vec<usize>| s.len() == t.shape.len())
+            .ok_or_else(|| {
+                Error::value(
+                    "logits",
+                    format!("expected non-negative strides, got {:?}", t.strides),
+                )
+            })?;
+        let vocab = t.shape.last().copied().unwrap_or(0);
+        if vocab > 1 && strides.last() != Some(&1) {
+            return Err(Error::value(
+                "logits",
+                "expected a contiguous last (vocabulary) dimension",
+            ));
+        }
+        let (rows, row_stride, group_rows, group_stride) = match (t.shape.as_slice(), &strides[..])
+        {
+            (&[n, _], &[s, _]) => (n, if n > 1 { s } else { vocab }, n.max(1), 0),
+            (&[b, len, _], &[sb, sl, _]) => {
+                let row_stride = if len > 1 { sl } else { vocab };
+                let group_rows = len.max(1);
+                let group_stride = if b > 1 { sb } else { group_rows * row_stride };
+                (b * len, row_stride, group_rows, group_stride)
+            }
+            _ => {
+                return Err(Error::shape(
+                    "logits",
+                    "(N, V) or (B, T, V)",
+                    shape_text(&t.shape),
+                ))
+            }
+        };
+        Ok(Logits {
+            ptr: t.ptr,
+            dtype,
+            rows,
+            vocab,
+            row_stride,
+            group_rows,
+            group_stride,
+        })
+    }
+
     fn check(&self, temperature: f64) -> Result<()> {
         if self.vocab == 0 {
             return Err(Error::value(
@@ -121,16 +173,152 @@ impl Logits {
     }
 }
 
+/// A per-row input (`targets`, upstream gradients): `dtype` with one value per row of logits,
+/// dense on the logits' device.
+fn per_row(
+    arg: &'static str,
+    t: &DeviceTensor,
+    dtype: &'static str,
+    rows: usize,
+    device: &str,
+) -> Result<u64> {
+    if t.dtype != dtype {
+        return Err(Error::Dtype {
+            arg,
+            expected: dtype.into(),
+            got: t.dtype.clone(),
+        });
+    }
+    if t.numel() != rows {
+        return Err(Error::shape(
+            arg,
+            format!("({rows},) (one value per row of logits)"),
+            shape_text(&t.shape),
+        ));
+    }
+    t.expect_dense(arg, device, "logits")
+}
+
+/// The forward's tensors as the caller describes them (`entropy`, `stats`: outputs wanted or
+/// not).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardTensors<'a> {
+    pub logits: &'a DeviceTensor,
+    pub targets: &'a DeviceTensor,
+    pub logp: &'a DeviceTensor,
+    pub entropy: Option<&'a DeviceTensor>,
+    pub stats: Option<&'a DeviceTensor>,
+    pub status: &'a DeviceTensor,
+}
+
+/// Checks every tensor of the forward and launches it on `stream` (whose device must be the
+/// logits').
+pub fn selective_logprobs(
+    stream_handle: u64,
+    t: &ForwardTensors<'_>,
+    temperature: f64,
+) -> Result<()> {
+    let logits = Logits::from_tensor(t.logits)?;
+    let device = t.logits.device.as_str();
+    let rows = logits.rows;
+    let targets = per_row("targets", t.targets, "int64", rows, device)?;
+    let logp = t.logp.expect_buffer("logp", "float32", &[rows], device)?;
+    let buffer = |arg, b: Option<&DeviceTensor>, shape: &[usize]| {
+        b.map(|b| b.expect_buffer(arg, "float32", shape, device))
+            .transpose()
+    };
+    let entropy = buffer("entropy", t.entropy, &[rows])?;
+    let stats = buffer("stats", t.stats, &[rows, STATS_PER_ROW])?;
+    let status = status_buffer(t.status, device)?;
+    let stream = Stream {
+        device: t.logits.ordinal("logits")?,
+        handle: stream_handle,
+    };
+    launch_forward(
+        &stream,
+        &logits,
+        targets,
+        temperature,
+        logp,
+        entropy,
+        stats,
+        status,
+    )
+}
+
+/// The backward's tensors as the caller describes them. `dlogits` is a dense `(N, V)` tensor
+/// of the logits' dtype, or the logits tensor itself (in place).
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardTensors<'a> {
+    pub logits: &'a DeviceTensor,
+    pub targets: &'a DeviceTensor,
+    pub grad_logp: &'a DeviceTensor,
+    pub grad_entropy: Option<&'a DeviceTensor>,
+    pub stats: Option<&'a DeviceTensor>,
+    pub dlogits: &'a DeviceTensor,
+    pub status: &'a DeviceTensor,
+}
+
+/// Checks every tensor of the backward and launches it on `stream`.
+pub fn selective_logprobs_backward(
+    stream_handle: u64,
+    t: &BackwardTensors<'_>,
+    temperature: f64,
+) -> Result<()> {
+    let logits = Logits::from_tensor(t.logits)?;
+    let device = t.logits.device.as_str();
+    let rows = logits.rows;
+    let targets = per_row("targets", t.targets, "int64", rows, device)?;
+    let grad_logp = per_row("grad_logp", t.grad_logp, "float32", rows, device)?;
+    let grad_entropy = t
+        .grad_entropy
+        .map(|g| per_row("grad_entropy", g, "float32", rows, device))
+        .transpose()?;
+    let stats = t
+        .stats
+        .map(|s| s.expect_buffer("stats", "float32", &[rows, STATS_PER_ROW], device))
+        .transpose()?;
+    let dlogits = if t.dlogits.ptr == t.logits.ptr && logits.rows > 0 {
+        if t.dlogits != t.logits {
+            return Err(Error::value(
+                "dlogits",
+                "an in-place backward writes into the logits tensor itself",
+            ));
+        }
+        t.dlogits.ptr
+    } else {
+        t.dlogits
+            .expect_buffer("dlogits", &t.logits.dtype, &[rows, logits.vocab], device)?
+    };
+    let status = status_buffer(t.status, device)?;
+    let stream = Stream {
+        device: t.logits.ordinal("logits")?,
+        handle: stream_handle,
+    };
+    launch_backward(
+        &stream,
+        &logits,
+        targets,
+        temperature,
+        stats,
+        grad_logp,
+        grad_entropy,
+        dlogits,
+        logits.vocab,
+        status,
+    )
+}
+
 /// Float32 elements of the row statistics the forward can save for the backward: `(m, ln s, H)`
 /// per row.
 pub const STATS_PER_ROW: usize = 3;
 
 /// Forward: `logp[i] = log_softmax(logits[i] / T)[targets[i]]` (float32 `(N,)`) and, when
 /// `entropy` is given, the row entropies; when `stats` is given (float32, [`STATS_PER_ROW`] per
-/// row), each row's statistics for [`selective_logprobs_backward`]. `targets` are int64; `status`
+/// row), each row's statistics for [`launch_backward`]. `targets` are int64; `status`
 /// a status buffer initialised as [`super::status`] says.
 #[allow(clippy::too_many_arguments)]
-pub fn selective_logprobs(
+fn launch_forward(
     stream: &Stream,
     logits: &Logits,
     targets: u64,
@@ -164,7 +352,7 @@ pub fn selective_logprobs(
 /// layout as the logits). `stats`, the forward's saved row statistics of these logits at this
 /// temperature, spares the kernel its own pass over the logits.
 #[allow(clippy::too_many_arguments)]
-pub fn selective_logprobs_backward(
+fn launch_backward(
     stream: &Stream,
     logits: &Logits,
     targets: u64,
@@ -211,4 +399,69 @@ pub fn selective_logprobs_backward(
             Arg::Ptr(status),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits(shape: &[usize], strides: &[i64]) -> DeviceTensor {
+        DeviceTensor {
+            ptr: 4096,
+            dtype: "bfloat16".into(),
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+            device: "cuda:0".into(),
+        }
+    }
+
+    #[test]
+    fn trl_sliced_logits_are_addressed_in_place() {
+        // logits[:, :-1] of a (3, 11, 4099) tensor: 30 rows in groups of 10, 11 rows apart.
+        let view = Logits::from_tensor(&logits(&[3, 10, 4099], &[11 * 4099, 4099, 1])).unwrap();
+        assert_eq!((view.rows, view.vocab, view.row_stride), (30, 4099, 4099));
+        assert_eq!((view.group_rows, view.group_stride), (10, 11 * 4099));
+        let plain = Logits::from_tensor(&logits(&[5, 7], &[7, 1])).unwrap();
+        assert_eq!((plain.rows, plain.row_stride, plain.group_rows), (5, 7, 5));
+        // One row: its stride is meaningless (torch reports anything), the vocabulary is used.
+        let one = Logits::from_tensor(&logits(&[1, 7], &[99, 1])).unwrap();
+        assert_eq!(one.row_stride, 7);
+    }
+
+    #[test]
+    fn logits_the_kernels_cannot_address_are_refused() {
+        let err = Logits::from_tensor(&logits(&[5, 7], &[1, 5])).unwrap_err();
+        assert!(err.to_string().contains("contiguous last"), "{err}");
+        let err = Logits::from_tensor(&logits(&[2, 2, 2, 7], &[28, 14, 7, 1])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "logits: expected shape (N, V) or (B, T, V), got (2, 2, 2, 7)"
+        );
+        let mut wrong = logits(&[5, 7], &[7, 1]);
+        wrong.dtype = "float64".into();
+        assert!(Logits::from_tensor(&wrong).is_err());
+    }
+
+    #[test]
+    fn per_row_inputs_are_checked_by_type_length_and_device() {
+        let mut targets = logits(&[5], &[1]);
+        targets.dtype = "int64".into();
+        assert!(per_row("targets", &targets, "int64", 5, "cuda:0").is_ok());
+        let err = per_row("targets", &targets, "int64", 6, "cuda:0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "targets: expected shape (6,) (one value per row of logits), got (5,)"
+        );
+        let err = per_row("grad_logp", &targets, "float32", 5, "cuda:0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "grad_logp: expected dtype float32, got int64"
+        );
+        targets.device = "cpu".into();
+        let err = per_row("targets", &targets, "int64", 5, "cuda:0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "targets: expected a tensor on cuda:0 like logits, got one on cpu"
+        );
+    }
 }

@@ -8,10 +8,13 @@
 use super::args::Arg;
 use super::device::{launch, Shape, Stream};
 use super::source::LOSS;
+use super::tensor::{status_buffer, DeviceTensor};
 use super::{FloatDtype, MaskDtype};
 use crate::error::{Error, Result};
 use crate::loss::registry::{CUDA_SLOTS, KL_CUDA_SLOT};
-use crate::loss::{Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
+use crate::loss::{
+    Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions, LossShapes, LossType,
+};
 
 const BLOCK: u32 = 256;
 /// Tokens per `loss_tokens` block (`LOSS_TOKENS`).
@@ -47,6 +50,93 @@ pub struct DeviceLossBuffers {
     /// float64, [`OUT_LEN`] elements.
     pub out: u64,
     pub status: u64,
+}
+
+/// The loss's tensors as the caller describes them: the inputs (`old_logp`, `ref_logp`
+/// optional) and the buffers it allocated (`grad`, `workspace`, `out`, `status`).
+#[derive(Debug, Clone, Copy)]
+pub struct LossTensors<'a> {
+    pub logp: &'a DeviceTensor,
+    pub old_logp: Option<&'a DeviceTensor>,
+    pub ref_logp: Option<&'a DeviceTensor>,
+    pub advantages: &'a DeviceTensor,
+    pub mask: &'a DeviceTensor,
+    pub grad: &'a DeviceTensor,
+    pub workspace: &'a DeviceTensor,
+    pub out: &'a DeviceTensor,
+    pub status: &'a DeviceTensor,
+}
+
+impl LossTensors<'_> {
+    /// Checks every tensor before anything is launched - shapes by the CPU path's own rules
+    /// ([`LossShapes`]), then element types, devices, layouts and the buffers' sizes - and
+    /// returns the device ordinal and the pointers to launch on. `ref_logp` is only read when
+    /// `beta != 0` (its shape is checked either way, as on the CPU).
+    pub fn check(
+        &self,
+        options: &LossOptions,
+    ) -> Result<(i32, DeviceLossInputs, DeviceLossBuffers)> {
+        let dims = LossShapes {
+            logp: &self.logp.shape,
+            old_logp: self.old_logp.map(|t| t.shape.as_slice()),
+            ref_logp: self.ref_logp.map(|t| t.shape.as_slice()),
+            advantages: &self.advantages.shape,
+            mask: &self.mask.shape,
+        }
+        .check()?;
+        let dtype = FloatDtype::parse("logp", &self.logp.dtype)?;
+        for (arg, tensor) in [("old_logp", self.old_logp), ("ref_logp", self.ref_logp)] {
+            if let Some(t) = tensor.filter(|t| t.dtype != self.logp.dtype) {
+                return Err(Error::Dtype {
+                    arg,
+                    expected: format!("{} like logp", self.logp.dtype).into(),
+                    got: t.dtype.clone(),
+                });
+            }
+        }
+        if self.advantages.dtype != "float32" {
+            return Err(Error::Dtype {
+                arg: "advantages",
+                expected: "float32 on CUDA".into(),
+                got: self.advantages.dtype.clone(),
+            });
+        }
+        let mask_dtype = MaskDtype::parse(&self.mask.dtype)?;
+        let ordinal = self.logp.ordinal("logp")?;
+        let device = self.logp.device.as_str();
+        let dense = |arg, t: &DeviceTensor| t.expect_dense(arg, device, "logp");
+        let optional = |arg, t| DeviceTensor::optional_dense(t, arg, device, "logp");
+        let (batch, len) = (dims.batch, dims.len);
+        let ref_logp = optional("ref_logp", self.ref_logp)?;
+        let inputs = DeviceLossInputs {
+            logp: dense("logp", self.logp)?,
+            old_logp: optional("old_logp", self.old_logp)?,
+            ref_logp: if options.beta != 0.0 { ref_logp } else { 0 },
+            advantages: dense("advantages", self.advantages)?,
+            advantages_per_token: dims.advantages_per_token,
+            mask: dense("mask", self.mask)?,
+            dtype,
+            mask_dtype,
+            batch,
+            len,
+        };
+        let buffers = DeviceLossBuffers {
+            grad: self
+                .grad
+                .expect_buffer("out", "float32", &[batch, len], device)?,
+            workspace: self.workspace.expect_buffer(
+                "workspace",
+                "float64",
+                &[workspace_len(batch, len)],
+                device,
+            )?,
+            out: self
+                .out
+                .expect_buffer("results", "float64", &[OUT_LEN], device)?,
+            status: status_buffer(self.status, device)?,
+        };
+        Ok((ordinal, inputs, buffers))
+    }
 }
 
 /// `LossParams` of the kernel: same fields, same order, no implicit padding.
@@ -396,6 +486,112 @@ mod tests {
         assert_eq!(bytes.len(), 16 + 40 + 14 * 8);
         assert_eq!(&bytes[56..64], &1.5f64.to_le_bytes());
         assert_eq!(&bytes[bytes.len() - 8..], &9.0f64.to_le_bytes());
+    }
+
+    fn described(dtype: &str, shape: &[usize], device: &str, ptr: u64) -> DeviceTensor {
+        let mut strides = vec![1i64; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1] as i64;
+        }
+        DeviceTensor {
+            ptr,
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+            strides,
+            device: device.into(),
+        }
+    }
+
+    /// A well-formed call on `(3, 8)` float32 inputs, as `sgpo_rs._cuda` describes it.
+    struct Call {
+        logp: DeviceTensor,
+        old: DeviceTensor,
+        reference: DeviceTensor,
+        adv: DeviceTensor,
+        mask: DeviceTensor,
+        grad: DeviceTensor,
+        workspace: DeviceTensor,
+        out: DeviceTensor,
+        status: DeviceTensor,
+    }
+
+    impl Call {
+        fn new() -> Call {
+            let d = "cuda:1";
+            Call {
+                logp: described("float32", &[3, 8], d, 0x1000),
+                old: described("float32", &[3, 8], d, 0x2000),
+                reference: described("float32", &[3, 8], d, 0x3000),
+                adv: described("float32", &[3], d, 0x4000),
+                mask: described("uint8", &[3, 8], d, 0x5000),
+                grad: described("float32", &[3, 8], d, 0x6000),
+                workspace: described("float64", &[workspace_len(3, 8)], d, 0x7000),
+                out: described("float64", &[OUT_LEN], d, 0x8000),
+                status: described("int64", &[2], d, 0x9000),
+            }
+        }
+
+        fn check(&self, beta: f64) -> Result<(i32, DeviceLossInputs, DeviceLossBuffers)> {
+            let options = LossOptions {
+                beta,
+                ..LossOptions::default()
+            };
+            LossTensors {
+                logp: &self.logp,
+                old_logp: Some(&self.old),
+                ref_logp: Some(&self.reference),
+                advantages: &self.adv,
+                mask: &self.mask,
+                grad: &self.grad,
+                workspace: &self.workspace,
+                out: &self.out,
+                status: &self.status,
+            }
+            .check(&options)
+        }
+    }
+
+    #[test]
+    fn a_well_described_call_gives_its_pointers() {
+        let (ordinal, inputs, buffers) = Call::new().check(0.04).unwrap();
+        assert_eq!(ordinal, 1);
+        assert_eq!((inputs.batch, inputs.len), (3, 8));
+        assert_eq!(
+            (inputs.logp, inputs.old_logp, inputs.ref_logp),
+            (0x1000, 0x2000, 0x3000)
+        );
+        assert!(!inputs.advantages_per_token);
+        assert_eq!(inputs.mask_dtype, MaskDtype::U8);
+        assert_eq!((buffers.grad, buffers.status), (0x6000, 0x9000));
+        // Without a KL term the reference is not read (its shape is still checked).
+        assert_eq!(Call::new().check(0.0).unwrap().1.ref_logp, 0);
+    }
+
+    #[test]
+    fn every_slip_is_refused_before_a_launch_with_the_argument_named() {
+        type Slip = Box<dyn Fn(&mut Call)>;
+        let cases: Vec<(&str, Slip)> = vec![
+            ("mask: expected shape (3, 8) like logp, got (3, 7)", Box::new(|c| c.mask = described("uint8", &[3, 7], "cuda:1", 1))),
+            ("advantages: expected shape (3,) or (3, 8), got (8,)", Box::new(|c| c.adv = described("float32", &[8], "cuda:1", 1))),
+            ("logp: expected dtype float32, bfloat16 or float16 on CUDA, got float64", Box::new(|c| c.logp.dtype = "float64".into())),
+            ("old_logp: expected dtype float32 like logp, got bfloat16", Box::new(|c| c.old.dtype = "bfloat16".into())),
+            ("mask: expected a tensor on cuda:1 like logp, got one on cpu", Box::new(|c| c.mask.device = "cpu".into())),
+            ("logp: expected a tensor on a CUDA device, got one on cpu", Box::new(|c| { for t in [&mut c.logp, &mut c.old, &mut c.reference, &mut c.adv, &mut c.mask] { t.device = "cpu".into(); } })),
+            ("old_logp: expected a contiguous tensor", Box::new(|c| c.old.strides = vec![1, 3])),
+            ("out: expected a contiguous float32 tensor of shape (3, 8) on cuda:1, got a contiguous float32 tensor of shape (8, 3)", Box::new(|c| c.grad = described("float32", &[8, 3], "cuda:1", 1))),
+            ("workspace: expected a contiguous float64 tensor", Box::new(|c| c.workspace = described("float64", &[4], "cuda:1", 1))),
+            ("results: expected a contiguous float64 tensor", Box::new(|c| c.out.dtype = "float32".into())),
+            ("status: expected a contiguous int64 tensor of shape (2,)", Box::new(|c| c.status.device = "cuda:0".into())),
+        ];
+        for (message, slip) in cases {
+            let mut call = Call::new();
+            slip(&mut call);
+            let err = call.check(0.04).unwrap_err().to_string();
+            assert!(
+                err.starts_with(message),
+                "{err:?} does not start with {message:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,11 +20,13 @@ pub mod loss;
 mod nvrtc;
 mod source;
 pub mod status;
+pub mod tensor;
 
 pub use device::{device_summary, DeviceSummary, Stream};
 pub use library::{availability, Availability};
 pub use nvrtc::{compile, CompiledKernel};
 pub use source::{KernelSource, SOURCES};
+pub use tensor::DeviceTensor;
 
 use crate::error::{Error, Result};
 
@@ -44,7 +46,7 @@ impl FloatDtype {
             "float16" => Ok(FloatDtype::F16),
             other => Err(Error::Dtype {
                 arg,
-                expected: "float32, bfloat16 or float16 on CUDA",
+                expected: "float32, bfloat16 or float16 on CUDA".into(),
                 got: other.to_string(),
             }),
         }
@@ -81,7 +83,7 @@ impl MaskDtype {
             "float32" => Ok(MaskDtype::F32),
             other => Err(Error::Dtype {
                 arg: "mask",
-                expected: "bool, uint8 or float32 on CUDA",
+                expected: "bool, uint8 or float32 on CUDA".into(),
                 got: other.to_string(),
             }),
         }

@@ -2,11 +2,12 @@
 //! unused: u32, !first: u64]`, all zeros before the launches (a device-side memset, no host
 //! copy). The bits are [`BITS`] (`STATUS_*` in the kernels, defined from it); the last word holds the
 //! bitwise complement of the smallest flat index (row, or `row * T + t`) that raised one, or 0
-//! when none did. The caller reads it after the launches and raises the error the CPU path would
-//! have raised.
+//! when none did. The caller reads it after the launches; when it is set, the CPU engine reruns
+//! the call on host copies of the inputs and raises its own error.
 
 /// Every status bit: its name (`STATUS_<NAME>` in the kernels) and value. The kernels' defines
-/// and the Python host code (`_core.cuda_status_bits()`) are made from this table.
+/// are made from this table; the host only tests the word for zero (a set word reruns the call
+/// on the CPU engine, which names the error).
 pub const BITS: &[(&str, u32)] = &[
     ("NONFINITE_INPUT", NONFINITE_INPUT),
     ("BAD_MASK", BAD_MASK),

@@ -12,12 +12,14 @@ mod options;
 pub mod registry;
 mod row;
 mod row_f32;
+pub mod shapes;
 mod terms;
 
 use rayon::prelude::*;
 
 pub use metrics::LossMetrics;
 pub use options::{Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
+pub use shapes::{LossDims, LossShapes};
 
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};

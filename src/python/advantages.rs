@@ -45,17 +45,10 @@ pub(crate) fn token_advantages_core<'py>(
     mask: &Bound<'py, PyAny>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let advantages = View::<f32>::new("advantages", advantages)?.expect_ndim("advantages", 1)?;
+    let advantages = View::<f32>::new("advantages", advantages)?;
     let mask = MaskView::new("mask", mask)?;
-    let shape = mask.shape().to_vec();
-    let rows = advantages.shape()[0];
-    if shape.len() != 2 || shape[0] != rows {
-        return Err(value_error(
-            "mask",
-            format!("expected shape ({rows}, L) matching advantages ({rows},), got {shape:?}"),
-        ));
-    }
-    let out = output_2d(py, out, shape[0], shape[1])?;
+    let (rows, len) = advantages::token_shape(advantages.shape(), mask.shape()).map_err(to_py)?;
+    let out = output_2d(py, out, rows, len)?;
     {
         let mut guard = out
             .try_readwrite()
@@ -65,7 +58,7 @@ pub(crate) fn token_advantages_core<'py>(
             .map_err(|_| value_error("out", "internal: output is not contiguous"))?;
         let a = advantages.slice();
         with_mask!(&mask, |m| py
-            .detach(|| advantages::token_advantages(a, m, shape[1], out_slice)))
+            .detach(|| advantages::token_advantages(a, m, len, out_slice)))
         .map_err(to_py)?;
     }
     Ok(out.into_any())

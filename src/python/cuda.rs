@@ -9,19 +9,8 @@ use pyo3::types::PyDict;
 use super::errors::to_py;
 use super::loss::LossOptionArgs;
 use crate::advantages::{AdvantageOptions, Scale, Singleton};
-use crate::cuda::{self, groups, logprob, loss, FloatDtype, MaskDtype, Stream, SOURCES};
+use crate::cuda::{self, groups, logprob, loss, DeviceTensor, Stream, SOURCES};
 use crate::rewards::{CreditRule, DiversifyMode, RewardOptions};
-
-/// The kernels' status bits by name (`NONFINITE_INPUT`, `OVERFLOW`, ...), from
-/// [`cuda::status::BITS`]: the host code reads them from here instead of repeating them.
-#[pyfunction]
-pub(crate) fn cuda_status_bits(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let out = PyDict::new(py);
-    for (name, bit) in cuda::status::BITS {
-        out.set_item(*name, *bit)?;
-    }
-    Ok(out)
-}
 
 /// What the CUDA path can use here: `nvrtc`, `nvrtc_version`, `driver`, `driver_version`,
 /// `device_count`, `reason` (why not, or None).
@@ -65,93 +54,84 @@ pub(crate) fn cuda_compile_all(
     .map_err(to_py)
 }
 
+/// A torch tensor as `sgpo_rs._cuda` describes it: `(data_ptr, dtype, shape, strides, device)`,
+/// the dtype without its `torch.` prefix and the device as `str(tensor.device)`.
+type TensorArg = (u64, String, Vec<usize>, Vec<i64>, String);
+
+fn tensor((ptr, dtype, shape, strides, device): TensorArg) -> DeviceTensor {
+    DeviceTensor {
+        ptr,
+        dtype,
+        shape,
+        strides,
+        device,
+    }
+}
+
 fn stream(device: i32, handle: u64) -> Stream {
     Stream { device, handle }
 }
 
-/// A logits tensor as Python describes it: `(data_ptr, dtype, rows, vocab, row_stride,
-/// group_rows, group_stride)` (see [`logprob::Logits`]).
-type LogitsLayout = (u64, String, usize, usize, usize, usize, usize);
-
-fn logits_view(layout: LogitsLayout) -> PyResult<logprob::Logits> {
-    let (ptr, dtype, rows, vocab, row_stride, group_rows, group_stride) = layout;
-    Ok(logprob::Logits {
-        ptr,
-        dtype: FloatDtype::parse("logits", &dtype).map_err(to_py)?,
-        rows,
-        vocab,
-        row_stride,
-        group_rows,
-        group_stride,
-    })
-}
-
+/// The selective log-softmax forward; every tensor is described ([`TensorArg`]) and checked by
+/// [`logprob::selective_logprobs`] before the launch.
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, targets, temperature, logp, entropy, status, stats=None))]
+#[pyo3(signature = (stream_handle, logits, targets, temperature, logp, entropy, status, stats=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs(
     py: Python<'_>,
-    device: i32,
     stream_handle: u64,
-    logits: LogitsLayout,
-    targets: u64,
+    logits: TensorArg,
+    targets: TensorArg,
     temperature: f64,
-    logp: u64,
-    entropy: Option<u64>,
-    status: u64,
-    stats: Option<u64>,
+    logp: TensorArg,
+    entropy: Option<TensorArg>,
+    status: TensorArg,
+    stats: Option<TensorArg>,
 ) -> PyResult<()> {
-    let view = logits_view(logits)?;
-    let s = stream(device, stream_handle);
-    py.detach(|| {
-        logprob::selective_logprobs(
-            &s,
-            &view,
-            targets,
-            temperature,
-            logp,
-            entropy,
-            stats,
-            status,
-        )
-    })
-    .map_err(to_py)
+    let [logits, targets, logp, status] = [logits, targets, logp, status].map(tensor);
+    let (entropy, stats) = (entropy.map(tensor), stats.map(tensor));
+    let tensors = logprob::ForwardTensors {
+        logits: &logits,
+        targets: &targets,
+        logp: &logp,
+        entropy: entropy.as_ref(),
+        stats: stats.as_ref(),
+        status: &status,
+    };
+    py.detach(|| logprob::selective_logprobs(stream_handle, &tensors, temperature))
+        .map_err(to_py)
 }
 
+/// The selective log-softmax backward (`dlogits` may be the logits tensor itself: in place).
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logits, targets, temperature, grad_logp, grad_entropy, dlogits, out_stride, status, stats=None))]
+#[pyo3(signature = (stream_handle, logits, targets, temperature, grad_logp, grad_entropy, dlogits, status, stats=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_selective_logprobs_backward(
     py: Python<'_>,
-    device: i32,
     stream_handle: u64,
-    logits: LogitsLayout,
-    targets: u64,
+    logits: TensorArg,
+    targets: TensorArg,
     temperature: f64,
-    grad_logp: u64,
-    grad_entropy: Option<u64>,
-    dlogits: u64,
-    out_stride: usize,
-    status: u64,
-    stats: Option<u64>,
+    grad_logp: TensorArg,
+    grad_entropy: Option<TensorArg>,
+    dlogits: TensorArg,
+    status: TensorArg,
+    stats: Option<TensorArg>,
 ) -> PyResult<()> {
-    let view = logits_view(logits)?;
-    let s = stream(device, stream_handle);
-    py.detach(|| {
-        logprob::selective_logprobs_backward(
-            &s,
-            &view,
-            targets,
-            temperature,
-            stats,
-            grad_logp,
-            grad_entropy,
-            dlogits,
-            out_stride,
-            status,
-        )
-    })
-    .map_err(to_py)
+    let [logits, targets, grad_logp, dlogits, status] =
+        [logits, targets, grad_logp, dlogits, status].map(tensor);
+    let (grad_entropy, stats) = (grad_entropy.map(tensor), stats.map(tensor));
+    let tensors = logprob::BackwardTensors {
+        logits: &logits,
+        targets: &targets,
+        grad_logp: &grad_logp,
+        grad_entropy: grad_entropy.as_ref(),
+        stats: stats.as_ref(),
+        dlogits: &dlogits,
+        status: &status,
+    };
+    py.detach(|| logprob::selective_logprobs_backward(stream_handle, &tensors, temperature))
+        .map_err(to_py)
 }
 
 /// float64 elements of the loss workspace for `(batch, len)`.
@@ -160,68 +140,63 @@ pub(crate) fn cuda_loss_workspace_len(batch: usize, len: usize) -> usize {
     loss::workspace_len(batch, len)
 }
 
-/// Launches the fused loss; returns the metric names and their slots in `out`.
+/// Launches the fused loss; returns the metric names and their slots in `out`. Every tensor
+/// comes described (see [`TensorArg`]) and is checked by [`loss::LossTensors::check`] first.
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, logp, old_logp, ref_logp, advantages, advantages_per_token, mask, dtype, mask_dtype, batch, len, options, grad, workspace, out, status))]
+#[pyo3(signature = (stream_handle, logp, old_logp, ref_logp, advantages, mask, options, grad, workspace, out, status))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_policy_loss(
     py: Python<'_>,
-    device: i32,
     stream_handle: u64,
-    logp: u64,
-    old_logp: u64,
-    ref_logp: u64,
-    advantages: u64,
-    advantages_per_token: bool,
-    mask: u64,
-    dtype: &str,
-    mask_dtype: &str,
-    batch: usize,
-    len: usize,
+    logp: TensorArg,
+    old_logp: Option<TensorArg>,
+    ref_logp: Option<TensorArg>,
+    advantages: TensorArg,
+    mask: TensorArg,
     options: LossOptionArgs,
-    grad: u64,
-    workspace: u64,
-    out: u64,
-    status: u64,
+    grad: TensorArg,
+    workspace: TensorArg,
+    out: TensorArg,
+    status: TensorArg,
 ) -> PyResult<Vec<(&'static str, usize)>> {
+    let [logp, advantages, mask, grad, workspace, out, status] =
+        [logp, advantages, mask, grad, workspace, out, status].map(tensor);
+    let (old_logp, ref_logp) = (old_logp.map(tensor), ref_logp.map(tensor));
+    let tensors = loss::LossTensors {
+        logp: &logp,
+        old_logp: old_logp.as_ref(),
+        ref_logp: ref_logp.as_ref(),
+        advantages: &advantages,
+        mask: &mask,
+        grad: &grad,
+        workspace: &workspace,
+        out: &out,
+        status: &status,
+    };
+    let len = logp.shape.get(1).copied().unwrap_or(0);
     let options = options.resolve(len)?;
-    let inputs = loss::DeviceLossInputs {
-        logp,
-        old_logp,
-        ref_logp,
-        advantages,
-        advantages_per_token,
-        mask,
-        dtype: FloatDtype::parse("logp", dtype).map_err(to_py)?,
-        mask_dtype: MaskDtype::parse(mask_dtype).map_err(to_py)?,
-        batch,
-        len,
-    };
-    let buffers = loss::DeviceLossBuffers {
-        grad,
-        workspace,
-        out,
-        status,
-    };
+    let (device, inputs, buffers) = tensors.check(&options).map_err(to_py)?;
     let s = stream(device, stream_handle);
     py.detach(|| loss::policy_loss(&s, &inputs, &options, &buffers))
         .map_err(to_py)?;
     Ok(loss::metric_slots(&options))
 }
 
-fn device_groups(
-    rows: usize,
-    num_groups: usize,
-    group_size: usize,
-    order: u64,
-    starts: u64,
-) -> groups::DeviceGroups {
-    groups::DeviceGroups {
-        rows,
-        num_groups,
-        group_size,
-        order,
-        starts,
+/// Groups as Python passes them: `group_size` (consecutive rows) or `(order, starts)` built
+/// from the ids on the device.
+type GroupArgs = (Option<usize>, Option<(TensorArg, TensorArg)>);
+
+fn group_tensors(
+    groups: GroupArgs,
+    ids: &Option<(DeviceTensor, DeviceTensor)>,
+) -> PyResult<groups::GroupTensors<'_>> {
+    match (groups.0, ids) {
+        (Some(size), None) => Ok(groups::GroupTensors::Consecutive(size)),
+        (None, Some((order, starts))) => Ok(groups::GroupTensors::Ids { order, starts }),
+        _ => Err(to_py(crate::Error::value(
+            "group_size",
+            "give group_size (consecutive rows, TRL) or group_ids (one id per row, verl)",
+        ))),
     }
 }
 
@@ -231,112 +206,122 @@ pub(crate) fn cuda_reward_scratch_len(num_groups: usize) -> usize {
     groups::reward_scratch_len(num_groups)
 }
 
+/// The SGPO reward rule; every tensor is described and checked by [`groups::sgpo_rewards`].
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, rows, num_groups, group_size, order, starts, rewards, first_error, num_steps, credit, correct, credit_scale, mode, out_rewards, out_credit, out_all_negative, out_diversified, out_stats, scratch, status, rule="prefix", beta=5.0, gamma=0.5))]
+#[pyo3(signature = (stream_handle, groups, rewards, first_error, num_steps, credit, correct, credit_scale, mode, out_rewards, out_credit, out_all_negative, out_diversified, out_stats, scratch, status, rule="prefix", beta=5.0, gamma=0.5))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_sgpo_rewards(
     py: Python<'_>,
-    device: i32,
     stream_handle: u64,
-    rows: usize,
-    num_groups: usize,
-    group_size: usize,
-    order: u64,
-    starts: u64,
-    rewards: u64,
-    first_error: u64,
-    num_steps: u64,
-    credit: u64,
-    correct: u64,
+    groups: GroupArgs,
+    rewards: TensorArg,
+    first_error: Option<TensorArg>,
+    num_steps: Option<TensorArg>,
+    credit: Option<TensorArg>,
+    correct: Option<TensorArg>,
     credit_scale: f64,
     mode: &str,
-    out_rewards: u64,
-    out_credit: u64,
-    out_all_negative: u64,
-    out_diversified: u64,
-    out_stats: u64,
-    scratch: u64,
-    status: u64,
+    out_rewards: TensorArg,
+    out_credit: TensorArg,
+    out_all_negative: TensorArg,
+    out_diversified: TensorArg,
+    out_stats: TensorArg,
+    scratch: TensorArg,
+    status: TensorArg,
     rule: &str,
     beta: f64,
     gamma: f64,
 ) -> PyResult<()> {
-    let verdicts = if credit != 0 {
-        groups::DeviceVerdicts::Credit(credit)
-    } else {
-        groups::DeviceVerdicts::Steps {
-            first_error,
-            num_steps,
-        }
-    };
     let options = RewardOptions {
         credit_scale,
         mode: DiversifyMode::parse(mode).map_err(to_py)?,
         rule: CreditRule::parse(rule, beta, gamma).map_err(to_py)?,
     };
-    let outputs = groups::DeviceRewardOutputs {
-        rewards: out_rewards,
-        credit: out_credit,
-        all_negative: out_all_negative,
-        diversified: out_diversified,
-        stats: out_stats,
+    let [rewards, out_rewards, out_credit, all_negative, diversified, stats, scratch, status] = [
+        rewards,
+        out_rewards,
+        out_credit,
+        out_all_negative,
+        out_diversified,
+        out_stats,
         scratch,
         status,
+    ]
+    .map(tensor);
+    let [first_error, num_steps, credit, correct] =
+        [first_error, num_steps, credit, correct].map(|t| t.map(tensor));
+    let ids = groups.1.clone().map(|(o, s)| (tensor(o), tensor(s)));
+    let groups = group_tensors(groups, &ids)?;
+    let tensors = groups::RewardTensors {
+        rewards: &rewards,
+        first_error: first_error.as_ref(),
+        num_steps: num_steps.as_ref(),
+        credit: credit.as_ref(),
+        correct: correct.as_ref(),
+        out_rewards: &out_rewards,
+        out_credit: &out_credit,
+        all_negative: &all_negative,
+        diversified: &diversified,
+        stats: &stats,
+        scratch: &scratch,
+        status: &status,
     };
-    let g = device_groups(rows, num_groups, group_size, order, starts);
-    let s = stream(device, stream_handle);
-    py.detach(|| groups::sgpo_rewards(&s, &g, rewards, verdicts, correct, options, &outputs))
+    py.detach(|| groups::sgpo_rewards(stream_handle, groups, &tensors, options))
         .map_err(to_py)
 }
 
+/// Group-normalised advantages; every tensor is described and checked by
+/// [`groups::group_advantages`].
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, rows, num_groups, group_size, order, starts, rewards, scale, eps, singleton, out, scratch, status))]
+#[pyo3(signature = (stream_handle, groups, rewards, scale, eps, singleton, out, scratch, status))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_group_advantages(
     py: Python<'_>,
-    device: i32,
     stream_handle: u64,
-    rows: usize,
-    num_groups: usize,
-    group_size: usize,
-    order: u64,
-    starts: u64,
-    rewards: u64,
+    groups: GroupArgs,
+    rewards: TensorArg,
     scale: &str,
     eps: f64,
     singleton: &str,
-    out: u64,
-    scratch: u64,
-    status: u64,
+    out: TensorArg,
+    scratch: TensorArg,
+    status: TensorArg,
 ) -> PyResult<()> {
     let options = AdvantageOptions {
         scale: Scale::parse(scale).map_err(to_py)?,
         eps,
         singleton: Singleton::parse(singleton).map_err(to_py)?,
     };
-    let g = device_groups(rows, num_groups, group_size, order, starts);
-    let s = stream(device, stream_handle);
-    py.detach(|| groups::group_advantages(&s, &g, rewards, options, out, scratch, status))
-        .map_err(to_py)
+    let [rewards, out, scratch, status] = [rewards, out, scratch, status].map(tensor);
+    let ids = groups.1.clone().map(|(o, s)| (tensor(o), tensor(s)));
+    let groups = group_tensors(groups, &ids)?;
+    py.detach(|| {
+        groups::group_advantages(
+            stream_handle,
+            groups,
+            &rewards,
+            options,
+            &out,
+            &scratch,
+            &status,
+        )
+    })
+    .map_err(to_py)
 }
 
+/// `advantages[:, None] * mask`; every tensor is described and checked by
+/// [`groups::token_advantages`].
 #[pyfunction]
-#[pyo3(signature = (device, stream_handle, advantages, mask, mask_dtype, rows, len, out, status))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (stream_handle, advantages, mask, out, status))]
 pub(crate) fn cuda_token_advantages(
     py: Python<'_>,
-    device: i32,
     stream_handle: u64,
-    advantages: u64,
-    mask: u64,
-    mask_dtype: &str,
-    rows: usize,
-    len: usize,
-    out: u64,
-    status: u64,
+    advantages: TensorArg,
+    mask: TensorArg,
+    out: TensorArg,
+    status: TensorArg,
 ) -> PyResult<()> {
-    let mask_dtype = MaskDtype::parse(mask_dtype).map_err(to_py)?;
-    let s = stream(device, stream_handle);
-    py.detach(|| groups::token_advantages(&s, advantages, mask, mask_dtype, rows, len, out, status))
+    let [advantages, mask, out, status] = [advantages, mask, out, status].map(tensor);
+    py.detach(|| groups::token_advantages(stream_handle, &advantages, &mask, &out, &status))
         .map_err(to_py)
 }

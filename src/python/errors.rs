@@ -16,7 +16,8 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         | Error::NonFinite { .. }
         | Error::Choice { .. }
         | Error::Overflow { .. } => PyValueError::new_err(message),
-        Error::Cuda(_) => PyRuntimeError::new_err(message),
+        // torch raises RuntimeError for tensors on the wrong device too.
+        Error::Device { .. } | Error::Cuda(_) => PyRuntimeError::new_err(message),
     }
 }
 

@@ -5,12 +5,12 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::arrays::{output_2d, with_mask, FloatView, MaskView, View};
-use super::errors::{to_py, type_error, value_error};
+use super::errors::{to_py, value_error};
 use crate::elem::{FloatElem, MaskElem};
 use crate::loss::registry::LOSS_TYPES;
 use crate::loss::{
     policy_loss, AdvantageView, Aggregation, ImportanceSamplingLevel, KlEstimator, LossInputs,
-    LossOptions, LossOutput, LossType,
+    LossOptions, LossOutput, LossShapes, LossType,
 };
 
 /// Returns `(loss, grad, metrics)`. `options` holds every keyword option of
@@ -31,54 +31,39 @@ pub(crate) fn policy_loss_core<'py>(
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let logp = FloatView::new("logp", logp, half_dtype)?;
-    let shape = logp.shape().to_vec();
-    if shape.len() != 2 {
-        return Err(value_error(
-            "logp",
-            format!("expected a 2-D array (B, T), got shape {shape:?}"),
-        ));
-    }
-    let (batch, len) = (shape[0], shape[1]);
-    let same =
+    let companion =
         |arg: &'static str, obj: Option<&Bound<'py, PyAny>>| -> PyResult<Option<FloatView<'py>>> {
             let Some(obj) = obj.filter(|o| !o.is_none()) else {
                 return Ok(None);
             };
             let view = FloatView::new(arg, obj, half_dtype)?;
             if view.dtype_name() != logp.dtype_name() {
-                return Err(type_error(
+                return Err(to_py(crate::Error::Dtype {
                     arg,
-                    &format!("the dtype of logp ({})", logp.dtype_name()),
-                    view.dtype_name(),
-                ));
-            }
-            if view.shape() != shape.as_slice() {
-                return Err(value_error(
-                    arg,
-                    format!("expected shape {shape:?} like logp, got {:?}", view.shape()),
-                ));
+                    expected: format!("{} like logp", logp.dtype_name()).into(),
+                    got: view.dtype_name().to_string(),
+                }));
             }
             Ok(Some(view))
         };
-    let old_logp = same("old_logp", old_logp)?;
-    let ref_logp = same("ref_logp", ref_logp)?;
+    let old_logp = companion("old_logp", old_logp)?;
+    let ref_logp = companion("ref_logp", ref_logp)?;
     let mask = MaskView::new("mask", mask)?;
-    if mask.shape() != shape.as_slice() {
-        return Err(value_error(
-            "mask",
-            format!("expected shape {shape:?} like logp, got {:?}", mask.shape()),
-        ));
-    }
     let advantages = View::<f32>::new("advantages", advantages)?;
-    let advantage_view = match advantages.shape() {
-        [b] if *b == batch => AdvantageView::PerRow(advantages.slice()),
-        [b, t] if *b == batch && *t == len => AdvantageView::PerToken(advantages.slice()),
-        other => {
-            return Err(value_error(
-                "advantages",
-                format!("expected shape ({batch},) or ({batch}, {len}), got {other:?}"),
-            ))
-        }
+    let dims = LossShapes {
+        logp: logp.shape(),
+        old_logp: old_logp.as_ref().map(|v| v.shape()),
+        ref_logp: ref_logp.as_ref().map(|v| v.shape()),
+        advantages: advantages.shape(),
+        mask: mask.shape(),
+    }
+    .check()
+    .map_err(to_py)?;
+    let (batch, len) = (dims.batch, dims.len);
+    let advantage_view = if dims.advantages_per_token {
+        AdvantageView::PerToken(advantages.slice())
+    } else {
+        AdvantageView::PerRow(advantages.slice())
     };
     let options = options.resolve(len)?;
 

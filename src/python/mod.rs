@@ -47,7 +47,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "cuda")]
     {
         m.add_function(wrap_pyfunction!(cuda::cuda_availability, m)?)?;
-        m.add_function(wrap_pyfunction!(cuda::cuda_status_bits, m)?)?;
         m.add_function(wrap_pyfunction!(cuda::cuda_device, m)?)?;
         m.add_function(wrap_pyfunction!(cuda::cuda_compile_all, m)?)?;
         m.add_function(wrap_pyfunction!(cuda::cuda_selective_logprobs, m)?)?;

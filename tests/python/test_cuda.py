@@ -16,8 +16,8 @@ tested against float64 references) and against float64 torch references, on fres
 each run, with poisoned outputs (the caching allocator is filled with NaN first, so an element a
 kernel forgets to write shows up), masks with gaps, empty rows, extreme log-ratios, several shapes
 including long rows and a 152k vocabulary, bit-identical reruns, and bad inputs raising the CPU
-path's errors (the same messages up to how the offending value is printed: "NaN"/"-1" on the CPU,
-"nan"/"-1.0" on CUDA).
+path's errors (a flagged status reruns the call through the CPU engine, so the messages are the
+CPU path's, character for character).
 
 Tolerances: the loss kernel computes every token in float64 like the CPU path except its
 exponentials (float32 with the argument's rounding folded back in: 2.4e-7 relative), so loss,
@@ -229,8 +229,8 @@ def test_selective_log_softmax_bad_inputs_raise(device):
         selective_log_softmax(logits, torch.tensor([0, 10, 1], device=device))
     bad = logits.clone()
     bad[1, 4] = float("nan")
-    # The CPU path spells it "NaN", the CUDA path (Python's float repr) "nan".
-    with pytest.raises(ValueError, match=r"logits: expected finite values, found (nan|NaN) at \(1, 4\)"):
+    # On CUDA too the message is the CPU engine's (a flagged status reruns the call there).
+    with pytest.raises(ValueError, match=r"logits: expected finite values, found NaN at \(1, 4\)"):
         selective_log_softmax(bad, torch.tensor([0, 1, 2], device=device))
     bad = logits.clone()
     bad[2] = float("-inf")
@@ -363,14 +363,12 @@ def test_policy_loss_bad_inputs_name_the_argument(device):
     mask[2, 5] = True
     logp[2, 5] = np.nan
     args = [on(device, x) for x in (logp, old, adv, mask)]
-    # The CPU path spells it "NaN", the CUDA path (Python's float repr) "nan".
-    with pytest.raises(ValueError, match=r"logp: expected finite values, found (nan|NaN) at \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"logp: expected finite values, found NaN at \(2, 5\)"):
         sgpo_loss(*args)
     logp[2, 5] = -1.0
     weights = on(device, mask.astype(np.float32))
     weights[1, 3] = -1.0
-    # The CPU path writes "-1", the CUDA path (Python's float repr) "-1.0".
-    with pytest.raises(ValueError, match=r"mask: expected finite weights >= 0, got -1(\.0)? at \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"mask: expected finite weights >= 0, got -1 at \(1, 3\)"):
         sgpo_loss(on(device, logp), args[1], args[2], weights)
     with pytest.raises(ValueError, match="ref_logp"):
         sgpo_loss(on(device, logp), args[1], args[2], args[3], beta=0.1)
@@ -453,8 +451,9 @@ def test_selective_log_softmax_reads_trl_style_sliced_logits_in_place(device):
     view = full[:, :-1]  # (B, T, V) with a batch stride of 11 rows: TRL's logits[:, :-1]
     assert not view.is_contiguous()
     if device == "cuda":  # how the CUDA kernels address the view (the CPU path copies it)
-        x, rows, vocab, row_stride, group_rows, group_stride = _cuda._logits_layout(view)
-        assert x.data_ptr() == full.data_ptr() and (rows, group_rows, group_stride) == (30, 10, 11 * 4099)
+        # (the core derives rows 30, groups of 10 rows, 11 * 4099 elements apart: a Rust test)
+        x = _cuda._logits_view(view)
+        assert x.data_ptr() == full.data_ptr() and x.shape == view.shape
     targets = torch.randint(0, 4099, (3, 10), device=device)
     leaf = view.detach().requires_grad_(True)
     logp = selective_log_softmax(leaf, targets)
