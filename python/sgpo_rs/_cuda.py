@@ -278,8 +278,10 @@ def policy_loss(
     out: Optional[Any] = None,
 ) -> Tuple[Any, Any, Dict[str, float]]:
     """``(loss, grad, metrics)``: a 0-dim float32 loss and the float32 ``(B, T)`` gradient on the
-    device, and the metrics as floats (read with the status). Shapes, dtypes and devices are
-    checked by the core (the CPU path's rules and messages) before anything is launched."""
+    device, and the metrics: floats read with the status (``check``), or else 0-dim float64
+    device tensors (views of the kernel's output; nothing waits for the stream). Shapes, dtypes
+    and devices are checked by the core (the CPU path's rules and messages) before anything is
+    launched."""
     import torch
 
     _require()
@@ -316,7 +318,7 @@ def policy_loss(
         _describe(values),
         _describe(status),
     )
-    metrics: Dict[str, float] = {}
+    metrics: Dict[str, Any] = {name: values[slot] for name, slot in slots}
     if check:
         host = results.cpu()
         bits, _ = _decode_status(*host[12:].tolist())

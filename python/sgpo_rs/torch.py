@@ -158,7 +158,8 @@ def _forward(
     options: Dict[str, Any],
     divisor: int,
     out: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    check: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """One call of the Rust core; `options` already checked. Returns `(loss, grad, metrics)`: a
     0-dim float32 loss and the float32 gradient on logp's device (written into `out` when given),
     both already divided by `divisor`."""
@@ -166,7 +167,9 @@ def _forward(
     kwargs = dict(options)
     kwargs["grad_scale"] = options["grad_scale"] / divisor
     if logp.device.type == "cuda":
-        loss, grad, metrics = _cuda.policy_loss(logp, old_logp, ref_logp, advantages, mask, kwargs, out=out)
+        loss, grad, metrics = _cuda.policy_loss(
+            logp, old_logp, ref_logp, advantages, mask, kwargs, check=check, out=out
+        )
         return loss / divisor, grad, metrics
     lp = _logprobs("logp", logp, dtype)
     old = None if old_logp is None else _logprobs("old_logp", old_logp, dtype)
@@ -207,10 +210,13 @@ class SGPOLoss(torch.autograd.Function):
         mask: torch.Tensor,
         options: Dict[str, Any],
         divisor: int,
-        metrics: Dict[str, float],
+        metrics: Dict[str, Any],
         out: Optional[torch.Tensor] = None,
+        check: bool = True,
     ) -> torch.Tensor:
-        loss, grad, values = _forward(logp, old_logp, ref_logp, advantages, mask, options, divisor, out)
+        loss, grad, values = _forward(
+            logp, old_logp, ref_logp, advantages, mask, options, divisor, out, check
+        )
         metrics.update(values)
         ctx.save_for_backward(grad)
         ctx.logp_dtype = logp.dtype
@@ -221,7 +227,7 @@ class SGPOLoss(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         dlogp = (grad * grad_output).to(ctx.logp_dtype)
-        return dlogp, None, None, None, None, None, None, None, None
+        return dlogp, None, None, None, None, None, None, None, None, None
 
 
 @torch.compiler.disable
@@ -234,8 +240,9 @@ def sgpo_loss(
     ref_logp: Optional[torch.Tensor] = None,
     gradient_accumulation_steps: int = 1,
     out: Optional[torch.Tensor] = None,
+    check: bool = True,
     **options: Any,
-) -> Tuple[torch.Tensor, Dict[str, float]]:
+) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """TRL 1.16's ``_compute_loss`` (and verl's vanilla loss) as one autograd op, on CPU or CUDA
     tensors.
 
@@ -291,7 +298,11 @@ def sgpo_loss(
     masks converted to float32) run the fused CUDA kernel on torch's current stream: the same
     formulas in float64 per token, deterministic reductions, the gradient written once. Reading
     the metrics (and checking the inputs: a NaN at an unmasked token raises ``ValueError`` as on
-    the CPU) waits for that stream once per call.
+    the CPU) waits for that stream once per call. ``check=False`` (CUDA only) skips that read:
+    nothing waits for the stream (the step can be captured in a CUDA graph), the metrics are
+    0-dim float64 CUDA tensors to read when convenient, and invalid inputs give NaN instead of an
+    error, as in torch. Shapes, dtypes and devices are still checked before the launch. On the
+    CPU ``check`` changes nothing (the inputs are always checked).
     """
     if not isinstance(logp, torch.Tensor):
         raise TypeError(f"logp: expected a torch.Tensor, got {type(logp).__name__}")
@@ -316,8 +327,9 @@ def sgpo_loss(
         raise ValueError(
             f"out: expected a contiguous float32 tensor of shape {tuple(logp.shape)} on {logp.device}"
         )
-    metrics: Dict[str, float] = {}
-    loss = SGPOLoss.apply(logp, old, ref, adv, m, checked, divisor, metrics, out)
+    check = _arrays.flag("check", check)
+    metrics: Dict[str, Any] = {}
+    loss = SGPOLoss.apply(logp, old, ref, adv, m, checked, divisor, metrics, out, check)
     return loss, metrics
 
 
@@ -372,17 +384,19 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         targets: torch.Tensor,
         temperature: float,
         return_entropy: bool,
+        check: bool = True,
     ) -> Any:
         lead = tuple(logits.shape[:-1])
         ctx.save_for_backward(logits, targets)
         ctx.temperature = temperature
         ctx.return_entropy = return_entropy
+        ctx.check = check
         if logits.device.type == "cuda":
             _check_targets(targets, lead)
             # ``stats`` (float32 (N, 3): each row's max, log-sum and entropy) lets the backward
             # read the logits once instead of twice.
             logp_t, ent_t, ctx.stats = _cuda.selective_logprobs(
-                logits, targets, temperature, return_entropy, keep_stats=True
+                logits, targets, temperature, return_entropy, check=check, keep_stats=True
             )
             return (logp_t, ent_t) if return_entropy else logp_t
         x, half = _logits_numpy(logits)
@@ -404,16 +418,12 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         if logits.device.type == "cuda":
             gh = grads[1] if ctx.return_entropy else None
             dlogits = _cuda.selective_logprobs_backward(
-                logits, targets, ctx.temperature, grads[0], gh, stats=ctx.stats
+                logits, targets, ctx.temperature, grads[0], gh, check=ctx.check, stats=ctx.stats
             )
-            return dlogits, None, None, None
+            return dlogits, None, None, None, None
         gh = grads[1] if ctx.return_entropy else None
-        return (
-            _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats),
-            None,
-            None,
-            None,
-        )
+        dlogits = _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats)
+        return dlogits, None, None, None, None
 
 
 def _cpu_logprobs_backward(
@@ -452,6 +462,7 @@ def selective_log_softmax(
     targets: torch.Tensor,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    check: bool = True,
 ) -> Any:
     """``log_softmax(logits / temperature, -1).gather(-1, targets[..., None])[..., 0]`` fused, as
     an autograd op on CPU or CUDA tensors (TRL's ``selective_log_softmax`` with the temperature
@@ -471,7 +482,8 @@ def selective_log_softmax(
     CUDA tensors (float32, bfloat16 or float16 logits) run the fused CUDA kernels on torch's
     current stream: one block per row, an online log-sum-exp in float32 over 16-byte loads, and a
     backward that writes ``dlogits`` once, in the logits' dtype. Checking the inputs waits for the
-    stream once per call.
+    stream once per call (forward and backward); ``check=False`` skips that wait (invalid inputs
+    then give NaN or undefined values, as in torch; shapes, dtypes and devices are still checked).
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
@@ -491,4 +503,5 @@ def selective_log_softmax(
         raise ValueError(f"logits: expected a vocabulary of at least 1, got shape {tuple(logits.shape)}")
     temperature = _arrays.real("temperature", temperature)
     return_entropy = _arrays.flag("return_entropy", return_entropy)
-    return SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy)
+    check = _arrays.flag("check", check)
+    return SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy, check)

@@ -314,12 +314,8 @@ impl GroupTensors<'_> {
     fn checked(&self, rows: usize, device: &str) -> Result<DeviceGroups> {
         match *self {
             GroupTensors::Consecutive(size) => {
-                if size == 0 || !rows.is_multiple_of(size) {
-                    return Err(Error::value(
-                        "group_size",
-                        format!("expected a divisor of the number of rows ({rows}), got {size}"),
-                    ));
-                }
+                // The CPU path's checks and messages (a positive divisor of the row count).
+                crate::groups::Groups::contiguous(rows, size)?;
                 Ok(DeviceGroups {
                     rows,
                     num_groups: rows / size,

@@ -632,3 +632,43 @@ def test_the_kernels_are_capturable_in_a_cuda_graph_with_checks_off():
     torch.cuda.synchronize()
     for got, want in zip(captured, eager):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_check_false_waits_for_nothing_and_gives_the_same_numbers(device):
+    # check=False: no device-to-host read on the hot path (torch's sync debug mode turns any such
+    # read into an error), the metrics stay on the device, and every number equals check=True's.
+    # On the CPU the flag changes nothing.
+    from sgpo_rs.torch import selective_log_softmax, sgpo_loss
+
+    rng = np.random.default_rng(SEED + 61)
+    # Everything is on the device before the sync debug mode starts (a host-to-device copy waits).
+    lp0, o, r, a, m = (on(device, x) for x in loss_inputs(rng, 6, 130))
+    logits = torch.randn(4, 33, 1001, device=device)
+    targets = torch.randint(0, 1001, (4, 33), device=device)
+
+    def step(check: bool):
+        lp = lp0.clone().requires_grad_(True)
+        loss, metrics = sgpo_loss(lp, o, a, m, ref_logp=r, beta=0.04, check=check)
+        loss.backward()
+        x = logits.clone().requires_grad_(True)
+        out = selective_log_softmax(x, targets, 0.8, check=check)
+        out.sum().backward()
+        return loss.detach(), lp.grad, metrics, out.detach(), x.grad
+
+    want = step(True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = step(False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert all(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in got[2].values())
+    else:
+        got = step(False)
+    for g, w in zip(got[:2] + got[3:], want[:2] + want[3:]):
+        assert torch.equal(g, w)
+    assert {k: float(v) for k, v in got[2].items()} == want[2]
+    with pytest.raises(TypeError, match="check"):
+        sgpo_loss(lp0, None, a, m, check="no")
