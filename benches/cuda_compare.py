@@ -16,10 +16,11 @@ move divided by the measured device-to-device copy bandwidth (bytes read + writt
 - token advantages: reads the bool mask, writes the float32 output: ``N*L*(1 + 4)`` bytes.
 
 "sg" is the sgpo_rs.torch op as a training loop calls it (it reads the metrics and the input
-check, which waits for the stream); "sg kernel" is the launch sequence alone, device time only
-(for the loss ``sgpo_rs._cuda.policy_loss(check=False)`` replayed from a CUDA graph; for the
-log-softmax, whose kernels outlast their launch, timed eagerly), the number compared with the
-floor.
+check, which waits for the stream); for the loss, "op check=False" is the same op without that
+read (nothing waits for the stream: the number to hold against the kernels); "sg kernel" is the
+launch sequence alone, device time only (for the loss ``sgpo_rs._cuda.policy_loss(check=False)``
+replayed from a CUDA graph; for the log-softmax, whose kernels outlast their launch, timed
+eagerly), the number compared with the floor.
 """
 
 from __future__ import annotations
@@ -172,10 +173,12 @@ def loss_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
                     mask = torch.rand(batch, length, device="cuda") > 0.2
                     sets.append((lp, old, adv, mask, ref))
 
-                def run_sg(i):
+                def run_sg(i, check=True):
                     lp, old, adv, mask, ref = sets[i]
                     x = lp.detach().requires_grad_(True)
-                    loss, _ = sgpo_loss(x, old, adv, mask, ref_logp=ref if beta else None, beta=beta)
+                    loss, _ = sgpo_loss(
+                        x, old, adv, mask, ref_logp=ref if beta else None, beta=beta, check=check
+                    )
                     loss.backward()
 
                 opts = loss_options(dict(beta=beta))
@@ -200,6 +203,8 @@ def loss_rows(quick: bool, bandwidth: float) -> List[Dict[str, Any]]:
                     "shape": f"{batch}x{length} {str(dtype)[6:]} beta={beta}",
                     "floor_ms": floor_ms,
                     "sg_ms": bench(run_sg, 3),
+                    # the op without the status/metrics read (no wait for the stream)
+                    "sg_nosync_ms": bench(lambda i: run_sg(i, check=False), 3),
                     "sg_kernel_ms": device_ms(run_kernel),
                     "eager_ms": bench(run_torch(trl_loss), 3),
                 }
@@ -328,8 +333,9 @@ def print_row(row: Dict[str, Any]) -> None:
     for key in ("eager_ms", "compile_ms", "liger_ms", "trl_ms"):
         if row.get(key):
             ratios.append(f"{key[:-3]}/op {row[key] / sg:5.2f}x")
+    nosync = f"op check=False {fmt(row['sg_nosync_ms'])} " if row.get("sg_nosync_ms") else ""
     print(
-        f"{row['op']:32s} {row['shape']:28s} op {fmt(row.get('sg_ms'))} "
+        f"{row['op']:32s} {row['shape']:28s} op {fmt(row.get('sg_ms'))} {nosync}"
         f"kernels {fmt(row.get('sg_kernel_ms'))} "
         f"floor {fmt(row['floor_ms'])} ms  kernels at {100 * row['bandwidth_frac']:5.1f}% of copy bw  "
         + "  ".join(ratios),
