@@ -341,39 +341,6 @@ impl GroupTensors<'_> {
     }
 }
 
-/// A per-row column (rewards, verdicts, advantages): `dtype`, `rows` values, dense on `device`.
-fn column(
-    arg: &'static str,
-    t: &DeviceTensor,
-    dtype: &'static str,
-    rows: usize,
-    device: &str,
-    like: &str,
-) -> Result<u64> {
-    if t.dtype != dtype {
-        return Err(Error::Dtype {
-            arg,
-            expected: dtype.into(),
-            got: t.dtype.clone(),
-        });
-    }
-    if t.numel() != rows {
-        return Err(Error::shape(
-            arg,
-            format!("({rows},) like {like}"),
-            crate::error::shape_text(&t.shape),
-        ));
-    }
-    t.expect_dense(arg, device, like)
-}
-
-fn stream_of(t: &DeviceTensor, arg: &'static str, handle: u64) -> Result<Stream> {
-    Ok(Stream {
-        device: t.ordinal(arg)?,
-        handle,
-    })
-}
-
 /// The reward rule's tensors as the caller describes them: float64 `rewards`, the verdicts
 /// (int64 `first_error` and `num_steps`, or float64 `credit`), optional uint8 `correct`, and
 /// the outputs and scratch it allocated.
@@ -402,9 +369,11 @@ pub fn sgpo_rewards(
 ) -> Result<()> {
     let device = t.rewards.device.as_str();
     let rows = t.rewards.numel();
-    let rewards = column("rewards", t.rewards, "float64", rows, device, "rewards")?;
+    let rewards = t
+        .rewards
+        .expect_rows("rewards", "float64", rows, device, "rewards")?;
     let optional = |arg, c: Option<&DeviceTensor>, dtype| {
-        c.map(|c| column(arg, c, dtype, rows, device, "rewards"))
+        c.map(|c| c.expect_rows(arg, dtype, rows, device, "rewards"))
             .transpose()
     };
     let verdicts = match (
@@ -441,7 +410,7 @@ pub fn sgpo_rewards(
         )?,
         status: status_buffer(t.status, device)?,
     };
-    let stream = stream_of(t.rewards, "rewards", stream_handle)?;
+    let stream = t.rewards.stream("rewards", stream_handle)?;
     launch_rewards(&stream, &groups, rewards, verdicts, correct, options, &out)
 }
 
@@ -458,12 +427,12 @@ pub fn group_advantages(
 ) -> Result<()> {
     let device = rewards.device.as_str();
     let rows = rewards.numel();
-    let rewards_ptr = column("rewards", rewards, "float64", rows, device, "rewards")?;
+    let rewards_ptr = rewards.expect_rows("rewards", "float64", rows, device, "rewards")?;
     let groups = groups.checked(rows, device)?;
     let out = out.expect_buffer("out", "float32", &[rows], device)?;
     let scratch = scratch.expect_buffer("scratch", "float64", &[1], device)?;
     let status = status_buffer(status, device)?;
-    let stream = stream_of(rewards, "rewards", stream_handle)?;
+    let stream = rewards.stream("rewards", stream_handle)?;
     launch_group_advantages(&stream, &groups, rewards_ptr, options, out, scratch, status)
 }
 
@@ -478,18 +447,11 @@ pub fn token_advantages(
 ) -> Result<()> {
     let (rows, len) = token_shape(&advantages.shape, &mask.shape)?;
     let device = advantages.device.as_str();
-    let adv = column(
-        "advantages",
-        advantages,
-        "float32",
-        rows,
-        device,
-        "advantages",
-    )?;
+    let adv = advantages.expect_rows("advantages", "float32", rows, device, "advantages")?;
     let mask_dtype = MaskDtype::parse(&mask.dtype)?;
     let mask_ptr = mask.expect_dense("mask", device, "advantages")?;
     let out = out.expect_buffer("out", "float32", &[rows, len], device)?;
     let status = status_buffer(status, device)?;
-    let stream = stream_of(advantages, "advantages", stream_handle)?;
+    let stream = advantages.stream("advantages", stream_handle)?;
     launch_token_advantages(&stream, adv, mask_ptr, mask_dtype, rows, len, out, status)
 }

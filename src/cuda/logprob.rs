@@ -173,30 +173,26 @@ impl Logits {
     }
 }
 
-/// A per-row input (`targets`, upstream gradients): `dtype` with one value per row of logits,
-/// dense on the logits' device.
-fn per_row(
-    arg: &'static str,
-    t: &DeviceTensor,
-    dtype: &'static str,
-    rows: usize,
-    device: &str,
-) -> Result<u64> {
-    if t.dtype != dtype {
-        return Err(Error::Dtype {
-            arg,
-            expected: dtype.into(),
-            got: t.dtype.clone(),
-        });
-    }
-    if t.numel() != rows {
-        return Err(Error::shape(
-            arg,
-            format!("({rows},) (one value per row of logits)"),
-            shape_text(&t.shape),
-        ));
-    }
-    t.expect_dense(arg, device, "logits")
+/// What the forward and the backward check first: the logits' layout, the targets and the
+/// status word.
+struct Common {
+    logits: Logits,
+    targets: u64,
+    status: u64,
+}
+
+fn check_common(
+    logits: &DeviceTensor,
+    targets: &DeviceTensor,
+    status: &DeviceTensor,
+) -> Result<Common> {
+    let layout = Logits::from_tensor(logits)?;
+    let device = logits.device.as_str();
+    Ok(Common {
+        targets: targets.expect_rows("targets", "int64", layout.rows, device, "logits")?,
+        status: status_buffer(status, device)?,
+        logits: layout,
+    })
 }
 
 /// The forward's tensors as the caller describes them (`entropy`, `stats`: outputs wanted or
@@ -218,10 +214,8 @@ pub fn selective_logprobs(
     t: &ForwardTensors<'_>,
     temperature: f64,
 ) -> Result<()> {
-    let logits = Logits::from_tensor(t.logits)?;
-    let device = t.logits.device.as_str();
-    let rows = logits.rows;
-    let targets = per_row("targets", t.targets, "int64", rows, device)?;
+    let c = check_common(t.logits, t.targets, t.status)?;
+    let (device, rows) = (t.logits.device.as_str(), c.logits.rows);
     let logp = t.logp.expect_buffer("logp", "float32", &[rows], device)?;
     let buffer = |arg, b: Option<&DeviceTensor>, shape: &[usize]| {
         b.map(|b| b.expect_buffer(arg, "float32", shape, device))
@@ -229,20 +223,15 @@ pub fn selective_logprobs(
     };
     let entropy = buffer("entropy", t.entropy, &[rows])?;
     let stats = buffer("stats", t.stats, &[rows, STATS_PER_ROW])?;
-    let status = status_buffer(t.status, device)?;
-    let stream = Stream {
-        device: t.logits.ordinal("logits")?,
-        handle: stream_handle,
-    };
     launch_forward(
-        &stream,
-        &logits,
-        targets,
+        &t.logits.stream("logits", stream_handle)?,
+        &c.logits,
+        c.targets,
         temperature,
         logp,
         entropy,
         stats,
-        status,
+        c.status,
     )
 }
 
@@ -265,20 +254,19 @@ pub fn selective_logprobs_backward(
     t: &BackwardTensors<'_>,
     temperature: f64,
 ) -> Result<()> {
-    let logits = Logits::from_tensor(t.logits)?;
-    let device = t.logits.device.as_str();
-    let rows = logits.rows;
-    let targets = per_row("targets", t.targets, "int64", rows, device)?;
-    let grad_logp = per_row("grad_logp", t.grad_logp, "float32", rows, device)?;
+    let c = check_common(t.logits, t.targets, t.status)?;
+    let (device, rows, vocab) = (t.logits.device.as_str(), c.logits.rows, c.logits.vocab);
+    let per_row = |arg, g: &DeviceTensor| g.expect_rows(arg, "float32", rows, device, "logits");
+    let grad_logp = per_row("grad_logp", t.grad_logp)?;
     let grad_entropy = t
         .grad_entropy
-        .map(|g| per_row("grad_entropy", g, "float32", rows, device))
+        .map(|g| per_row("grad_entropy", g))
         .transpose()?;
     let stats = t
         .stats
         .map(|s| s.expect_buffer("stats", "float32", &[rows, STATS_PER_ROW], device))
         .transpose()?;
-    let dlogits = if t.dlogits.ptr == t.logits.ptr && logits.rows > 0 {
+    let dlogits = if t.dlogits.ptr == t.logits.ptr && rows > 0 {
         if t.dlogits != t.logits {
             return Err(Error::value(
                 "dlogits",
@@ -288,24 +276,19 @@ pub fn selective_logprobs_backward(
         t.dlogits.ptr
     } else {
         t.dlogits
-            .expect_buffer("dlogits", &t.logits.dtype, &[rows, logits.vocab], device)?
-    };
-    let status = status_buffer(t.status, device)?;
-    let stream = Stream {
-        device: t.logits.ordinal("logits")?,
-        handle: stream_handle,
+            .expect_buffer("dlogits", &t.logits.dtype, &[rows, vocab], device)?
     };
     launch_backward(
-        &stream,
-        &logits,
-        targets,
+        &t.logits.stream("logits", stream_handle)?,
+        &c.logits,
+        c.targets,
         temperature,
         stats,
         grad_logp,
         grad_entropy,
         dlogits,
-        logits.vocab,
-        status,
+        vocab,
+        c.status,
     )
 }
 
@@ -446,19 +429,21 @@ mod tests {
     fn per_row_inputs_are_checked_by_type_length_and_device() {
         let mut targets = logits(&[5], &[1]);
         targets.dtype = "int64".into();
-        assert!(per_row("targets", &targets, "int64", 5, "cuda:0").is_ok());
-        let err = per_row("targets", &targets, "int64", 6, "cuda:0").unwrap_err();
+        let rows =
+            |t: &DeviceTensor, arg, dtype, n| t.expect_rows(arg, dtype, n, "cuda:0", "logits");
+        assert!(rows(&targets, "targets", "int64", 5).is_ok());
+        let err = rows(&targets, "targets", "int64", 6).unwrap_err();
         assert_eq!(
             err.to_string(),
             "targets: expected shape (6,) (one value per row of logits), got (5,)"
         );
-        let err = per_row("grad_logp", &targets, "float32", 5, "cuda:0").unwrap_err();
+        let err = rows(&targets, "grad_logp", "float32", 5).unwrap_err();
         assert_eq!(
             err.to_string(),
             "grad_logp: expected dtype float32, got int64"
         );
         targets.device = "cpu".into();
-        let err = per_row("targets", &targets, "int64", 5, "cuda:0").unwrap_err();
+        let err = rows(&targets, "targets", "int64", 5).unwrap_err();
         assert_eq!(
             err.to_string(),
             "targets: expected a tensor on cuda:0 like logits, got one on cpu"

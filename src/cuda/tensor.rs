@@ -5,6 +5,7 @@
 //! layout the kernel addresses, the size of every output and scratch buffer) - so a size or
 //! order slip raises an error naming the argument instead of corrupting device memory.
 
+use super::device::Stream;
 use crate::error::{shape_text, Error, Result};
 
 /// One tensor: `ptr` (its first element), `dtype` (torch's name without the `torch.` prefix,
@@ -54,6 +55,15 @@ impl DeviceTensor {
             })
     }
 
+    /// The caller's stream `handle` on this tensor's CUDA device, checked last in every call, so
+    /// shape errors read the same whichever device the inputs are on.
+    pub fn stream(&self, arg: &'static str, handle: u64) -> Result<Stream> {
+        Ok(Stream {
+            device: self.ordinal(arg)?,
+            handle,
+        })
+    }
+
     /// On `device` (the first input's), as every input of one call must be.
     pub fn expect_device(&self, arg: &'static str, device: &str, like: &str) -> Result<()> {
         if self.device != device {
@@ -81,6 +91,33 @@ impl DeviceTensor {
             ));
         }
         Ok(self.ptr)
+    }
+
+    /// A per-row input (targets, upstream gradients, rewards, verdicts): `dtype`, `rows` values in
+    /// all (one per row of `of`, the input that sets the rows), dense on `device`.
+    pub fn expect_rows(
+        &self,
+        arg: &'static str,
+        dtype: &'static str,
+        rows: usize,
+        device: &str,
+        of: &str,
+    ) -> Result<u64> {
+        if self.dtype != dtype {
+            return Err(Error::Dtype {
+                arg,
+                expected: dtype.into(),
+                got: self.dtype.clone(),
+            });
+        }
+        if self.numel() != rows {
+            return Err(Error::shape(
+                arg,
+                format!("({rows},) (one value per row of {of})"),
+                shape_text(&self.shape),
+            ));
+        }
+        self.expect_dense(arg, device, of)
     }
 
     /// A buffer the kernels write or use as scratch: contiguous `dtype` with exactly `shape`, on
