@@ -41,7 +41,7 @@ use crate::numeric::simd::{simd_dispatch, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use crate::numeric::{
     exp_f32::{exp_minus_one_minus_x_v, exp_of_difference_v},
-    v16::{Avx2, Avx512, V16},
+    v16::{prefetch, Avx2, Avx512, V16},
 };
 
 /// Tokens per chunk: the chunk's float32 buffers (about 10 KiB) stay in L1.
@@ -465,6 +465,9 @@ fn accumulate<K: Kl32, const BINARY: bool>(s: &Scratch, m: usize, sums: &mut Sum
     (sums.loss, sums.kl, sums.low, sums.high) = (loss, kl, low, high);
 }
 
+/// How far ahead (in floats) [`chunk_v`] prefetches its inputs.
+const PREFETCH: usize = 1024;
+
 /// The float64 lane sums of [`chunk_v`] while it runs: registers, not memory.
 #[cfg(target_arch = "x86_64")]
 struct Acc<V: V16> {
@@ -664,6 +667,14 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
     let mut any = 0;
     let whole = m / 16 * 16;
     for k in (0..whole).step_by(16) {
+        // The streams from memory, PREFETCH floats ahead (a block is one cache line).
+        prefetch(lp.wrapping_add(k + PREFETCH));
+        if HAS_OLD {
+            prefetch(old.wrapping_add(k + PREFETCH));
+        }
+        if K::ACTIVE {
+            prefetch(reference.wrapping_add(k + PREFETCH));
+        }
         let bits = block::<V, K, HAS_OLD, BINARY, ROW>(
             p,
             row,
@@ -720,7 +731,7 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
 
 /// [`chunk_v`] compiled for AVX-512F (16 float32 lanes in one register).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,popcnt")]
 unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
     p: &Params,
     row: RowClip,
@@ -734,7 +745,7 @@ unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const R
 
 /// [`chunk_v`] compiled for AVX2 + FMA (16 float32 lanes in two registers).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,popcnt")]
 unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
     p: &Params,
     row: RowClip,
