@@ -2,10 +2,15 @@
 //! grpo, bnpo, dr_grpo, dapo and luspo) at token level with the k1, abs, k2 or k3 KL.
 //!
 //! Per-token values are computed in float32, 16 (AVX-512) or 8 (AVX2) tokens per instruction, by
-//! the same branch-free code compiled for each level; AVX2 and AVX-512 fuse the same
-//! multiply-adds and give bit-identical results. The path runs only where it pays off
-//! ([`pays_off`]: x86-64 with AVX2); the portable build of the chunk is kept as the fallback of
-//! the level dispatch but rounds each product. Sums
+//! one kernel written with intrinsics over sixteen lanes ([`chunk_v`] on
+//! `crate::numeric::v16::V16`) and compiled for each level; AVX2 and AVX-512 run the same
+//! operations in the same order and give bit-identical results. The kernel keeps its float64 lane
+//! sums in registers (no per-token scratch), skips blocks of sixteen padding tokens, prefetches
+//! its inputs, and for a row with one advantage of known sign and no `delta` takes the one-bound
+//! form of the clipped term (`min(r, 1 + eh)` for `a > 0`, `max(r, 1 - el)` for `a < 0`, equal to
+//! TRL's away from the bounds; tokens near them go to float64 as below). The path runs only where
+//! it pays off ([`pays_off`]: x86-64 with AVX2); the portable build of the scalar [`chunk`] is
+//! kept as the fallback of the level dispatch but rounds each product. Sums
 //! are kept in float64, [`LANES`] lanes per sum with a fixed token-to-lane assignment, so results
 //! do not depend on the thread count. The inputs are read once: a chunk of [`CHUNK`] tokens is
 //! computed in L1 (bf16/f16 converted there first), and no float64 copy of anything is made.
