@@ -130,6 +130,9 @@ struct Params {
 /// A chunk's float32 inputs (`old` and `reference` empty when absent).
 struct ChunkIn<'c> {
     w: &'c [f32],
+    /// A bool mask's bytes, which [`chunk_v`] reads instead of `w` when `BINARY` (`w` is then
+    /// not filled).
+    mask: &'c [u8],
     lp: &'c [f32],
     old: &'c [f32],
     reference: &'c [f32],
@@ -505,8 +508,9 @@ unsafe fn near<V: V16>(x: V::F, band: (f32, f32)) -> V::M {
 /// tokens left to float64 as bits.
 ///
 /// # Safety
-/// The CPU has `V`'s features, and every pointer reads (writes) sixteen floats; `old`, `reference`
-/// and `a` are read only when `HAS_OLD`, `K::ACTIVE` and `!ROW`.
+/// The CPU has `V`'s features, and every pointer reads (writes) sixteen elements; `w` is read
+/// only when `!BINARY`, `mask` when `BINARY`, `old`, `reference` and `a` only when `HAS_OLD`,
+/// `K::ACTIVE` and `!ROW`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -514,6 +518,7 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
     p: &Params,
     row: RowClip,
     w_ptr: *const f32,
+    mask_ptr: *const u8,
     lp_ptr: *const f32,
     old_ptr: *const f32,
     ref_ptr: *const f32,
@@ -522,7 +527,11 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
     acc: &mut Acc<V>,
 ) -> u32 {
     let (zero, one) = (V::splat(0.0), V::splat(1.0));
-    let w = V::load(w_ptr);
+    let w = if BINARY {
+        V::load_bytes(mask_ptr)
+    } else {
+        V::load(w_ptr)
+    };
     let on = V::ne(w, zero);
     if V::bits(on) == 0 {
         // Padding only (right-padded rows end in whole blocks of it): nothing to sum.
@@ -651,7 +660,12 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
     sums: &mut Sums,
 ) -> bool {
     let m = grad.len();
-    assert!(m <= CHUNK && input.w.len() >= m && input.lp.len() >= m);
+    assert!(m <= CHUNK && input.lp.len() >= m);
+    assert!(if BINARY {
+        input.mask.len() >= m
+    } else {
+        input.w.len() >= m
+    });
     assert!(!HAS_OLD || input.old.len() >= m);
     assert!(!K::ACTIVE || input.reference.len() >= m);
     assert!(ROW || input.a.len() >= m);
@@ -664,6 +678,7 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
         n_high: 0,
     };
     let (w, lp, g) = (input.w.as_ptr(), input.lp.as_ptr(), grad.as_mut_ptr());
+    let mask = input.mask.as_ptr();
     let (old, reference, a) = (
         input.old.as_ptr(),
         input.reference.as_ptr(),
@@ -683,11 +698,12 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
         let bits = block::<V, K, HAS_OLD, BINARY, ROW>(
             p,
             row,
-            w.add(k),
+            w.wrapping_add(k),
+            mask.wrapping_add(k),
             lp.add(k),
-            old.add(k),
-            reference.add(k),
-            a.add(k),
+            old.wrapping_add(k),
+            reference.wrapping_add(k),
+            a.wrapping_add(k),
             g.add(k),
             &mut acc,
         );
@@ -699,7 +715,12 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
         let rest = m - whole;
         let mut pad = [[0.0f32; 16]; 6];
         let [pw, plp, pold, pref, pa, pg] = &mut pad;
-        pw[..rest].copy_from_slice(&input.w[whole..m]);
+        let mut pmask = [0u8; 16];
+        if BINARY {
+            pmask[..rest].copy_from_slice(&input.mask[whole..m]);
+        } else {
+            pw[..rest].copy_from_slice(&input.w[whole..m]);
+        }
         plp[..rest].copy_from_slice(&input.lp[whole..m]);
         if HAS_OLD {
             pold[..rest].copy_from_slice(&input.old[whole..m]);
@@ -714,6 +735,7 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
             p,
             row,
             pw.as_ptr(),
+            pmask.as_ptr(),
             plp.as_ptr(),
             pold.as_ptr(),
             pref.as_ptr(),
@@ -916,7 +938,11 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         for start in (0..len).step_by(CHUNK) {
             let end = (start + CHUNK).min(len);
             let [w_buf, lp_buf, old_buf, ref_buf, a_buf] = &mut *bufs;
-            mask_weights(level, &s.mask[start..end], &mut w_buf[..end - start]);
+            let mask_bytes =
+                M::as_bytes(&s.mask[start..end]).filter(|_| level > SimdLevel::Portable);
+            if mask_bytes.is_none() || (!HAS_OLD && !K::ACTIVE) {
+                mask_weights(level, &s.mask[start..end], &mut w_buf[..end - start]);
+            }
             let lp = T::as_f32(&s.lp[start..end], lp_buf);
             let old = match s.old {
                 Some(old) if HAS_OLD => T::as_f32(&old[start..end], old_buf),
@@ -932,6 +958,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             };
             let input = ChunkIn {
                 w: &w_buf[..],
+                mask: mask_bytes.unwrap_or_default(),
                 lp,
                 old,
                 reference,
@@ -949,7 +976,10 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             }
             let g = &mut grad[start..end];
             let fb = &mut *fallback_bits;
-            let any_fallback = match (M::BINARY, row_clip.is_some()) {
+            // Bool masks are read as bytes at the SIMD levels; the portable chunk reads `w` and
+            // counts (`BINARY`) where the weights are 0 or 1.
+            let binary = mask_bytes.is_some() || (level == SimdLevel::Portable && M::BINARY);
+            let any_fallback = match (binary, row_clip.is_some()) {
                 (true, true) => chunk_at::<K, HAS_OLD, true, true>(
                     level, &p, row, &input, g, scratch, fb, &mut sums,
                 ),

@@ -34,6 +34,8 @@ pub(crate) trait V16: Copy {
 
     unsafe fn splat(x: f32) -> Self::F;
     unsafe fn load(p: *const f32) -> Self::F;
+    /// Sixteen bytes as floats (`0u8` as `0.0`, `1u8` as `1.0`).
+    unsafe fn load_bytes(p: *const u8) -> Self::F;
     /// Lanes where `m` is set are loaded from `p`, the others are 0.
     unsafe fn load_or_zero(m: Self::M, p: *const f32) -> Self::F;
     unsafe fn store(p: *mut f32, v: Self::F);
@@ -102,6 +104,10 @@ impl V16 for Avx512 {
     #[inline(always)]
     unsafe fn load(p: *const f32) -> __m512 {
         _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_bytes(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
     }
     #[inline(always)]
     unsafe fn load_or_zero(m: __mmask16, p: *const f32) -> __m512 {
@@ -273,6 +279,12 @@ impl V16 for Avx2 {
     #[inline(always)]
     unsafe fn load(p: *const f32) -> [__m256; 2] {
         [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+    }
+    #[inline(always)]
+    unsafe fn load_bytes(p: *const u8) -> [__m256; 2] {
+        let eight =
+            |p: *const u8| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())));
+        [eight(p), eight(p.add(8))]
     }
     #[inline(always)]
     unsafe fn load_or_zero(m: [__m256; 2], p: *const f32) -> [__m256; 2] {
