@@ -117,8 +117,11 @@ struct Params {
     near_delta: f32,
     /// `[bound - near, bound + near]` for `lo`, `hi` and `delta` (the same tokens, give or take
     /// a rounding of the band's ends).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     band_lo: (f32, f32),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     band_hi: (f32, f32),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     band_delta: (f32, f32),
     beta: f32,
     /// 1 with bias correction (KL times the ratio), else 0.
@@ -132,6 +135,7 @@ struct ChunkIn<'c> {
     w: &'c [f32],
     /// A bool mask's bytes, which [`chunk_v`] reads instead of `w` when `BINARY` (`w` is then
     /// not filled).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     mask: &'c [u8],
     lp: &'c [f32],
     old: &'c [f32],
@@ -474,6 +478,7 @@ fn accumulate<K: Kl32, const BINARY: bool>(s: &Scratch, m: usize, sums: &mut Sum
 }
 
 /// How far ahead (in floats) [`chunk_v`] prefetches its inputs.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
 
 /// The float64 lane sums of [`chunk_v`] while it runs: registers, not memory.
@@ -494,6 +499,7 @@ struct RowClip {
     a: f32,
     /// The bound that can clip, in the sign of `a`: `1 + epsilon_high` for `a > 0`,
     /// `-(1 - epsilon_low)` for `a < 0`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     bound: f32,
 }
 
