@@ -271,4 +271,76 @@ mod tests {
         }
         assert_eq!(exp_minus_one_minus_x::<false>(0.0, 1.0), 0.0);
     }
+
+    /// The sixteen-lane versions at `V`'s level on 16 pairs: `(a - b, exp(a - b), k3 core)`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lanes<V: V16>(a: &[f32; 16], b: &[f32; 16]) -> [[f32; 16]; 3] {
+        let (d, e) = exp_of_difference_v::<V>(V::load(a.as_ptr()), V::load(b.as_ptr()));
+        let k3 = exp_minus_one_minus_x_v::<V>(d, e);
+        let mut out = [[0.0; 16]; 3];
+        for (o, v) in out.iter_mut().zip([d, e, k3]) {
+            V::store(o.as_mut_ptr(), v);
+        }
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn lanes_avx512(a: &[f32; 16], b: &[f32; 16]) -> [[f32; 16]; 3] {
+        lanes::<crate::numeric::v16::Avx512>(a, b)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn lanes_avx2(a: &[f32; 16], b: &[f32; 16]) -> [[f32; 16]; 3] {
+        lanes::<crate::numeric::v16::Avx2>(a, b)
+    }
+
+    /// The intrinsics versions are the fused scalar ones, bit for bit, at both levels (the
+    /// loss kernel's bit-identity across levels rests on this).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_lanes_equal_the_fused_scalar_code() {
+        use crate::numeric::simd::{cpu_simd_level, SimdLevel};
+        let level = cpu_simd_level();
+        if level < SimdLevel::Avx2 {
+            return;
+        }
+        for k in 0..20_000 {
+            let mut a = [0.0f32; 16];
+            let mut b = [0.0f32; 16];
+            for j in 0..16 {
+                let t = (k * 16 + j) as f32;
+                a[j] = -40.0 * ((t * 0.618_034).fract());
+                // Gaps up to +-80, many near 0 (the k3 series).
+                let gap = if j % 2 == 0 { 80.0 } else { 1e-3 };
+                b[j] = a[j] + gap * (2.0 * (t * 0.414_213_6).fract() - 1.0);
+            }
+            let want: Vec<(f32, f32, f32)> = (0..16)
+                .map(|j| {
+                    let (d, e) = exp_f32_of_difference::<true>(a[j], b[j]);
+                    (d, e, exp_minus_one_minus_x::<true>(d, e))
+                })
+                .collect();
+            // SAFETY: the CPU has AVX2 + FMA (checked above), and AVX-512F where called.
+            let mut got = vec![unsafe { lanes_avx2(&a, &b) }];
+            if level >= SimdLevel::Avx512 {
+                // SAFETY: as above.
+                got.push(unsafe { lanes_avx512(&a, &b) });
+            }
+            for g in got {
+                for j in 0..16 {
+                    let w = want[j];
+                    assert_eq!(
+                        (g[0][j].to_bits(), g[1][j].to_bits(), g[2][j].to_bits()),
+                        (w.0.to_bits(), w.1.to_bits(), w.2.to_bits()),
+                        "a {} b {}",
+                        a[j],
+                        b[j]
+                    );
+                }
+            }
+        }
+    }
 }
