@@ -117,6 +117,12 @@ pub trait MaskElem: Copy + Send + Sync + 'static {
     const NEEDS_CHECK: bool;
     /// Whether every weight is 0 or 1 (bool masks): weighted counts are then plain counts.
     const BINARY: bool = false;
+    /// The mask as bytes of value 0 or 1, where the type is stored so (bool), for kernels that
+    /// read it without converting each element.
+    #[inline(always)]
+    fn as_bytes(_mask: &[Self]) -> Option<&[u8]> {
+        None
+    }
 }
 
 macro_rules! int_mask {
@@ -147,6 +153,11 @@ impl MaskElem for bool {
     const DTYPE: &'static str = "bool";
     const NEEDS_CHECK: bool = false;
     const BINARY: bool = true;
+    #[inline(always)]
+    fn as_bytes(mask: &[Self]) -> Option<&[u8]> {
+        // SAFETY: a bool is one byte holding 0 or 1, so the slice reads as that many bytes.
+        Some(unsafe { std::slice::from_raw_parts(mask.as_ptr().cast::<u8>(), mask.len()) })
+    }
     #[inline(always)]
     fn weight(self) -> f32 {
         if self {

@@ -66,6 +66,15 @@ simd_dispatch! {
 /// non-finite weight.
 #[inline(always)]
 pub(crate) fn weight_sum<M: MaskElem>(row: &[M], i: usize) -> Result<f64> {
+    if let Some(bytes) = M::as_bytes(row) {
+        // A bool mask: the sum is a count, exact in any order (so the same as the lanes below
+        // give), of bytes summed in 32-bit lanes.
+        let count = bytes
+            .chunks(1 << 20)
+            .map(|block| block.iter().map(|&b| u32::from(b)).sum::<u32>() as u64)
+            .sum::<u64>();
+        return Ok(count as f64);
+    }
     let mut lanes = Lanes::ZERO;
     let mut valid = true;
     // Whole blocks of `LANES` tokens, so lane `j` is a register rather than `t % LANES` indexing

@@ -2,10 +2,15 @@
 //! grpo, bnpo, dr_grpo, dapo and luspo) at token level with the k1, abs, k2 or k3 KL.
 //!
 //! Per-token values are computed in float32, 16 (AVX-512) or 8 (AVX2) tokens per instruction, by
-//! the same branch-free code compiled for each level; AVX2 and AVX-512 fuse the same
-//! multiply-adds and give bit-identical results. The path runs only where it pays off
-//! ([`pays_off`]: x86-64 with AVX2); the portable build of the chunk is kept as the fallback of
-//! the level dispatch but rounds each product. Sums
+//! one kernel written with intrinsics over sixteen lanes ([`chunk_v`] on
+//! `crate::numeric::v16::V16`) and compiled for each level; AVX2 and AVX-512 run the same
+//! operations in the same order and give bit-identical results. The kernel keeps its float64 lane
+//! sums in registers (no per-token scratch), skips blocks of sixteen padding tokens, prefetches
+//! its inputs, and for a row with one advantage of known sign and no `delta` takes the one-bound
+//! form of the clipped term (`min(r, 1 + eh)` for `a > 0`, `max(r, 1 - el)` for `a < 0`, equal to
+//! TRL's away from the bounds; tokens near them go to float64 as below). The path runs only where
+//! it pays off ([`pays_off`]: x86-64 with AVX2); the portable build of the scalar [`chunk`] is
+//! kept as the fallback of the level dispatch but rounds each product. Sums
 //! are kept in float64, [`LANES`] lanes per sum with a fixed token-to-lane assignment, so results
 //! do not depend on the thread count. The inputs are read once: a chunk of [`CHUNK`] tokens is
 //! computed in L1 (bf16/f16 converted there first), and no float64 copy of anything is made.
@@ -38,6 +43,11 @@ use crate::error::{Error, Result};
 use crate::numeric::exp;
 use crate::numeric::exp_f32::{exp_f32_of_difference, exp_minus_one_minus_x};
 use crate::numeric::simd::{simd_dispatch, SimdLevel};
+#[cfg(target_arch = "x86_64")]
+use crate::numeric::{
+    exp_f32::{exp_minus_one_minus_x_v, exp_of_difference_v},
+    v16::{prefetch, Avx2, Avx512, V16},
+};
 
 /// Tokens per chunk: the chunk's float32 buffers (about 10 KiB) stay in L1.
 const CHUNK: usize = 256;
@@ -105,6 +115,14 @@ struct Params {
     near_lo: f32,
     near_hi: f32,
     near_delta: f32,
+    /// `[bound - near, bound + near]` for `lo`, `hi` and `delta` (the same tokens, give or take
+    /// a rounding of the band's ends).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    band_lo: (f32, f32),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    band_hi: (f32, f32),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    band_delta: (f32, f32),
     beta: f32,
     /// 1 with bias correction (KL times the ratio), else 0.
     bias: f32,
@@ -115,6 +133,10 @@ struct Params {
 /// A chunk's float32 inputs (`old` and `reference` empty when absent).
 struct ChunkIn<'c> {
     w: &'c [f32],
+    /// A bool mask's bytes, which [`chunk_v`] reads instead of `w` when `BINARY` (`w` is then
+    /// not filled).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    mask: &'c [u8],
     lp: &'c [f32],
     old: &'c [f32],
     reference: &'c [f32],
@@ -143,6 +165,8 @@ struct Scratch {
 struct Workspace {
     scratch: Scratch,
     inputs: [[f32; CHUNK]; 5],
+    /// The chunk's tokens left to float64, as bits (bit `k % 16` of word `k / 16`).
+    fallback: [u16; CHUNK / 16],
 }
 
 impl Workspace {
@@ -158,6 +182,7 @@ impl Workspace {
                 fallback: [0.0; CHUNK],
             },
             inputs: [[0.0; CHUNK]; 5],
+            fallback: [0; CHUNK / 16],
         })
     }
 }
@@ -187,6 +212,9 @@ trait Kl32 {
     const ACTIVE: bool = true;
     const NEEDS_EXP: bool = false;
     fn eval<const FMA: bool>(x: f32, e: f32) -> (f32, f32, f32);
+    /// [`Kl32::eval`] on sixteen lanes, the same operations (fused) in the same order.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn eval_v<V: V16>(x: V::F, e: V::F) -> (V::F, V::F, V::F);
 }
 
 /// `beta = 0` or no `ref_logp`: no KL term.
@@ -202,12 +230,24 @@ impl Kl32 for NoKl {
     fn eval<const FMA: bool>(_x: f32, _e: f32) -> (f32, f32, f32) {
         (0.0, 0.0, 0.0)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eval_v<V: V16>(_x: V::F, _e: V::F) -> (V::F, V::F, V::F) {
+        let zero = V::splat(0.0);
+        (zero, zero, zero)
+    }
 }
 
 impl Kl32 for K1 {
     #[inline(always)]
     fn eval<const FMA: bool>(x: f32, _e: f32) -> (f32, f32, f32) {
         (-x, 1.0, 1.0 - x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eval_v<V: V16>(x: V::F, _e: V::F) -> (V::F, V::F, V::F) {
+        let one = V::splat(1.0);
+        (V::xor(x, V::splat(-0.0)), one, V::sub(one, x))
     }
 }
 
@@ -218,6 +258,14 @@ impl Kl32 for Abs {
         let kl = x.abs();
         (kl, d, kl + d)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eval_v<V: V16>(x: V::F, _e: V::F) -> (V::F, V::F, V::F) {
+        let (zero, one) = (V::splat(0.0), V::splat(1.0));
+        let d = V::sub(V::keep(V::lt(x, zero), one), V::keep(V::gt(x, zero), one));
+        let kl = V::abs(x);
+        (kl, d, V::add(kl, d))
+    }
 }
 
 impl Kl32 for K2 {
@@ -225,6 +273,12 @@ impl Kl32 for K2 {
     fn eval<const FMA: bool>(x: f32, _e: f32) -> (f32, f32, f32) {
         let kl = 0.5 * x * x;
         (kl, -x, kl - x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eval_v<V: V16>(x: V::F, _e: V::F) -> (V::F, V::F, V::F) {
+        let kl = V::mul(V::mul(V::splat(0.5), x), x);
+        (kl, V::xor(x, V::splat(-0.0)), V::sub(kl, x))
     }
 }
 
@@ -234,6 +288,15 @@ impl Kl32 for K3 {
     #[inline(always)]
     fn eval<const FMA: bool>(x: f32, e: f32) -> (f32, f32, f32) {
         (exp_minus_one_minus_x::<FMA>(x, e), 1.0 - e, -x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eval_v<V: V16>(x: V::F, e: V::F) -> (V::F, V::F, V::F) {
+        (
+            exp_minus_one_minus_x_v::<V>(x, e),
+            V::sub(V::splat(1.0), e),
+            V::xor(x, V::splat(-0.0)),
+        )
     }
 }
 
@@ -414,58 +477,361 @@ fn accumulate<K: Kl32, const BINARY: bool>(s: &Scratch, m: usize, sums: &mut Sum
     (sums.loss, sums.kl, sums.low, sums.high) = (loss, kl, low, high);
 }
 
-/// [`chunk`] compiled for AVX-512F (16 float32 lanes).
+/// How far ahead (in floats) [`chunk_v`] prefetches its inputs.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
-    p: &Params,
-    input: &ChunkIn<'_>,
-    grad: &mut [f32],
-    scratch: &mut Scratch,
-    sums: &mut Sums,
-) -> bool {
-    chunk::<K, HAS_OLD, BINARY, true>(p, input, grad, scratch, sums)
+const PREFETCH: usize = 1024;
+
+/// The float64 lane sums of [`chunk_v`] while it runs: registers, not memory.
+#[cfg(target_arch = "x86_64")]
+struct Acc<V: V16> {
+    loss: V::D,
+    kl: V::D,
+    low: V::D,
+    high: V::D,
+    n_low: u32,
+    n_high: u32,
 }
 
-/// [`chunk`] compiled for AVX2 + FMA (8 float32 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
-    p: &Params,
-    input: &ChunkIn<'_>,
-    grad: &mut [f32],
-    scratch: &mut Scratch,
-    sums: &mut Sums,
-) -> bool {
-    chunk::<K, HAS_OLD, BINARY, true>(p, input, grad, scratch, sums)
+/// The per-row constants of the row-advantage form of the clipped term ([`chunk_v`]'s `ROW`).
+#[derive(Clone, Copy, Default)]
+struct RowClip {
+    /// The row's advantage `a` (not 0).
+    a: f32,
+    /// The bound that can clip, in the sign of `a`: `1 + epsilon_high` for `a > 0`,
+    /// `-(1 - epsilon_low)` for `a < 0`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    bound: f32,
 }
 
-/// [`chunk`] for the level `level` (never above the CPU's: see [`crate::numeric::simd::simd_level`]).
-/// Written out rather than with `simd_dispatch!`: the baseline variant differs (no fused
-/// multiply-adds, `FMA = false`), not only in its code generation.
+/// Whether `x` lies in `band` (its ends included).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool>(
+unsafe fn near<V: V16>(x: V::F, band: (f32, f32)) -> V::M {
+    V::and(V::ge(x, V::splat(band.0)), V::le(x, V::splat(band.1)))
+}
+
+/// One block of sixteen tokens of [`chunk_v`] (its comments say what each step is); returns the
+/// tokens left to float64 as bits.
+///
+/// # Safety
+/// The CPU has `V`'s features, and every pointer reads (writes) sixteen elements; `w` is read
+/// only when `!BINARY`, `mask` when `BINARY`, `old`, `reference` and `a` only when `HAS_OLD`,
+/// `K::ACTIVE` and `!ROW`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+    p: &Params,
+    row: RowClip,
+    w_ptr: *const f32,
+    mask_ptr: *const u8,
+    lp_ptr: *const f32,
+    old_ptr: *const f32,
+    ref_ptr: *const f32,
+    a_ptr: *const f32,
+    g_ptr: *mut f32,
+    acc: &mut Acc<V>,
+) -> u32 {
+    let (zero, one) = (V::splat(0.0), V::splat(1.0));
+    let w = if BINARY {
+        V::load_bytes(mask_ptr)
+    } else {
+        V::load(w_ptr)
+    };
+    let on = V::ne(w, zero);
+    if V::bits(on) == 0 {
+        // Padding only (right-padded rows end in whole blocks of it): nothing to sum.
+        V::store(g_ptr, zero);
+        return 0;
+    }
+    // Masked-out tokens compute with harmless values (their inputs may be NaN or inf).
+    let lp = V::load_or_zero(on, lp_ptr);
+    let (d, r) = if HAS_OLD {
+        exp_of_difference_v::<V>(lp, V::load_or_zero(on, old_ptr))
+    } else {
+        (zero, one)
+    };
+    // Log ratios beyond +-MAX_GAP or NaN: float64 (the exponential above has no clamp).
+    let mut to_f64 = V::not_le(V::abs(d), V::splat(MAX_GAP));
+    let (coef, d_ratio, low, high, a);
+    if ROW {
+        // One advantage for the row, of known sign, and no `delta`: TRL's clipped term is
+        // `a * min(r, 1 + eh)` for `a > 0` and `a * max(r, 1 - el)` for `a < 0`, with no gradient
+        // through the clipped side. In the sign of `a` (`s x` below), both are
+        // `a * s min(s r, bound)`, clipped where `s r > bound`; ties between the two sides of the
+        // min happen only inside the bounds, where both sides are `r` (tokens within NEAR_BOUND
+        // of either bound go to float64, as below, so its decisions stand).
+        a = V::splat(row.a);
+        let sr = V::xor(r, a);
+        let clipped = V::gt(sr, V::splat(row.bound));
+        coef = V::xor(V::min(sr, V::splat(row.bound)), a);
+        d_ratio = V::select(clipped, zero, V::splat(-row.a));
+        (low, high) = (clipped, clipped);
+        to_f64 = V::or(
+            to_f64,
+            V::or(near::<V>(r, p.band_lo), near::<V>(r, p.band_hi)),
+        );
+    } else {
+        // TRL's clipped term, as `terms::Clipped` (torch's tie and clamp-gradient rules).
+        a = V::load_or_zero(on, a_ptr);
+        let delta = V::splat(p.delta);
+        let c1 = V::min(r, delta);
+        let dc1 = V::keep(V::lt(r, delta), one);
+        let c2 = V::min(V::max(r, V::splat(p.lo)), V::splat(p.hi));
+        let dc2 = V::keep(
+            V::and(V::gt(r, V::splat(p.lo)), V::lt(r, V::splat(p.hi))),
+            one,
+        );
+        let (u, v) = (V::mul(c1, a), V::mul(c2, a));
+        let u_lt_v = V::lt(u, v);
+        let wu = V::select(u_lt_v, one, V::keep(V::eq(u, v), V::splat(0.5)));
+        coef = V::select(u_lt_v, c1, c2);
+        let mix = V::add(V::mul(wu, dc1), V::mul(V::sub(one, wu), dc2));
+        d_ratio = V::mul(V::xor(a, V::splat(-0.0)), mix);
+        low = V::and(V::lt(c1, V::splat(p.lo)), V::lt(a, zero));
+        high = V::and(V::gt(c1, V::splat(p.hi)), V::gt(a, zero));
+        let near_any = V::or(near::<V>(r, p.band_lo), near::<V>(r, p.band_hi));
+        to_f64 = V::or(to_f64, V::or(near_any, near::<V>(r, p.band_delta)));
+    }
+
+    let (mut d_logp, mut kl_sum) = (zero, zero);
+    if K::ACTIVE {
+        let rf = V::load_or_zero(on, ref_ptr);
+        let (x, e) = if K::NEEDS_EXP {
+            exp_of_difference_v::<V>(rf, lp)
+        } else {
+            (V::sub(rf, lp), one)
+        };
+        let (kl, d_kl, kl_plus_d) = K::eval_v::<V>(x, e);
+        // With bias correction the KL is multiplied by r (gradient through r too).
+        let bias = V::ne(V::splat(p.bias), zero);
+        d_logp = V::mul(
+            V::splat(p.beta),
+            V::select(bias, V::mul(r, kl_plus_d), d_kl),
+        );
+        kl_sum = V::mul(kl, V::select(bias, r, one));
+        if K::NEEDS_EXP {
+            to_f64 = V::or(to_f64, V::not_le(V::abs(x), V::splat(MAX_GAP)));
+        }
+    }
+    let g = V::mul(V::mul(V::splat(p.scale), w), V::fma(d_ratio, r, d_logp));
+    // Overflow in the gradient or the KL (and NaN from non-finite inputs): float64.
+    to_f64 = V::or(to_f64, V::unordered(V::sub(g, g), V::sub(kl_sum, kl_sum)));
+    let fallback = V::and(on, to_f64);
+    let ok = V::and_not(on, to_f64);
+    V::store(g_ptr, V::keep(ok, g));
+    // A fallback token's float32 values may be infinite or NaN: 0 * inf would poison the sums.
+    let coef = V::keep(ok, coef);
+    acc.loss = if ROW {
+        V::dfma(acc.loss, w, coef)
+    } else {
+        V::dfma(acc.loss, V::mul(w, a), coef)
+    };
+    if K::ACTIVE {
+        acc.kl = V::dfma(acc.kl, w, V::keep(ok, kl_sum));
+    }
+    if BINARY {
+        // Weights 0 or 1: the clip sums are counts.
+        acc.n_low += V::bits(V::and(low, ok)).count_ones();
+        if !ROW {
+            acc.n_high += V::bits(V::and(high, ok)).count_ones();
+        }
+    } else {
+        acc.low = V::dadd(acc.low, V::keep(V::and(low, ok), w));
+        if !ROW {
+            acc.high = V::dadd(acc.high, V::keep(V::and(high, ok), w));
+        }
+    }
+    V::bits(fallback)
+}
+
+/// A chunk's tokens with intrinsics, sixteen per [`block`], on `V`'s level: writes the gradient
+/// of every token not left to float64 (0 for those), adds the chunk's sums into `sums` (lane `k %
+/// 16` takes token `k`, as [`chunk`]), marks the tokens left to float64 in `fallback` (bit `k %
+/// 16` of word `k / 16`) and returns whether there are any. `ROW`: the row's advantage is `row.a`
+/// (not 0) and `delta` is unset, so only one clip bound matters (the clip count then goes to
+/// `sums.low`, and the loss lanes hold `w * coef` without `a`).
+///
+/// # Safety
+/// The CPU has `V`'s features; `input` holds at least `grad.len()` tokens in every slice the
+/// flags read (`old` when `HAS_OLD`, `reference` when `K::ACTIVE`, `a` unless `ROW`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+    p: &Params,
+    row: RowClip,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    fallback: &mut [u16; CHUNK / 16],
+    sums: &mut Sums,
+) -> bool {
+    let m = grad.len();
+    assert!(m <= CHUNK && input.lp.len() >= m);
+    assert!(if BINARY {
+        input.mask.len() >= m
+    } else {
+        input.w.len() >= m
+    });
+    assert!(!HAS_OLD || input.old.len() >= m);
+    assert!(!K::ACTIVE || input.reference.len() >= m);
+    assert!(ROW || input.a.len() >= m);
+    let mut acc = Acc::<V> {
+        loss: V::dload(&sums.loss),
+        kl: V::dload(&sums.kl),
+        low: V::dload(&sums.low),
+        high: V::dload(&sums.high),
+        n_low: 0,
+        n_high: 0,
+    };
+    let (w, lp, g) = (input.w.as_ptr(), input.lp.as_ptr(), grad.as_mut_ptr());
+    let mask = input.mask.as_ptr();
+    let (old, reference, a) = (
+        input.old.as_ptr(),
+        input.reference.as_ptr(),
+        input.a.as_ptr(),
+    );
+    let mut any = 0;
+    let whole = m / 16 * 16;
+    for k in (0..whole).step_by(16) {
+        // The streams from memory, PREFETCH floats ahead (a block is one cache line).
+        prefetch(lp.wrapping_add(k + PREFETCH));
+        if HAS_OLD {
+            prefetch(old.wrapping_add(k + PREFETCH));
+        }
+        if K::ACTIVE {
+            prefetch(reference.wrapping_add(k + PREFETCH));
+        }
+        let bits = block::<V, K, HAS_OLD, BINARY, ROW>(
+            p,
+            row,
+            w.wrapping_add(k),
+            mask.wrapping_add(k),
+            lp.add(k),
+            old.wrapping_add(k),
+            reference.wrapping_add(k),
+            a.wrapping_add(k),
+            g.add(k),
+            &mut acc,
+        );
+        fallback[k / 16] = bits as u16;
+        any |= bits;
+    }
+    if whole < m {
+        // The last few tokens, padded with weight-0 tokens to a block.
+        let rest = m - whole;
+        let mut pad = [[0.0f32; 16]; 6];
+        let [pw, plp, pold, pref, pa, pg] = &mut pad;
+        let mut pmask = [0u8; 16];
+        if BINARY {
+            pmask[..rest].copy_from_slice(&input.mask[whole..m]);
+        } else {
+            pw[..rest].copy_from_slice(&input.w[whole..m]);
+        }
+        plp[..rest].copy_from_slice(&input.lp[whole..m]);
+        if HAS_OLD {
+            pold[..rest].copy_from_slice(&input.old[whole..m]);
+        }
+        if K::ACTIVE {
+            pref[..rest].copy_from_slice(&input.reference[whole..m]);
+        }
+        if !ROW {
+            pa[..rest].copy_from_slice(&input.a[whole..m]);
+        }
+        let bits = block::<V, K, HAS_OLD, BINARY, ROW>(
+            p,
+            row,
+            pw.as_ptr(),
+            pmask.as_ptr(),
+            plp.as_ptr(),
+            pold.as_ptr(),
+            pref.as_ptr(),
+            pa.as_ptr(),
+            pg.as_mut_ptr(),
+            &mut acc,
+        );
+        grad[whole..m].copy_from_slice(&pg[..rest]);
+        fallback[whole / 16] = bits as u16;
+        any |= bits;
+    }
+    sums.loss = V::dlanes(acc.loss);
+    sums.kl = V::dlanes(acc.kl);
+    sums.low = V::dlanes(acc.low);
+    sums.high = V::dlanes(acc.high);
+    sums.low[0] += acc.n_low as f64;
+    sums.high[0] += acc.n_high as f64;
+    any != 0
+}
+
+/// [`chunk_v`] compiled for AVX-512F (16 float32 lanes in one register).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,popcnt")]
+unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+    p: &Params,
+    row: RowClip,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    fallback: &mut [u16; CHUNK / 16],
+    sums: &mut Sums,
+) -> bool {
+    chunk_v::<Avx512, K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+}
+
+/// [`chunk_v`] compiled for AVX2 + FMA (16 float32 lanes in two registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,popcnt")]
+unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+    p: &Params,
+    row: RowClip,
+    input: &ChunkIn<'_>,
+    grad: &mut [f32],
+    fallback: &mut [u16; CHUNK / 16],
+    sums: &mut Sums,
+) -> bool {
+    chunk_v::<Avx2, K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+}
+
+/// A chunk at the level `level` (never above the CPU's: see
+/// [`crate::numeric::simd::simd_level`]): [`chunk_v`] with AVX-512 or AVX2, else the portable
+/// build of [`chunk`] (no fused multiply-adds, `FMA = false`; it ignores `ROW`, which only picks
+/// a faster form of the same term).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
     level: SimdLevel,
     p: &Params,
+    row: RowClip,
     input: &ChunkIn<'_>,
     grad: &mut [f32],
     scratch: &mut Scratch,
+    fallback: &mut [u16; CHUNK / 16],
     sums: &mut Sums,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     match level {
-        // SAFETY: `level` never exceeds the CPU's level, so the CPU has these features.
+        // SAFETY: `level` never exceeds the CPU's level, so the CPU has these features;
+        // `run_f32_with` passes inputs as long as the chunk.
         SimdLevel::Avx512 => {
-            return unsafe { chunk_avx512::<K, HAS_OLD, BINARY>(p, input, grad, scratch, sums) }
+            return unsafe {
+                chunk_avx512::<K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+            }
         }
         // SAFETY: as above.
         SimdLevel::Avx2 => {
-            return unsafe { chunk_avx2::<K, HAS_OLD, BINARY>(p, input, grad, scratch, sums) }
+            return unsafe {
+                chunk_avx2::<K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+            }
         }
         SimdLevel::Portable => {}
     }
-    let _ = level;
-    chunk::<K, HAS_OLD, BINARY, false>(p, input, grad, scratch, sums)
+    let _ = (level, row);
+    let any = chunk::<K, HAS_OLD, BINARY, false>(p, input, grad, scratch, sums);
+    for (word, flags) in fallback.iter_mut().zip(scratch.fallback.chunks(16)) {
+        *word = flags
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (j, f)| bits | (u16::from(*f != 0.0) << j));
+    }
+    any
 }
 
 impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
@@ -523,6 +889,9 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             near_lo: 0.0,
             near_hi: 0.0,
             near_delta: 0.0,
+            band_lo: (0.0, 0.0),
+            band_hi: (0.0, 0.0),
+            band_delta: (0.0, 0.0),
             beta: opt.beta as f32,
             bias: flag(opt.kl_bias_correction),
             scale: scale as f32,
@@ -531,6 +900,13 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             near_lo: NEAR_BOUND * p.lo.abs(),
             near_hi: NEAR_BOUND * p.hi.abs(),
             near_delta: NEAR_BOUND * p.delta,
+            ..p
+        };
+        let band = |bound: f32, near: f32| (bound - near, bound + near);
+        let p = Params {
+            band_lo: band(p.lo, p.near_lo),
+            band_hi: band(p.hi, p.near_hi),
+            band_delta: band(p.delta, p.near_delta),
             ..p
         };
         let fallback_term = terms::Clipped { lo, hi, delta };
@@ -546,6 +922,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         let Workspace {
             scratch,
             inputs: bufs,
+            fallback: fallback_bits,
         } = workspace;
         let row_advantage = match self.inputs.advantages {
             AdvantageView::PerRow(adv) => Some(adv[i]),
@@ -554,11 +931,24 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         if let Some(a) = row_advantage {
             bufs[4].fill(a);
         }
+        // One advantage of known sign and no `delta`: the clipped term's faster form.
+        let row_clip = match row_advantage {
+            Some(a) if a != 0.0 && opt.delta.is_none() => Some(RowClip {
+                a,
+                bound: if a > 0.0 { p.hi } else { -p.lo },
+            }),
+            _ => None,
+        };
+        let row = row_clip.unwrap_or_default();
         let mut grad_finite = true;
         for start in (0..len).step_by(CHUNK) {
             let end = (start + CHUNK).min(len);
             let [w_buf, lp_buf, old_buf, ref_buf, a_buf] = &mut *bufs;
-            mask_weights(level, &s.mask[start..end], &mut w_buf[..end - start]);
+            let mask_bytes =
+                M::as_bytes(&s.mask[start..end]).filter(|_| level > SimdLevel::Portable);
+            if mask_bytes.is_none() || (!HAS_OLD && !K::ACTIVE) {
+                mask_weights(level, &s.mask[start..end], &mut w_buf[..end - start]);
+            }
             let lp = T::as_f32(&s.lp[start..end], lp_buf);
             let old = match s.old {
                 Some(old) if HAS_OLD => T::as_f32(&old[start..end], old_buf),
@@ -574,6 +964,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             };
             let input = ChunkIn {
                 w: &w_buf[..],
+                mask: mask_bytes.unwrap_or_default(),
                 lp,
                 old,
                 reference,
@@ -590,14 +981,27 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
                 }
             }
             let g = &mut grad[start..end];
-            let any_fallback = if M::BINARY {
-                chunk_at::<K, HAS_OLD, true>(level, &p, &input, g, scratch, &mut sums)
-            } else {
-                chunk_at::<K, HAS_OLD, false>(level, &p, &input, g, scratch, &mut sums)
+            let fb = &mut *fallback_bits;
+            // Bool masks are read as bytes at the SIMD levels; the portable chunk reads `w` and
+            // counts (`BINARY`) where the weights are 0 or 1.
+            let binary = mask_bytes.is_some() || (level == SimdLevel::Portable && M::BINARY);
+            let any_fallback = match (binary, row_clip.is_some()) {
+                (true, true) => chunk_at::<K, HAS_OLD, true, true>(
+                    level, &p, row, &input, g, scratch, fb, &mut sums,
+                ),
+                (true, false) => chunk_at::<K, HAS_OLD, true, false>(
+                    level, &p, row, &input, g, scratch, fb, &mut sums,
+                ),
+                (false, true) => chunk_at::<K, HAS_OLD, false, true>(
+                    level, &p, row, &input, g, scratch, fb, &mut sums,
+                ),
+                (false, false) => chunk_at::<K, HAS_OLD, false, false>(
+                    level, &p, row, &input, g, scratch, fb, &mut sums,
+                ),
             };
             if any_fallback {
                 for k in 0..end - start {
-                    if scratch.fallback[k] != 0.0 {
+                    if (fallback_bits[k / 16] >> (k % 16)) & 1 != 0 {
                         if !self.inputs_finite::<K>(i, start + k) {
                             return Err(self.locate_non_finite(i, start..end));
                         }
@@ -620,11 +1024,19 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             });
         }
 
+        if row_clip.is_some_and(|row| row.a > 0.0) {
+            // The row form counts the one bound that clips in `sums.low`.
+            std::mem::swap(&mut sums.low, &mut sums.high);
+        }
         let [loss, kl, low, high] = sums.fallback;
         let low = total(&sums.low) + low;
         let high = total(&sums.high) + high;
-        // The policy part was summed as `a * coef`; the KL part is `beta * kl`.
-        let policy = -total(&sums.loss);
+        // The policy part was summed as `a * coef` (as `coef` in the row form, times `a` here);
+        // the KL part is `beta * kl`.
+        let policy = match row_clip {
+            Some(row) => -(row.a as f64) * total(&sums.loss),
+            None => -total(&sums.loss),
+        };
         let kl_total = total(&sums.kl);
         let mut row = RowSums {
             tokens: n,

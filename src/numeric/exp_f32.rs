@@ -11,6 +11,9 @@
 //! - [`exp_minus_one_minus_x`]: relative error below 5e-7 for every `x` in [-87, 88], including
 //!   `|x|` near 0 where `e - x - 1` in float32 would lose every digit.
 
+#[cfg(target_arch = "x86_64")]
+use super::v16::V16;
+
 /// Above this, `exp` overflows float32 (`exp(88.72)`); the result is clamped here.
 const MAX_ARG: f32 = 88.0;
 /// Below this, `exp` is subnormal in float32; the result is clamped here.
@@ -91,6 +94,21 @@ fn exp_f32_plus<const FMA: bool>(x: f32, tail: f32) -> f32 {
 /// `e - 1 - x` keeps at least 0.7 of `e`'s leading digits.
 const SERIES_BOUND: f32 = 1.0;
 
+/// 1 / k! for k = 2 ..= 12, highest first for Horner's scheme.
+const K3_SERIES: [f32; 11] = [
+    1.0 / 479_001_600.0,
+    1.0 / 39_916_800.0,
+    1.0 / 3_628_800.0,
+    1.0 / 362_880.0,
+    1.0 / 40_320.0,
+    1.0 / 5_040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    1.0 / 2.0,
+];
+
 /// `exp(x) - x - 1` (the k3 KL estimator at `x = ref - lp`), given `e = exp_f32(x)`.
 ///
 /// For `|x| < 1` the Taylor series `x^2 (1/2! + x/3! + ... + x^10/12!)` (truncation below 2e-10
@@ -99,20 +117,7 @@ const SERIES_BOUND: f32 = 1.0;
 /// `e`'s error stays relative.
 #[inline(always)]
 pub fn exp_minus_one_minus_x<const FMA: bool>(x: f32, e: f32) -> f32 {
-    // 1 / k! for k = 2 ..= 12, highest first for Horner's scheme.
-    const C: [f32; 11] = [
-        1.0 / 479_001_600.0,
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
-        1.0 / 362_880.0,
-        1.0 / 40_320.0,
-        1.0 / 5_040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        1.0 / 2.0,
-    ];
+    const C: [f32; 11] = K3_SERIES;
     let mut p = C[0];
     for &c in &C[1..] {
         p = mul_add::<FMA>(p, x, c);
@@ -124,6 +129,57 @@ pub fn exp_minus_one_minus_x<const FMA: bool>(x: f32, e: f32) -> f32 {
     } else {
         direct
     }
+}
+
+/// [`exp_f32_of_difference`] on sixteen lanes (`crate::numeric::v16`), with the same operations
+/// in the same order as its fused build, for `|a - b| <= 87`: the clamp and the NaN rule are
+/// left to the caller, which takes lanes outside that range (or NaN) elsewhere. Lanes out of
+/// range get unspecified values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn exp_of_difference_v<V: V16>(a: V::F, b: V::F) -> (V::F, V::F) {
+    let s = V::sub(a, b);
+    let nb_part = V::sub(s, a);
+    let a_part = V::sub(s, nb_part);
+    let tail = V::sub(V::sub(a, a_part), V::add(b, nb_part));
+    (s, exp_plus_v::<V>(s, tail))
+}
+
+/// [`exp_f32_plus`] on sixteen lanes, fused, without the clamp and the NaN rule (see
+/// [`exp_of_difference_v`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp_plus_v<V: V16>(x: V::F, tail: V::F) -> V::F {
+    const LN2_HI: f32 = 355.0 / 512.0;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const SHIFTER: f32 = 12_582_912.0;
+    let c = |v: f32| V::splat(v);
+    let shifted = V::fma(x, c(std::f32::consts::LOG2_E), c(SHIFTER));
+    let n = V::sub(shifted, c(SHIFTER));
+    let r = V::add(V::fnma(n, c(LN2_LO), V::fnma(n, c(LN2_HI), x)), tail);
+    let mut p = c(1.987_569_1e-4);
+    p = V::fma(p, r, c(1.398_199_9e-3));
+    p = V::fma(p, r, c(8.333_452e-3));
+    p = V::fma(p, r, c(4.166_579_6e-2));
+    p = V::fma(p, r, c(1.666_666_5e-1));
+    p = V::fma(p, r, c(0.5));
+    let e_r = V::add(V::fma(p, V::mul(r, r), r), c(1.0));
+    V::mul(e_r, V::pow2_of_shifted(shifted))
+}
+
+/// [`exp_minus_one_minus_x`] on sixteen lanes, the same operations in the same order as its
+/// fused build.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn exp_minus_one_minus_x_v<V: V16>(x: V::F, e: V::F) -> V::F {
+    let mut p = V::splat(K3_SERIES[0]);
+    for &c in &K3_SERIES[1..] {
+        p = V::fma(p, x, V::splat(c));
+    }
+    let series = V::mul(V::mul(x, x), p);
+    let one = V::splat(1.0);
+    let direct = V::sub(V::sub(e, one), x);
+    V::select(V::lt(V::abs(x), V::splat(SERIES_BOUND)), series, direct)
 }
 
 #[cfg(test)]
@@ -214,5 +270,77 @@ mod tests {
             assert!(worst < 5e-7, "fma {fma}: worst relative error {worst}");
         }
         assert_eq!(exp_minus_one_minus_x::<false>(0.0, 1.0), 0.0);
+    }
+
+    /// The sixteen-lane versions at `V`'s level on 16 pairs: `(a - b, exp(a - b), k3 core)`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lanes<V: V16>(a: &[f32; 16], b: &[f32; 16]) -> [[f32; 16]; 3] {
+        let (d, e) = exp_of_difference_v::<V>(V::load(a.as_ptr()), V::load(b.as_ptr()));
+        let k3 = exp_minus_one_minus_x_v::<V>(d, e);
+        let mut out = [[0.0; 16]; 3];
+        for (o, v) in out.iter_mut().zip([d, e, k3]) {
+            V::store(o.as_mut_ptr(), v);
+        }
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn lanes_avx512(a: &[f32; 16], b: &[f32; 16]) -> [[f32; 16]; 3] {
+        lanes::<crate::numeric::v16::Avx512>(a, b)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn lanes_avx2(a: &[f32; 16], b: &[f32; 16]) -> [[f32; 16]; 3] {
+        lanes::<crate::numeric::v16::Avx2>(a, b)
+    }
+
+    /// The intrinsics versions are the fused scalar ones, bit for bit, at both levels (the
+    /// loss kernel's bit-identity across levels rests on this).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_lanes_equal_the_fused_scalar_code() {
+        use crate::numeric::simd::{cpu_simd_level, SimdLevel};
+        let level = cpu_simd_level();
+        if level < SimdLevel::Avx2 {
+            return;
+        }
+        for k in 0..20_000 {
+            let mut a = [0.0f32; 16];
+            let mut b = [0.0f32; 16];
+            for j in 0..16 {
+                let t = (k * 16 + j) as f32;
+                a[j] = -40.0 * ((t * 0.618_034).fract());
+                // Gaps up to +-80, many near 0 (the k3 series).
+                let gap = if j % 2 == 0 { 80.0 } else { 1e-3 };
+                b[j] = a[j] + gap * (2.0 * (t * 0.414_213_6).fract() - 1.0);
+            }
+            let want: Vec<(f32, f32, f32)> = (0..16)
+                .map(|j| {
+                    let (d, e) = exp_f32_of_difference::<true>(a[j], b[j]);
+                    (d, e, exp_minus_one_minus_x::<true>(d, e))
+                })
+                .collect();
+            // SAFETY: the CPU has AVX2 + FMA (checked above), and AVX-512F where called.
+            let mut got = vec![unsafe { lanes_avx2(&a, &b) }];
+            if level >= SimdLevel::Avx512 {
+                // SAFETY: as above.
+                got.push(unsafe { lanes_avx512(&a, &b) });
+            }
+            for g in got {
+                for j in 0..16 {
+                    let w = want[j];
+                    assert_eq!(
+                        (g[0][j].to_bits(), g[1][j].to_bits(), g[2][j].to_bits()),
+                        (w.0.to_bits(), w.1.to_bits(), w.2.to_bits()),
+                        "a {} b {}",
+                        a[j],
+                        b[j]
+                    );
+                }
+            }
+        }
     }
 }

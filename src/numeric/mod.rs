@@ -6,6 +6,8 @@
 pub(crate) mod exp;
 pub(crate) mod exp_f32;
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod v16;
 
 /// `clamp(x, lo, hi)` as torch computes it (NaN stays NaN); unlike `f64::clamp` it has no
 /// panic path, which keeps the loops that call it vectorisable.

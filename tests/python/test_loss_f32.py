@@ -121,11 +121,13 @@ def test_training_batch_loss_within_1e6_relative(level, beta):
     assert abs(out.loss - loss64) <= 1e-6 * abs(loss64)
 
 
+@pytest.mark.parametrize("delta", [1.5, None])
 @pytest.mark.parametrize("bound", [0.8, 1.28, 1.5])
-def test_clip_decisions_near_the_bounds_are_float64s(level, bound):
+def test_clip_decisions_near_the_bounds_are_float64s(level, bound, delta):
     """Ratios within a few float32 units of a clip bound (including float32's own rounding of the
     bound) are decided as the float64 path decides them: equal clip metrics, and gradients that
-    pass or stop at the same tokens."""
+    pass or stop at the same tokens (without ``delta`` the kernels take the one-bound form of
+    the clipped term for these per-row advantages)."""
     T = 4096
     lp = np.full((2, T), -1.0, dtype=np.float32)
     # old = lp - log(bound) + k ulp: ratios straddling the bound by a few units of float32.
@@ -134,7 +136,7 @@ def test_clip_decisions_near_the_bounds_are_float64s(level, bound):
     old = (target + steps.astype(np.float32) * np.spacing(target)).astype(np.float32)[None, :].repeat(2, 0)
     adv = np.array([1.0, -1.0], dtype=np.float32)
     mask = np.ones((2, T), dtype=bool)
-    kw = dict(epsilon_low=0.2, epsilon_high=0.28, delta=1.5)
+    kw = dict(epsilon_low=0.2, epsilon_high=0.28, delta=delta)
     out = sg.policy_loss(lp, old, adv, mask, **kw)
     out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **kw)
     for key, value in out64.metrics.items():
@@ -190,12 +192,30 @@ def test_large_gaps_fall_back_to_float64(level, gap):
         np.testing.assert_allclose(out.metrics[key], value, rtol=5e-7, err_msg=key)
 
 
+@pytest.mark.parametrize("delta", [None, 1.5])
+@pytest.mark.parametrize("mask_kind", ["bool", "float32"])
+@pytest.mark.parametrize("kl", ["none", "k3", "k1"])
+def test_row_advantages_of_each_sign_and_zero(level, kl, mask_kind, delta):
+    """Per-row advantages of each sign and 0 (the kernels take a one-bound form of the clipped
+    term for a row of known sign and no ``delta``), rows whose length is not a multiple of 16,
+    wild log ratios, right padding in whole blocks and a gap."""
+    rng = np.random.default_rng(_seed("rows", kl, mask_kind, delta))
+    B, T = 8, 1000
+    lp, old, rf, _, m = ref.make_loss_inputs(rng, B, T, mask_kind=mask_kind, empty_row=False)
+    adv = np.array([1.3, -0.7, 0.0, 2.0, -2.0, 0.5, -1e-3, 0.0], dtype=np.float32)
+    m[3:6, 700:] = 0  # right padding (whole blocks of padding are skipped)
+    _check_against_float64(lp, old, adv, m, ref_logp=rf, delta=delta, **KL[kl])
+
+
 @pytest.mark.skipif("avx512" not in LEVELS, reason="needs a CPU with AVX-512")
-def test_avx2_and_avx512_give_bit_identical_results():
-    """Both fuse the same multiply-adds in the same order (the portable build rounds each
-    product, so it differs within the bounds tested above)."""
+@pytest.mark.parametrize(
+    "adv2d, mask_kind", [(True, "float32"), (False, "bool"), (False, "float32"), (True, "bool")]
+)
+def test_avx2_and_avx512_give_bit_identical_results(adv2d, mask_kind):
+    """Both run the same operations in the same order (the portable build rounds each product,
+    so it differs within the bounds tested above), with per-token or per-row advantages."""
     rng = np.random.default_rng(11)
-    lp, old, rf, adv, m = ref.make_loss_inputs(rng, 9, 1001, adv2d=True, mask_kind="float32")
+    lp, old, rf, adv, m = ref.make_loss_inputs(rng, 9, 1001, adv2d=adv2d, mask_kind=mask_kind)
     results = []
     try:
         for name in ("avx2", "avx512"):
