@@ -170,7 +170,7 @@ def _forward(
         loss, grad, metrics = _cuda.policy_loss(
             logp, old_logp, ref_logp, advantages, mask, kwargs, check=check, out=out
         )
-        return loss / divisor, grad, metrics
+        return (loss if divisor == 1 else loss / divisor), grad, metrics
     lp = _logprobs("logp", logp, dtype)
     old = None if old_logp is None else _logprobs("old_logp", old_logp, dtype)
     ref = None if ref_logp is None else _logprobs("ref_logp", ref_logp, dtype)
@@ -226,7 +226,10 @@ class SGPOLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        dlogp = (grad * grad_output).to(ctx.logp_dtype)
+        # One elementwise pass: the product is computed in float32 and rounded once into logp's
+        # dtype on write (what `(grad * grad_output).to(dtype)` gives, without its second kernel).
+        dlogp = torch.empty(grad.shape, dtype=ctx.logp_dtype, device=grad.device)
+        torch.mul(grad, grad_output, out=dlogp)
         return dlogp, None, None, None, None, None, None, None, None, None
 
 
