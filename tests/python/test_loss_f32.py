@@ -331,6 +331,11 @@ def test_vanilla_clip_decisions_near_the_bounds_are_float64s(level, bound, adv2d
     steps = np.arange(T) - T // 2
     target = np.float32(-1.0 - np.log(bound))
     old = (target + steps.astype(np.float32) * np.spacing(target)).astype(np.float32)[None, :].repeat(2, 0)
+    # Second half: many log-probabilities, each with the float32 `old` nearest `lp - log(bound)`,
+    # so the exact ratios scatter within a float32 unit of the bound (and many round onto it).
+    rng = np.random.default_rng(_seed("vanilla-near", bound))
+    lp[:, T // 2 :] = rng.uniform(-3.0, -0.5, size=(2, T // 2)).astype(np.float32)
+    old[:, T // 2 :] = (lp[:, T // 2 :].astype(np.float64) - np.log(bound)).astype(np.float32)
     adv = np.array([1.0, -1.0], dtype=np.float32)
     if adv2d:
         adv = np.where(np.arange(T) % 2 == 0, 1.0, -1.0).astype(np.float32)[None, :].repeat(2, 0)
