@@ -442,7 +442,8 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool, cons
         let lower = VANILLA & (a_k < 0.0) & (r > p.c);
         let coef = if lower { p.c } else { coef };
         let d_ratio = if lower { 0.0 } else { d_ratio };
-        let mut to_f64 = !(d.abs() <= max_gap(VANILLA))
+        let mut to_f64 = (d.abs() > max_gap(VANILLA))
+            | d.is_nan()
             | ((r - p.lo).abs() <= p.near_lo)
             | ((r - p.hi).abs() <= p.near_hi)
             | ((r - p.delta).abs() <= p.near_delta)
