@@ -1374,3 +1374,142 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Parameters of the vanilla loss with `clip_ratio_c = c` (as `run_f32_with` builds them).
+    fn vanilla_params(c: f32) -> Params {
+        let (lo, hi) = (0.8f32, 1.28f32);
+        let band = |bound: f32| (bound - NEAR_BOUND * bound, bound + NEAR_BOUND * bound);
+        Params {
+            lo,
+            hi,
+            delta: f32::MAX,
+            c,
+            near_lo: NEAR_BOUND * lo,
+            near_hi: NEAR_BOUND * hi,
+            near_delta: NEAR_BOUND * f32::MAX,
+            near_c: NEAR_BOUND * c,
+            band_lo: band(lo),
+            band_hi: band(hi),
+            band_delta: band(f32::MAX),
+            band_c: band(c),
+            beta: 0.0,
+            bias: 1.0,
+            scale: 1.0,
+        }
+    }
+
+    fn empty_sums() -> Sums {
+        Sums {
+            loss: [0.0; LANES],
+            kl: [0.0; LANES],
+            low: [0.0; LANES],
+            high: [0.0; LANES],
+            lower: [0.0; LANES],
+            log_ratio: [0.0; LANES],
+            fallback: [0.0; 2],
+            fallback_metrics: [0.0; 3],
+        }
+    }
+
+    /// The portable build of the scalar chunk (never run by `policy_loss` on x86-64, where the
+    /// portable level takes the float64 path) against the AVX2 kernel on vanilla's dual clip:
+    /// the same fallback tokens and clip counts, values within float32 roundings.
+    #[test]
+    fn portable_chunk_agrees_with_the_avx2_kernel_on_vanilla() {
+        if crate::numeric::simd::cpu_simd_level() < SimdLevel::Avx2 {
+            return;
+        }
+        let m = 250;
+        // A small deterministic generator: log ratios over [-1.5, 1.5] (ratios 0.22-4.5, so
+        // both PPO bounds and the dual clip at 2 are crossed), a few at verl's clamp.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let w: Vec<f32> = (0..m).map(|k| if k % 9 == 4 { 0.0 } else { 1.0 }).collect();
+        let lp: Vec<f32> = (0..m).map(|_| (-3.0 * next()) as f32).collect();
+        let old: Vec<f32> = lp
+            .iter()
+            .enumerate()
+            .map(|(k, lp)| {
+                let gap = if k % 50 == 7 {
+                    25.0
+                } else {
+                    3.0 * next() - 1.5
+                };
+                lp - gap as f32
+            })
+            .collect();
+        let a: Vec<f32> = (0..m)
+            .map(|k| if k % 3 == 0 { 0.7 } else { -1.3 })
+            .collect();
+        let mask: Vec<u8> = w.iter().map(|w| *w as u8).collect();
+        let input = ChunkIn {
+            w: &w,
+            mask: &mask,
+            lp: &lp,
+            old: &old,
+            reference: &[],
+            a: &a,
+        };
+        let p = vanilla_params(2.0);
+        let (mut g_portable, mut g_avx2) = (vec![0.0f32; m], vec![0.0f32; m]);
+        let mut workspace = Workspace::new();
+        let (mut s_portable, mut s_avx2) = (empty_sums(), empty_sums());
+        let (mut bits_portable, mut bits_avx2) = ([0u16; CHUNK / 16], [0u16; CHUNK / 16]);
+        let any_portable = chunk_at::<NoKl, true, true, false, true>(
+            SimdLevel::Portable,
+            &p,
+            RowClip::default(),
+            &input,
+            &mut g_portable,
+            &mut workspace.scratch,
+            &mut bits_portable,
+            &mut s_portable,
+        );
+        let any_avx2 = chunk_at::<NoKl, true, true, false, true>(
+            SimdLevel::Avx2,
+            &p,
+            RowClip::default(),
+            &input,
+            &mut g_avx2,
+            &mut workspace.scratch,
+            &mut bits_avx2,
+            &mut s_avx2,
+        );
+        assert!(any_portable && any_avx2);
+        assert_eq!(bits_portable, bits_avx2);
+        for (x, y) in g_portable.iter().zip(&g_avx2) {
+            assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} {y}");
+        }
+        for (name, x, y) in [
+            ("low", &s_portable.low, &s_avx2.low),
+            ("high", &s_portable.high, &s_avx2.high),
+            ("lower", &s_portable.lower, &s_avx2.lower),
+        ] {
+            assert_eq!(total(x), total(y), "{name}");
+        }
+        assert!(total(&s_avx2.lower) > 0.0 && total(&s_avx2.low) + total(&s_avx2.high) > 0.0);
+        let (x, y) = (total(&s_portable.loss), total(&s_avx2.loss));
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "{x} {y}");
+        let (x, y) = (total(&s_portable.log_ratio), total(&s_avx2.log_ratio));
+        assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} {y}");
+        // The log ratios summed exactly: the float64 sum of the kept tokens.
+        let bit = |k: usize| (bits_avx2[k / 16] >> (k % 16)) & 1 != 0;
+        let exact: f64 = (0..m)
+            .filter(|&k| w[k] != 0.0 && !bit(k))
+            .map(|k| lp[k] as f64 - old[k] as f64)
+            .sum();
+        assert!(
+            (y - exact).abs() <= 1e-12 * exact.abs().max(1.0),
+            "{y} {exact}"
+        );
+    }
+}
