@@ -121,12 +121,13 @@ def policy_loss(
 
     Precision on the CPU. Every sum (loss, KL, metrics) is accumulated in float64.
 
-    - float64 inputs, the loss types that do not clip as PPO does (``trl_clipped`` false in
-      :func:`loss_types`), sequence-level ratios and ``kl_estimator="low_var_kl"`` at any dtype:
+    - float64 inputs, the loss types that do not clip as PPO does (cispo, sapo, vespo),
+      sequence-level ratios and ``kl_estimator="low_var_kl"`` at any dtype:
       per-token math in float64 (exponential within 1e-15 relative); the loss and metrics are
       float64-exact up to summation rounding, the gradient is the float64 value rounded to
       float32 (6e-8 relative).
-    - float32, bfloat16 and float16 inputs of the PPO-clipped loss types at token level,
+    - float32, bfloat16 and float16 inputs of the PPO-clipped loss types (TRL's grpo, bnpo,
+      dr_grpo, dapo, luspo and verl's ``vanilla`` with any ``loss_agg_mode``) at token level,
       on an x86-64 CPU with AVX2 (elsewhere, or with ``SGPO_RS_SIMD=portable``, the float64 path
       above runs): per-token math in float32 (16 tokens per AVX-512 instruction, 8 per AVX2 one),
       with ``logp - old_logp`` and ``ref_logp - logp`` taken exactly into the
@@ -136,10 +137,13 @@ def policy_loss(
       same aggregation of ``|L|`` (so within 5e-7 relative unless the per-token losses cancel),
       and each gradient entry within 5e-7 of its own magnitude (so within 1e-6 of ``max|grad|``).
       Clip decisions and clip metrics are the float64 path's: a token whose ratio lies within
-      1e-6 of a clip bound, whose log ratio or KL gap exceeds 80 in magnitude, or whose float32
-      values overflow is computed in float64 instead. The instruction set is the CPU's best;
-      the environment variable ``SGPO_RS_SIMD`` (``avx512``, ``avx2`` or ``portable``, read once)
-      lowers it. AVX2 and AVX-512 give bit-identical results (the same fused multiply-adds).
+      1e-6 of a clip bound (vanilla's ``clip_ratio_c`` included), whose log ratio or KL gap
+      exceeds 80 in magnitude (vanilla: whose log ratio reaches verl's clamp of 20), or whose
+      float32 values overflow is computed in float64 instead; vanilla's ``ppo_kl`` sums the exact
+      log ratios in float64 (the float64 path's value up to the order of the sums). The
+      instruction set is the CPU's best; the environment variable ``SGPO_RS_SIMD``
+      (``avx512``, ``avx2`` or ``portable``, read once) lowers it. AVX2 and AVX-512 give
+      bit-identical results (the same fused multiply-adds).
 
     Per token, ``log_ratio = logp - old_logp``; ``importance_sampling_level="sequence"`` uses
     ``sum_t(log_ratio * M) / max(sum_t M, 1)`` per row (GSPO). ``r = exp(log_ratio)``.

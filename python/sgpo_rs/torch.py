@@ -284,9 +284,9 @@ def sgpo_loss(
     is float32 (``torch.from_numpy`` over the core's output, no copy), multiplied by
     ``grad_output`` and cast to ``logp.dtype`` in the backward, so a float64 ``logp`` gets a
     float32-accurate gradient. Precision on the CPU is that of :func:`sgpo_rs.policy_loss`
-    (float64 per token, or for float32/bfloat16/float16 inputs of the PPO-clipped losses at
-    token level on a CPU with AVX2 float32 per token within the error bound stated there; sums
-    in float64 either way).
+    (float64 per token, or for float32/bfloat16/float16 inputs of the PPO-clipped losses, verl's
+    vanilla included, at token level on a CPU with AVX2 float32 per token within the error bound
+    stated there; sums in float64 either way).
 
     ``out``: a contiguous float32 tensor of ``logp``'s shape and device that the gradient is
     written into (and kept for the backward: reuse it for the next step only after this one's

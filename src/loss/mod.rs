@@ -53,11 +53,14 @@ pub struct LossOutput {
 }
 
 /// Whether [`policy_loss`] computes per-token values in float32 for inputs of type `T` and these
-/// options now: f32, bf16 and f16 inputs of the PPO-clipped losses (grpo, bnpo, dr_grpo, dapo,
-/// luspo) at token level with any KL estimator but low_var_kl, on an x86-64 CPU with AVX2 (the
-/// SIMD level in use: `SGPO_RS_SIMD=portable` turns the path off). Per-token loss and gradient are then within about 5e-7 of their own
-/// magnitude of the float64 path's, with the same clip decisions (the bound and how it is kept
-/// are in `row_f32`'s documentation). Everything else runs in float64.
+/// options now: f32, bf16 and f16 inputs of the PPO-clipped losses (TRL's grpo, bnpo, dr_grpo,
+/// dapo, luspo, and verl's vanilla dual-clip loss with any `loss_agg_mode`) at token level with
+/// any KL estimator but low_var_kl, on an x86-64 CPU with AVX2 (the SIMD level in use:
+/// `SGPO_RS_SIMD=portable` turns the path off). Per-token loss and gradient are then within
+/// about 5e-7 of their own magnitude of the float64 path's, with the same clip decisions
+/// (vanilla's dual clip and its +-20 log-ratio clamp included) and clip metrics; vanilla's
+/// `ppo_kl` is the float64 path's up to the order of the sums (the bound and how it is kept are
+/// in `row_f32`'s documentation). Everything else runs in float64.
 pub fn uses_float32_path<T: FloatElem>(options: &LossOptions) -> bool {
     T::FITS_F32
         && row_f32::handles(options)

@@ -213,6 +213,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
                     tau_neg: opt.sapo_temperature_neg,
                 },
             ),
+            LossType::Vanilla if self.float32 => self.run_f32(i, grad),
             LossType::Vanilla => self.run_with(
                 i,
                 grad,
@@ -240,9 +241,18 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         }
     }
 
-    /// Row `i` of a PPO-clipped loss (TRL's grpo family) on the float64 path.
+    /// Row `i` of a PPO-clipped loss (TRL's grpo family, or verl's vanilla loss) on the float64
+    /// path.
     pub(super) fn run_f64(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
         let opt = self.options;
+        if opt.loss_type == LossType::Vanilla {
+            let vanilla = terms::Vanilla {
+                lo: 1.0 - opt.epsilon_low,
+                hi: 1.0 + opt.epsilon_high(),
+                clip_ratio_c: opt.clip_ratio_c,
+            };
+            return self.run_with(i, grad, &vanilla);
+        }
         let policy = terms::Clipped {
             lo: 1.0 - opt.epsilon_low,
             hi: 1.0 + opt.epsilon_high(),

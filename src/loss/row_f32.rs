@@ -1,5 +1,6 @@
 //! The float32 path of one row, for f32, bf16 and f16 inputs of the PPO-clipped losses (TRL's
-//! grpo, bnpo, dr_grpo, dapo and luspo) at token level with the k1, abs, k2 or k3 KL.
+//! grpo, bnpo, dr_grpo, dapo and luspo, and verl's vanilla dual-clip PPO loss) at token level
+//! with the k1, abs, k2 or k3 KL.
 //!
 //! Per-token values are computed in float32, 16 (AVX-512) or 8 (AVX2) tokens per instruction, by
 //! one kernel written with intrinsics over sixteen lanes ([`chunk_v`] on
@@ -18,10 +19,20 @@
 //! A token goes to the float64 formulas of the float64 path instead (recomputed from its
 //! inputs, exactly as that path would) when float32 could decide or overflow differently:
 //! its ratio within 1e-6 (relative) of a clip bound (`1 - epsilon_low`, `1 + epsilon_high`,
-//! `delta`), a log ratio or KL gap beyond +-80 (float32's `exp` overflows at 88.7), or a
+//! `delta`, and for vanilla `clip_ratio_c`), a log ratio or KL gap beyond +-80 (float32's `exp`
+//! overflows at 88.7; for vanilla a log ratio of magnitude 20 or more, where verl clamps it), or a
 //! non-finite log ratio, KL gap, KL or gradient (which is also how non-finite inputs are found).
 //! The band is four times the float32 ratio's error (below 2.5e-7: `exp_f32_of_difference`
 //! takes `lp - old` exactly), so every clip decision and clip metric is the float64 path's.
+//!
+//! verl's vanilla loss is TRL's clipped term without `delta` (`max(-a r, -a clip(r))` is
+//! `-min(a r, a clip(r))`, with the same tie rules) plus the dual clip: for `a < 0` and
+//! `r > clip_ratio_c` the loss is `-a * clip_ratio_c` with no gradient through `r`. Away from the
+//! bounds its `pg_clipfrac` is TRL's clipped-low-or-high indicator and `pg_clipfrac_lower` the
+//! dual-clip indicator; `ppo_kl`'s `-log_ratio` is summed in float64 from the TwoSum of
+//! `lp - old` (its float32 rounding plus the exact remainder), so it is the float64 path's value
+//! up to the order of the sums. Its log ratio is clamped to +-20 only where it reaches 20, and
+//! those tokens go to float64, so in the kernel the ratio is `exp(lp - old)` as for TRL.
 //!
 //! Error bound against the float64 path (tested in `tests/python/test_loss_f32.py` at every
 //! SIMD level): each token's loss and gradient differ by at most about 5e-7 of their own
@@ -34,9 +45,9 @@
 // formulas.
 #![allow(clippy::needless_range_loop)]
 
-use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions};
+use super::options::{ImportanceSamplingLevel, KlEstimator, LossOptions, LossType};
 use super::row::{weight_sum_dispatched, RowKernel, RowSums};
-use super::terms::{self, Clipped, Objective};
+use super::terms::{self, Clipped, Objective, Vanilla};
 use super::AdvantageView;
 use crate::elem::{FloatElem, MaskElem};
 use crate::error::{Error, Result};
@@ -57,6 +68,23 @@ const LANES: usize = 16;
 const NEAR_BOUND: f32 = 1e-6;
 /// Log ratios and KL gaps beyond this are taken in float64 (float32's `exp` overflows at 88.7).
 const MAX_GAP: f32 = 80.0;
+/// verl's vanilla loss clamps the log ratio to +-20 (no gradient through the clamp there): log
+/// ratios whose float32 value is 20 or more in magnitude (the largest float32 below 20 is this)
+/// are taken in float64.
+const VANILLA_MAX_GAP: f32 = f32::from_bits(20.0f32.to_bits() - 1);
+/// Dual-clip constants closer than this (relative) to `1 - epsilon_low` are left to float64:
+/// the float64 path could tie the two where float32 does not.
+const DUAL_CLIP_APART: f64 = 1e-5;
+
+/// The largest `|log ratio|` (float32) the kernels take.
+#[inline(always)]
+const fn max_gap(vanilla: bool) -> f32 {
+    if vanilla {
+        VANILLA_MAX_GAP
+    } else {
+        MAX_GAP
+    }
+}
 
 /// Whether this path computes the loss `options` describe (else the float64 path does).
 pub(super) fn handles(options: &LossOptions) -> bool {
@@ -65,14 +93,23 @@ pub(super) fn handles(options: &LossOptions) -> bool {
     // Bounds that float32 rounds together (or apart) differently from float64 would tie (or
     // not) differently in the clipped term's min.
     let (lo, hi) = (1.0 - options.epsilon_low, 1.0 + options.epsilon_high());
-    let delta = options.delta.unwrap_or(f64::INFINITY);
+    // verl's vanilla loss has no `delta`; its dual clip must stay clear of `lo` (see
+    // `DUAL_CLIP_APART`).
+    let vanilla = options.loss_type == LossType::Vanilla;
+    let delta = match options.delta {
+        Some(delta) if !vanilla => delta,
+        _ => f64::INFINITY,
+    };
     let same_ties = |x: f64, y: f64| (x == y) == ((x as f32) == (y as f32));
     let bounds_keep_ties = same_ties(lo, hi) && same_ties(delta, lo) && same_ties(delta, hi);
+    let c = options.clip_ratio_c;
+    let dual_clip_apart = !vanilla || (c.is_finite() && c - lo > DUAL_CLIP_APART * c.abs());
     bounds_keep_ties
-        && options.loss_type.is_trl_clipped()
+        && dual_clip_apart
+        && (options.loss_type.is_trl_clipped() || vanilla)
         && options.importance_sampling_level == ImportanceSamplingLevel::Token
         && options.kl_estimator != KlEstimator::LowVarKl
-        && options.delta.is_none_or(representable)
+        && (vanilla || options.delta.is_none_or(representable))
         && options.epsilon_low < 1e30
         && options.epsilon_high() < 1e30
         && representable(options.beta)
@@ -95,9 +132,16 @@ struct Sums {
     kl: [f64; LANES],
     low: [f64; LANES],
     high: [f64; LANES],
-    /// Loss, kl, low, high of the tokens computed in float64 (the loss complete, not as the
-    /// lanes hold it), in token order.
-    fallback: [f64; 4],
+    /// Vanilla: `w` where the dual clip holds (`pg_clipfrac_lower`).
+    lower: [f64; LANES],
+    /// Vanilla: `w * (lp - old)` (minus `ppo_kl`'s sum).
+    log_ratio: [f64; LANES],
+    /// Loss and kl of the tokens computed in float64 (the loss complete, not as the lanes hold
+    /// it), in token order.
+    fallback: [f64; 2],
+    /// Their weighted metric values, in the objective's slots ([`Clipped::LOW`], ... or
+    /// [`Vanilla::CLIPFRAC`], ...).
+    fallback_metrics: [f64; 3],
 }
 
 fn total(lanes: &[f64; LANES]) -> f64 {
@@ -109,12 +153,15 @@ fn total(lanes: &[f64; LANES]) -> f64 {
 struct Params {
     lo: f32,
     hi: f32,
-    /// `f32::MAX` when unset: no finite float32 ratio reaches it.
+    /// `f32::MAX` when unset (always for vanilla): no finite float32 ratio reaches it.
     delta: f32,
+    /// Vanilla's dual-clip constant `clip_ratio_c` (`f32::MAX` for the other losses).
+    c: f32,
     /// `NEAR_BOUND * |bound|` for `lo`, `hi` and `delta`.
     near_lo: f32,
     near_hi: f32,
     near_delta: f32,
+    near_c: f32,
     /// `[bound - near, bound + near]` for `lo`, `hi` and `delta` (the same tokens, give or take
     /// a rounding of the band's ends).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -123,6 +170,8 @@ struct Params {
     band_hi: (f32, f32),
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     band_delta: (f32, f32),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    band_c: (f32, f32),
     beta: f32,
     /// 1 with bias correction (KL times the ratio), else 0.
     bias: f32,
@@ -153,9 +202,11 @@ struct Scratch {
     /// The weight the KL is summed with.
     w: [f32; CHUNK],
     kl: [f32; CHUNK],
-    /// `w` where the token counts as clipped low / high (exact: flag times weight).
+    /// `w` where the token counts as clipped low / high / by the dual clip (exact: flag times
+    /// weight).
     w_low: [f32; CHUNK],
     w_high: [f32; CHUNK],
+    w_lower: [f32; CHUNK],
     /// 1 for tokens left to the float64 formulas.
     fallback: [f32; CHUNK],
 }
@@ -179,6 +230,7 @@ impl Workspace {
                 kl: [0.0; CHUNK],
                 w_low: [0.0; CHUNK],
                 w_high: [0.0; CHUNK],
+                w_lower: [0.0; CHUNK],
                 fallback: [0.0; CHUNK],
             },
             inputs: [[0.0; CHUNK]; 5],
@@ -317,8 +369,9 @@ fn flag(cond: bool) -> f32 {
 /// Non-finite inputs need no test of their own here: they make the log ratio, the KL gap or the
 /// gradient non-finite, which sends the token to the fallback, and the fallback reports them.
 /// (With neither `old_logp` nor a KL, `logp` reaches nothing; the caller checks it.)
+/// `VANILLA`: verl's vanilla loss (the dual clip, `ppo_kl`'s log ratio; `p.delta` is unset).
 #[inline(always)]
-fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool>(
+fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool, const VANILLA: bool>(
     p: &Params,
     input: &ChunkIn<'_>,
     grad: &mut [f32],
@@ -341,13 +394,14 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool>(
         kl: kl_out,
         w_low,
         w_high,
+        w_lower,
         fallback,
     } = scratch;
     let (wa_out, coef_out, w_out) = (&mut wa_out[..m], &mut coef_out[..m], &mut w_out[..m]);
     let (kl_out, w_low, w_high) = (&mut kl_out[..m], &mut w_low[..m], &mut w_high[..m]);
-    let fallback = &mut fallback[..m];
+    let (w_lower, fallback) = (&mut w_lower[..m], &mut fallback[..m]);
     let mut any_fallback = false;
-    let (mut n_low, mut n_high) = (0u32, 0u32);
+    let (mut n_low, mut n_high, mut n_lower) = (0u32, 0u32, 0u32);
     // Bitwise `&` and `|` on the conditions below, not `&&` and `||`: short-circuits are
     // branches, and a branch per token keeps the loop from vectorising.
     for k in 0..m {
@@ -384,11 +438,16 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool>(
         let d_ratio = -a_k * (wu * dc1 + (1.0 - wu) * dc2);
         let low = (c1 < p.lo) & (a_k < 0.0);
         let high = (c1 > p.hi) & (a_k > 0.0);
-        let mut to_f64 = (d.abs() > MAX_GAP)
+        // verl's dual clip (vanilla): `a < 0` and `r > c` give `-a * c`, no gradient through r.
+        let lower = VANILLA & (a_k < 0.0) & (r > p.c);
+        let coef = if lower { p.c } else { coef };
+        let d_ratio = if lower { 0.0 } else { d_ratio };
+        let mut to_f64 = (d.abs() > max_gap(VANILLA))
             | d.is_nan()
             | ((r - p.lo).abs() <= p.near_lo)
             | ((r - p.hi).abs() <= p.near_hi)
-            | ((r - p.delta).abs() <= p.near_delta);
+            | ((r - p.delta).abs() <= p.near_delta)
+            | (VANILLA & ((r - p.c).abs() <= p.near_c));
 
         let mut d_logp = 0.0;
         let mut kl_sum = 0.0;
@@ -424,23 +483,44 @@ fn chunk<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const FMA: bool>(
             // vectoriser can do, instead of two stores and a float64 pass).
             n_low += (low & !to_f64) as u32;
             n_high += (high & !to_f64) as u32;
+            n_lower += (lower & !to_f64) as u32;
         } else {
             w_low[k] = if low { w_k } else { 0.0 };
             w_high[k] = if high { w_k } else { 0.0 };
+            w_lower[k] = if lower { w_k } else { 0.0 };
+        }
+        if VANILLA & HAS_OLD {
+            // `ppo_kl`'s log ratio, as the float64 path takes it (0 for fallback tokens).
+            let d64 = if on & !to_f64 {
+                lp_k as f64 - old[k] as f64
+            } else {
+                0.0
+            };
+            sums.log_ratio[k % LANES] += w_k as f64 * d64;
         }
         fallback[k] = flag(to_f64);
     }
-    accumulate::<K, BINARY>(scratch, m, sums);
+    accumulate::<K, BINARY, VANILLA>(scratch, m, sums);
     if BINARY {
         sums.low[0] += n_low as f64;
         sums.high[0] += n_high as f64;
+        sums.lower[0] += n_lower as f64;
     }
     any_fallback
 }
 
 /// Adds a chunk's `m` tokens to the row's float64 lanes, every float32 value widened exactly.
 #[inline(always)]
-fn accumulate<K: Kl32, const BINARY: bool>(s: &Scratch, m: usize, sums: &mut Sums) {
+fn accumulate<K: Kl32, const BINARY: bool, const VANILLA: bool>(
+    s: &Scratch,
+    m: usize,
+    sums: &mut Sums,
+) {
+    if VANILLA && !BINARY {
+        for k in 0..m {
+            sums.lower[k % LANES] += s.w_lower[k] as f64;
+        }
+    }
     // Local accumulators over whole blocks of `LANES` tokens: registers, not memory behind
     // `sums`, and one widening of each value.
     let (mut loss, mut kl, mut low, mut high) = (sums.loss, sums.kl, sums.low, sums.high);
@@ -488,8 +568,11 @@ struct Acc<V: V16> {
     kl: V::D,
     low: V::D,
     high: V::D,
+    lower: V::D,
+    log_ratio: V::D,
     n_low: u32,
     n_high: u32,
+    n_lower: u32,
 }
 
 /// The per-row constants of the row-advantage form of the clipped term ([`chunk_v`]'s `ROW`).
@@ -501,6 +584,10 @@ struct RowClip {
     /// `-(1 - epsilon_low)` for `a < 0`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     bound: f32,
+    /// Vanilla: the dual clip's `clip_ratio_c` for `a < 0`, `f32::INFINITY` for `a > 0` (no
+    /// dual clip).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    c: f32,
 }
 
 /// Whether `x` lies in `band` (its ends included).
@@ -520,7 +607,14 @@ unsafe fn near<V: V16>(x: V::F, band: (f32, f32)) -> V::M {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+unsafe fn block<
+    V: V16,
+    K: Kl32,
+    const HAS_OLD: bool,
+    const BINARY: bool,
+    const ROW: bool,
+    const VANILLA: bool,
+>(
     p: &Params,
     row: RowClip,
     w_ptr: *const f32,
@@ -546,14 +640,20 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
     }
     // Masked-out tokens compute with harmless values (their inputs may be NaN or inf).
     let lp = V::load_or_zero(on, lp_ptr);
+    let old = if HAS_OLD {
+        V::load_or_zero(on, old_ptr)
+    } else {
+        zero
+    };
     let (d, r) = if HAS_OLD {
-        exp_of_difference_v::<V>(lp, V::load_or_zero(on, old_ptr))
+        exp_of_difference_v::<V>(lp, old)
     } else {
         (zero, one)
     };
-    // Log ratios beyond +-MAX_GAP or NaN: float64 (the exponential above has no clamp).
-    let mut to_f64 = V::not_le(V::abs(d), V::splat(MAX_GAP));
-    let (coef, d_ratio, low, high, a);
+    // Log ratios beyond +-MAX_GAP (vanilla: reaching its clamp at +-20) or NaN: float64 (the
+    // exponential above has no clamp).
+    let mut to_f64 = V::not_le(V::abs(d), V::splat(max_gap(VANILLA)));
+    let (coef, d_ratio, low, high, lower, a);
     if ROW {
         // One advantage for the row, of known sign, and no `delta`: TRL's clipped term is
         // `a * min(r, 1 + eh)` for `a > 0` and `a * max(r, 1 - el)` for `a < 0`, with no gradient
@@ -564,13 +664,25 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
         a = V::splat(row.a);
         let sr = V::xor(r, a);
         let clipped = V::gt(sr, V::splat(row.bound));
-        coef = V::xor(V::min(sr, V::splat(row.bound)), a);
-        d_ratio = V::select(clipped, zero, V::splat(-row.a));
+        let one_bound = V::xor(V::min(sr, V::splat(row.bound)), a);
         (low, high) = (clipped, clipped);
         to_f64 = V::or(
             to_f64,
             V::or(near::<V>(r, p.band_lo), near::<V>(r, p.band_hi)),
         );
+        if VANILLA {
+            // verl's dual clip: for `a < 0` (`row.c` is then `clip_ratio_c`, else infinite)
+            // `r > c` gives `-a * c`; below `c`, `max(r, lo) <= c` already (`lo < c`).
+            let c = V::splat(row.c);
+            lower = V::gt(r, c);
+            coef = V::min(one_bound, c);
+            d_ratio = V::select(V::or(clipped, lower), zero, V::splat(-row.a));
+            to_f64 = V::or(to_f64, near::<V>(r, p.band_c));
+        } else {
+            lower = clipped;
+            coef = one_bound;
+            d_ratio = V::select(clipped, zero, V::splat(-row.a));
+        }
     } else {
         // TRL's clipped term, as `terms::Clipped` (torch's tie and clamp-gradient rules).
         a = V::load_or_zero(on, a_ptr);
@@ -585,13 +697,26 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
         let (u, v) = (V::mul(c1, a), V::mul(c2, a));
         let u_lt_v = V::lt(u, v);
         let wu = V::select(u_lt_v, one, V::keep(V::eq(u, v), V::splat(0.5)));
-        coef = V::select(u_lt_v, c1, c2);
+        let trl_coef = V::select(u_lt_v, c1, c2);
         let mix = V::add(V::mul(wu, dc1), V::mul(V::sub(one, wu), dc2));
-        d_ratio = V::mul(V::xor(a, V::splat(-0.0)), mix);
+        let trl_d_ratio = V::mul(V::xor(a, V::splat(-0.0)), mix);
         low = V::and(V::lt(c1, V::splat(p.lo)), V::lt(a, zero));
         high = V::and(V::gt(c1, V::splat(p.hi)), V::gt(a, zero));
         let near_any = V::or(near::<V>(r, p.band_lo), near::<V>(r, p.band_hi));
-        to_f64 = V::or(to_f64, V::or(near_any, near::<V>(r, p.band_delta)));
+        if VANILLA {
+            // verl's dual clip (`p.delta` is unset, so the above is its clipped term):
+            // `a < 0` and `r > c` give `-a * c`, with no gradient through `r`.
+            let c = V::splat(p.c);
+            lower = V::and(V::gt(r, c), V::lt(a, zero));
+            coef = V::select(lower, c, trl_coef);
+            d_ratio = V::select(lower, zero, trl_d_ratio);
+            to_f64 = V::or(to_f64, V::or(near_any, near::<V>(r, p.band_c)));
+        } else {
+            lower = low;
+            coef = trl_coef;
+            d_ratio = trl_d_ratio;
+            to_f64 = V::or(to_f64, V::or(near_any, near::<V>(r, p.band_delta)));
+        }
     }
 
     let (mut d_logp, mut kl_sum) = (zero, zero);
@@ -636,11 +761,26 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
         if !ROW {
             acc.n_high += V::bits(V::and(high, ok)).count_ones();
         }
+        if VANILLA {
+            acc.n_lower += V::bits(V::and(lower, ok)).count_ones();
+        }
     } else {
         acc.low = V::dadd(acc.low, V::keep(V::and(low, ok), w));
         if !ROW {
             acc.high = V::dadd(acc.high, V::keep(V::and(high, ok), w));
         }
+        if VANILLA {
+            acc.lower = V::dadd(acc.lower, V::keep(V::and(lower, ok), w));
+        }
+    }
+    if VANILLA && HAS_OLD {
+        // `ppo_kl`'s log ratio in float64: `d` plus the remainder of its rounding (the TwoSum
+        // that `exp_of_difference_v` also takes, so the same operations, shared), each product
+        // with `w` exact.
+        let nb_part = V::sub(d, lp);
+        let tail = V::sub(V::sub(lp, V::sub(d, nb_part)), V::add(old, nb_part));
+        acc.log_ratio = V::dfma(acc.log_ratio, w, V::keep(ok, d));
+        acc.log_ratio = V::dfma(acc.log_ratio, w, V::keep(ok, tail));
     }
     V::bits(fallback)
 }
@@ -657,7 +797,14 @@ unsafe fn block<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const 
 /// flags read (`old` when `HAS_OLD`, `reference` when `K::ACTIVE`, `a` unless `ROW`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+unsafe fn chunk_v<
+    V: V16,
+    K: Kl32,
+    const HAS_OLD: bool,
+    const BINARY: bool,
+    const ROW: bool,
+    const VANILLA: bool,
+>(
     p: &Params,
     row: RowClip,
     input: &ChunkIn<'_>,
@@ -680,8 +827,11 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
         kl: V::dload(&sums.kl),
         low: V::dload(&sums.low),
         high: V::dload(&sums.high),
+        lower: V::dload(&sums.lower),
+        log_ratio: V::dload(&sums.log_ratio),
         n_low: 0,
         n_high: 0,
+        n_lower: 0,
     };
     let (w, lp, g) = (input.w.as_ptr(), input.lp.as_ptr(), grad.as_mut_ptr());
     let mask = input.mask.as_ptr();
@@ -701,7 +851,7 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
         if K::ACTIVE {
             prefetch(reference.wrapping_add(k + PREFETCH));
         }
-        let bits = block::<V, K, HAS_OLD, BINARY, ROW>(
+        let bits = block::<V, K, HAS_OLD, BINARY, ROW, VANILLA>(
             p,
             row,
             w.wrapping_add(k),
@@ -737,7 +887,7 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
         if !ROW {
             pa[..rest].copy_from_slice(&input.a[whole..m]);
         }
-        let bits = block::<V, K, HAS_OLD, BINARY, ROW>(
+        let bits = block::<V, K, HAS_OLD, BINARY, ROW, VANILLA>(
             p,
             row,
             pw.as_ptr(),
@@ -759,13 +909,24 @@ unsafe fn chunk_v<V: V16, K: Kl32, const HAS_OLD: bool, const BINARY: bool, cons
     sums.high = V::dlanes(acc.high);
     sums.low[0] += acc.n_low as f64;
     sums.high[0] += acc.n_high as f64;
+    if VANILLA {
+        sums.lower = V::dlanes(acc.lower);
+        sums.log_ratio = V::dlanes(acc.log_ratio);
+        sums.lower[0] += acc.n_lower as f64;
+    }
     any != 0
 }
 
 /// [`chunk_v`] compiled for AVX-512F (16 float32 lanes in one register).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
-unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+unsafe fn chunk_avx512<
+    K: Kl32,
+    const HAS_OLD: bool,
+    const BINARY: bool,
+    const ROW: bool,
+    const VANILLA: bool,
+>(
     p: &Params,
     row: RowClip,
     input: &ChunkIn<'_>,
@@ -773,13 +934,19 @@ unsafe fn chunk_avx512<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const R
     fallback: &mut [u16; CHUNK / 16],
     sums: &mut Sums,
 ) -> bool {
-    chunk_v::<Avx512, K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+    chunk_v::<Avx512, K, HAS_OLD, BINARY, ROW, VANILLA>(p, row, input, grad, fallback, sums)
 }
 
 /// [`chunk_v`] compiled for AVX2 + FMA (16 float32 lanes in two registers).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,popcnt")]
-unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+unsafe fn chunk_avx2<
+    K: Kl32,
+    const HAS_OLD: bool,
+    const BINARY: bool,
+    const ROW: bool,
+    const VANILLA: bool,
+>(
     p: &Params,
     row: RowClip,
     input: &ChunkIn<'_>,
@@ -787,7 +954,7 @@ unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW
     fallback: &mut [u16; CHUNK / 16],
     sums: &mut Sums,
 ) -> bool {
-    chunk_v::<Avx2, K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+    chunk_v::<Avx2, K, HAS_OLD, BINARY, ROW, VANILLA>(p, row, input, grad, fallback, sums)
 }
 
 /// A chunk at the level `level` (never above the CPU's: see
@@ -796,7 +963,13 @@ unsafe fn chunk_avx2<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW
 /// a faster form of the same term).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
+fn chunk_at<
+    K: Kl32,
+    const HAS_OLD: bool,
+    const BINARY: bool,
+    const ROW: bool,
+    const VANILLA: bool,
+>(
     level: SimdLevel,
     p: &Params,
     row: RowClip,
@@ -812,19 +985,21 @@ fn chunk_at<K: Kl32, const HAS_OLD: bool, const BINARY: bool, const ROW: bool>(
         // `run_f32_with` passes inputs as long as the chunk.
         SimdLevel::Avx512 => {
             return unsafe {
-                chunk_avx512::<K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+                chunk_avx512::<K, HAS_OLD, BINARY, ROW, VANILLA>(
+                    p, row, input, grad, fallback, sums,
+                )
             }
         }
         // SAFETY: as above.
         SimdLevel::Avx2 => {
             return unsafe {
-                chunk_avx2::<K, HAS_OLD, BINARY, ROW>(p, row, input, grad, fallback, sums)
+                chunk_avx2::<K, HAS_OLD, BINARY, ROW, VANILLA>(p, row, input, grad, fallback, sums)
             }
         }
         SimdLevel::Portable => {}
     }
     let _ = (level, row);
-    let any = chunk::<K, HAS_OLD, BINARY, false>(p, input, grad, scratch, sums);
+    let any = chunk::<K, HAS_OLD, BINARY, false, VANILLA>(p, input, grad, scratch, sums);
     for (word, flags) in fallback.iter_mut().zip(scratch.fallback.chunks(16)) {
         *word = flags
             .iter()
@@ -839,17 +1014,24 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
     pub(super) fn run_f32(&self, i: usize, grad: &mut [f32]) -> Result<RowSums> {
         let has_kl = self.options.beta != 0.0 && self.inputs.ref_logp.is_some();
         let has_old = self.inputs.old_logp.is_some();
-        let run = match (has_kl.then_some(self.options.kl_estimator), has_old) {
-            (None, true) => Self::run_f32_with::<NoKl, true>,
-            (None, false) => Self::run_f32_with::<NoKl, false>,
-            (Some(KlEstimator::K1), true) => Self::run_f32_with::<K1, true>,
-            (Some(KlEstimator::K1), false) => Self::run_f32_with::<K1, false>,
-            (Some(KlEstimator::Abs), true) => Self::run_f32_with::<Abs, true>,
-            (Some(KlEstimator::Abs), false) => Self::run_f32_with::<Abs, false>,
-            (Some(KlEstimator::K2), true) => Self::run_f32_with::<K2, true>,
-            (Some(KlEstimator::K2), false) => Self::run_f32_with::<K2, false>,
-            (Some(_), true) => Self::run_f32_with::<K3, true>,
-            (Some(_), false) => Self::run_f32_with::<K3, false>,
+        let vanilla = self.options.loss_type == LossType::Vanilla;
+        // The run for a KL estimator, by whether there is `old_logp` and the loss is vanilla.
+        macro_rules! pick {
+            ($k:ty) => {
+                match (has_old, vanilla) {
+                    (true, false) => Self::run_f32_with::<$k, true, false>,
+                    (false, false) => Self::run_f32_with::<$k, false, false>,
+                    (true, true) => Self::run_f32_with::<$k, true, true>,
+                    (false, true) => Self::run_f32_with::<$k, false, true>,
+                }
+            };
+        }
+        let run = match has_kl.then_some(self.options.kl_estimator) {
+            None => pick!(NoKl),
+            Some(KlEstimator::K1) => pick!(K1),
+            Some(KlEstimator::Abs) => pick!(Abs),
+            Some(KlEstimator::K2) => pick!(K2),
+            Some(_) => pick!(K3),
         };
         let mut workspace = WORKSPACE.take().unwrap_or_else(Workspace::new);
         let result = run(self, i, grad, &mut workspace);
@@ -857,7 +1039,8 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         result
     }
 
-    fn run_f32_with<K: Kl32, const HAS_OLD: bool>(
+    /// `VANILLA`: verl's vanilla loss (else TRL's clipped one).
+    fn run_f32_with<K: Kl32, const HAS_OLD: bool, const VANILLA: bool>(
         &self,
         i: usize,
         grad: &mut [f32],
@@ -877,21 +1060,36 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             return self.run_f64(i, grad);
         }
         let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
-        let delta = opt.delta.unwrap_or(f64::INFINITY);
+        // verl's vanilla loss has no `delta`; the other losses no dual clip.
+        let delta = match opt.delta {
+            Some(delta) if !VANILLA => delta,
+            _ => f64::INFINITY,
+        };
+        let c = if VANILLA {
+            opt.clip_ratio_c
+        } else {
+            f64::INFINITY
+        };
+        let to_f32 = |v: f64| {
+            if v < f32::MAX as f64 {
+                v as f32
+            } else {
+                f32::MAX
+            }
+        };
         let p = Params {
             lo: lo as f32,
             hi: hi as f32,
-            delta: if delta < f32::MAX as f64 {
-                delta as f32
-            } else {
-                f32::MAX
-            },
+            delta: to_f32(delta),
+            c: to_f32(c),
             near_lo: 0.0,
             near_hi: 0.0,
             near_delta: 0.0,
+            near_c: 0.0,
             band_lo: (0.0, 0.0),
             band_hi: (0.0, 0.0),
             band_delta: (0.0, 0.0),
+            band_c: (0.0, 0.0),
             beta: opt.beta as f32,
             bias: flag(opt.kl_bias_correction),
             scale: scale as f32,
@@ -900,6 +1098,7 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             near_lo: NEAR_BOUND * p.lo.abs(),
             near_hi: NEAR_BOUND * p.hi.abs(),
             near_delta: NEAR_BOUND * p.delta,
+            near_c: NEAR_BOUND * p.c,
             ..p
         };
         let band = |bound: f32, near: f32| (bound - near, bound + near);
@@ -907,9 +1106,17 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             band_lo: band(p.lo, p.near_lo),
             band_hi: band(p.hi, p.near_hi),
             band_delta: band(p.delta, p.near_delta),
+            band_c: band(p.c, p.near_c),
             ..p
         };
-        let fallback_term = terms::Clipped { lo, hi, delta };
+        let fallback_term = (
+            terms::Clipped { lo, hi, delta },
+            terms::Vanilla {
+                lo,
+                hi,
+                clip_ratio_c: opt.clip_ratio_c,
+            },
+        );
         let level = crate::numeric::simd::simd_level();
 
         let mut sums = Sums {
@@ -917,7 +1124,10 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             kl: [0.0; LANES],
             low: [0.0; LANES],
             high: [0.0; LANES],
-            fallback: [0.0; 4],
+            lower: [0.0; LANES],
+            log_ratio: [0.0; LANES],
+            fallback: [0.0; 2],
+            fallback_metrics: [0.0; 3],
         };
         let Workspace {
             scratch,
@@ -933,9 +1143,14 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         }
         // One advantage of known sign and no `delta`: the clipped term's faster form.
         let row_clip = match row_advantage {
-            Some(a) if a != 0.0 && opt.delta.is_none() => Some(RowClip {
+            Some(a) if a != 0.0 && (VANILLA || opt.delta.is_none()) => Some(RowClip {
                 a,
                 bound: if a > 0.0 { p.hi } else { -p.lo },
+                c: if VANILLA && a < 0.0 {
+                    p.c
+                } else {
+                    f32::INFINITY
+                },
             }),
             _ => None,
         };
@@ -986,16 +1201,16 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             // counts (`BINARY`) where the weights are 0 or 1.
             let binary = mask_bytes.is_some() || (level == SimdLevel::Portable && M::BINARY);
             let any_fallback = match (binary, row_clip.is_some()) {
-                (true, true) => chunk_at::<K, HAS_OLD, true, true>(
+                (true, true) => chunk_at::<K, HAS_OLD, true, true, VANILLA>(
                     level, &p, row, &input, g, scratch, fb, &mut sums,
                 ),
-                (true, false) => chunk_at::<K, HAS_OLD, true, false>(
+                (true, false) => chunk_at::<K, HAS_OLD, true, false, VANILLA>(
                     level, &p, row, &input, g, scratch, fb, &mut sums,
                 ),
-                (false, true) => chunk_at::<K, HAS_OLD, false, true>(
+                (false, true) => chunk_at::<K, HAS_OLD, false, true, VANILLA>(
                     level, &p, row, &input, g, scratch, fb, &mut sums,
                 ),
-                (false, false) => chunk_at::<K, HAS_OLD, false, false>(
+                (false, false) => chunk_at::<K, HAS_OLD, false, false, VANILLA>(
                     level, &p, row, &input, g, scratch, fb, &mut sums,
                 ),
             };
@@ -1005,7 +1220,15 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
                         if !self.inputs_finite::<K>(i, start + k) {
                             return Err(self.locate_non_finite(i, start..end));
                         }
-                        let g = self.token_f64::<K>(&fallback_term, scale, i, start + k, &mut sums);
+                        let (clipped, vanilla) = &fallback_term;
+                        let g = self.token_f64::<K, VANILLA>(
+                            clipped,
+                            vanilla,
+                            scale,
+                            i,
+                            start + k,
+                            &mut sums,
+                        );
                         grad_finite &= g.is_finite();
                         grad[start + k] = g;
                     }
@@ -1028,9 +1251,8 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             // The row form counts the one bound that clips in `sums.low`.
             std::mem::swap(&mut sums.low, &mut sums.high);
         }
-        let [loss, kl, low, high] = sums.fallback;
-        let low = total(&sums.low) + low;
-        let high = total(&sums.high) + high;
+        let [loss, kl] = sums.fallback;
+        let fm = sums.fallback_metrics;
         // The policy part was summed as `a * coef` (as `coef` in the row form, times `a` here);
         // the KL part is `beta * kl`.
         let policy = match row_clip {
@@ -1044,9 +1266,20 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             kl: kl_total + kl,
             metrics: {
                 let mut m = [0.0; 3];
-                m[Clipped::LOW] = low;
-                m[Clipped::HIGH] = high;
-                m[Clipped::REGION] = low + high;
+                let (low, high) = (total(&sums.low), total(&sums.high));
+                if VANILLA {
+                    // Away from the bounds `pg_clipfrac` (L2 > L1) is TRL's low-or-high clip.
+                    m[Vanilla::CLIPFRAC] = low + high + fm[Vanilla::CLIPFRAC];
+                    m[Vanilla::CLIPFRAC_LOWER] = total(&sums.lower) + fm[Vanilla::CLIPFRAC_LOWER];
+                    m[Vanilla::NEG_LOG_RATIO] =
+                        -total(&sums.log_ratio) + fm[Vanilla::NEG_LOG_RATIO];
+                } else {
+                    let low = low + fm[Clipped::LOW];
+                    let high = high + fm[Clipped::HIGH];
+                    m[Clipped::LOW] = low;
+                    m[Clipped::HIGH] = high;
+                    m[Clipped::REGION] = low + high;
+                }
                 m
             },
             ..RowSums::default()
@@ -1070,12 +1303,16 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             && (!K::ACTIVE || s.reference.is_none_or(|r| r[t].to_f64().is_finite()))
     }
 
-    /// Token `(i, t)` by the float64 path's formulas: adds its weighted loss, KL and clip flags
-    /// to `sums.fallback` and returns its gradient (perhaps not finite: the caller reports it).
+    /// Token `(i, t)` by the float64 path's formulas (`vanilla`'s if `VANILLA`, else
+    /// `clipped`'s): adds its weighted loss, KL and metric values to `sums.fallback` and
+    /// `sums.fallback_metrics` and returns its gradient (perhaps not finite: the caller reports
+    /// it).
     #[cold]
-    fn token_f64<K: Kl32>(
+    #[allow(clippy::too_many_arguments)]
+    fn token_f64<K: Kl32, const VANILLA: bool>(
         &self,
-        policy: &terms::Clipped,
+        clipped: &terms::Clipped,
+        vanilla: &terms::Vanilla,
         scale: f64,
         i: usize,
         t: usize,
@@ -1086,12 +1323,25 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
         let w = s.mask[t].weight() as f64;
         let lp = s.lp[t].to_f64();
         let d = s.old.map_or(0.0, |old| lp - old[t].to_f64());
+        // verl clamps the log ratio to +-20 (no gradient through the clamp there).
+        let (d, slope) = if VANILLA && s.old.is_some() {
+            (
+                terms::clamp(d, -20.0, 20.0),
+                terms::clamp_slope(d, -20.0, 20.0),
+            )
+        } else {
+            (d, 1.0)
+        };
         let r = exp::exp(d);
         let a = match self.inputs.advantages {
             AdvantageView::PerRow(adv) => adv[i] as f64,
             AdvantageView::PerToken(adv) => adv[i * self.inputs.len + t] as f64,
         };
-        let term = policy.term(r, a, lp, d);
+        let term = if VANILLA {
+            vanilla.term(r, a, lp, d)
+        } else {
+            clipped.term(r, a, lp, d)
+        };
         let (mut loss, mut d_logp, mut kl_sum) = (term.loss, term.d_logp, 0.0);
         if K::ACTIVE {
             if let Some(reference) = s.reference {
@@ -1102,14 +1352,164 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
                 let bias = terms::flag(opt.kl_bias_correction);
                 let kr = bias * r + (1.0 - bias);
                 loss += opt.beta * kl * kr;
-                d_logp += opt.beta * (bias * r * kl_plus_d + (1.0 - bias) * d_kl);
+                d_logp += if VANILLA {
+                    // The float64 path's form with the clamp's slope.
+                    let corrected = r * (slope * kl_plus_d + (1.0 - slope) * d_kl);
+                    opt.beta * (bias * corrected + (1.0 - bias) * d_kl)
+                } else {
+                    opt.beta * (bias * r * kl_plus_d + (1.0 - bias) * d_kl)
+                };
                 kl_sum = kl * kr;
             }
         }
         sums.fallback[0] += w * loss;
         sums.fallback[1] += w * kl_sum;
-        sums.fallback[2] += w * term.metrics[Clipped::LOW];
-        sums.fallback[3] += w * term.metrics[Clipped::HIGH];
-        (scale * w * (d_logp + term.d_ratio * r)) as f32
+        for (sum, value) in sums.fallback_metrics.iter_mut().zip(term.metrics) {
+            *sum += w * value;
+        }
+        if VANILLA {
+            (scale * w * (d_logp + term.d_ratio * r * slope)) as f32
+        } else {
+            (scale * w * (d_logp + term.d_ratio * r)) as f32
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Parameters of the vanilla loss with `clip_ratio_c = c` (as `run_f32_with` builds them).
+    fn vanilla_params(c: f32) -> Params {
+        let (lo, hi) = (0.8f32, 1.28f32);
+        let band = |bound: f32| (bound - NEAR_BOUND * bound, bound + NEAR_BOUND * bound);
+        Params {
+            lo,
+            hi,
+            delta: f32::MAX,
+            c,
+            near_lo: NEAR_BOUND * lo,
+            near_hi: NEAR_BOUND * hi,
+            near_delta: NEAR_BOUND * f32::MAX,
+            near_c: NEAR_BOUND * c,
+            band_lo: band(lo),
+            band_hi: band(hi),
+            band_delta: band(f32::MAX),
+            band_c: band(c),
+            beta: 0.0,
+            bias: 1.0,
+            scale: 1.0,
+        }
+    }
+
+    fn empty_sums() -> Sums {
+        Sums {
+            loss: [0.0; LANES],
+            kl: [0.0; LANES],
+            low: [0.0; LANES],
+            high: [0.0; LANES],
+            lower: [0.0; LANES],
+            log_ratio: [0.0; LANES],
+            fallback: [0.0; 2],
+            fallback_metrics: [0.0; 3],
+        }
+    }
+
+    /// The portable build of the scalar chunk (never run by `policy_loss` on x86-64, where the
+    /// portable level takes the float64 path) against the AVX2 kernel on vanilla's dual clip:
+    /// the same fallback tokens and clip counts, values within float32 roundings.
+    #[test]
+    fn portable_chunk_agrees_with_the_avx2_kernel_on_vanilla() {
+        if crate::numeric::simd::cpu_simd_level() < SimdLevel::Avx2 {
+            return;
+        }
+        let m = 250;
+        // A small deterministic generator: log ratios over [-1.5, 1.5] (ratios 0.22-4.5, so
+        // both PPO bounds and the dual clip at 2 are crossed), a few at verl's clamp.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let w: Vec<f32> = (0..m).map(|k| if k % 9 == 4 { 0.0 } else { 1.0 }).collect();
+        let lp: Vec<f32> = (0..m).map(|_| (-3.0 * next()) as f32).collect();
+        let old: Vec<f32> = lp
+            .iter()
+            .enumerate()
+            .map(|(k, lp)| {
+                let gap = if k % 50 == 7 {
+                    25.0
+                } else {
+                    3.0 * next() - 1.5
+                };
+                lp - gap as f32
+            })
+            .collect();
+        let a: Vec<f32> = (0..m)
+            .map(|k| if k % 3 == 0 { 0.7 } else { -1.3 })
+            .collect();
+        let mask: Vec<u8> = w.iter().map(|w| *w as u8).collect();
+        let input = ChunkIn {
+            w: &w,
+            mask: &mask,
+            lp: &lp,
+            old: &old,
+            reference: &[],
+            a: &a,
+        };
+        let p = vanilla_params(2.0);
+        let (mut g_portable, mut g_avx2) = (vec![0.0f32; m], vec![0.0f32; m]);
+        let mut workspace = Workspace::new();
+        let (mut s_portable, mut s_avx2) = (empty_sums(), empty_sums());
+        let (mut bits_portable, mut bits_avx2) = ([0u16; CHUNK / 16], [0u16; CHUNK / 16]);
+        let any_portable = chunk_at::<NoKl, true, true, false, true>(
+            SimdLevel::Portable,
+            &p,
+            RowClip::default(),
+            &input,
+            &mut g_portable,
+            &mut workspace.scratch,
+            &mut bits_portable,
+            &mut s_portable,
+        );
+        let any_avx2 = chunk_at::<NoKl, true, true, false, true>(
+            SimdLevel::Avx2,
+            &p,
+            RowClip::default(),
+            &input,
+            &mut g_avx2,
+            &mut workspace.scratch,
+            &mut bits_avx2,
+            &mut s_avx2,
+        );
+        assert!(any_portable && any_avx2);
+        assert_eq!(bits_portable, bits_avx2);
+        for (x, y) in g_portable.iter().zip(&g_avx2) {
+            assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} {y}");
+        }
+        for (name, x, y) in [
+            ("low", &s_portable.low, &s_avx2.low),
+            ("high", &s_portable.high, &s_avx2.high),
+            ("lower", &s_portable.lower, &s_avx2.lower),
+        ] {
+            assert_eq!(total(x), total(y), "{name}");
+        }
+        assert!(total(&s_avx2.lower) > 0.0 && total(&s_avx2.low) + total(&s_avx2.high) > 0.0);
+        let (x, y) = (total(&s_portable.loss), total(&s_avx2.loss));
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "{x} {y}");
+        let (x, y) = (total(&s_portable.log_ratio), total(&s_avx2.log_ratio));
+        assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} {y}");
+        // The log ratios summed exactly: the float64 sum of the kept tokens.
+        let bit = |k: usize| (bits_avx2[k / 16] >> (k % 16)) & 1 != 0;
+        let exact: f64 = (0..m)
+            .filter(|&k| w[k] != 0.0 && !bit(k))
+            .map(|k| lp[k] as f64 - old[k] as f64)
+            .sum();
+        assert!(
+            (y - exact).abs() <= 1e-12 * exact.abs().max(1.0),
+            "{y} {exact}"
+        );
     }
 }
