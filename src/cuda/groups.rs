@@ -360,7 +360,7 @@ pub struct RewardTensors<'a> {
     pub status: &'a DeviceTensor,
 }
 
-/// Checks every tensor, then launches the SGPO reward rule (see [`launch_rewards`]).
+/// Checks every tensor, then launches the SGPO reward rule.
 pub fn sgpo_rewards(
     stream_handle: u64,
     groups: GroupTensors<'_>,

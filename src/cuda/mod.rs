@@ -7,9 +7,11 @@
 //! `RuntimeError`) instead of a crash. Each kernel has a CPU twin in the engine (`crate::logprob`,
 //! `crate::loss`, ...), which is its test oracle.
 //!
-//! Input errors the kernels find (NaN at an unmasked token, a target outside the vocabulary) are
-//! written into a small status buffer that the caller reads after the launches; see
-//! [`status`].
+//! Every entry point takes its tensors as [`DeviceTensor`] descriptions and checks them (shapes
+//! by the CPU path's own rules, devices, layouts, buffer sizes) before it launches anything; see
+//! [`tensor`]. Input errors only the values reveal (NaN at an unmasked token, a target outside
+//! the vocabulary) are written into a small status buffer that the caller reads after the
+//! launches; see [`status`].
 
 mod args;
 mod device;

@@ -1,7 +1,9 @@
-//! Binding of [`crate::cuda`]: the CUDA kernels on raw device pointers. Python (`sgpo_rs._cuda`)
-//! allocates every output with torch on the input's device, passes `tensor.data_ptr()` and the
-//! current stream's handle, and reads the status buffer afterwards. These functions only
-//! translate; launches are asynchronous and release the GIL.
+//! Binding of [`crate::cuda`]: the CUDA kernels on torch's device memory. Python
+//! (`sgpo_rs._cuda`) allocates every output with torch on the input's device and passes each
+//! tensor as a description ([`TensorArg`]: pointer, dtype, shape, strides, device) with the current
+//! stream's handle; the engine checks the descriptions before any launch, and Python reads the
+//! status buffer afterwards. These functions only translate; launches are asynchronous and
+//! release the GIL.
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
