@@ -103,13 +103,11 @@ def _new_status(device: Any) -> Any:
     return torch.zeros(2, dtype=torch.int64, device=device)
 
 
-def _decode_status(bits: int, complement: int) -> Tuple[int, int]:
-    """``(bits, first)`` from the two int64 words; ``first`` is -1 when no index was reported."""
-    return bits & 0xFFFFFFFF, (-complement - 1 if complement != 0 else -1)
-
-
-def _read_status(status: Any) -> Tuple[int, int]:
-    return _decode_status(*status.tolist())
+def _status_bits(words: Any) -> int:
+    """The error bits of a status buffer's words (on the host or the device: reading a device one
+    waits for the stream). Which input is wrong is the CPU engine's to say (``_engine_error``),
+    so the first-index word is not read."""
+    return int(words[0]) & 0xFFFFFFFF
 
 
 def _mask_input(mask: Any) -> Any:
@@ -187,7 +185,7 @@ def selective_logprobs(
         _describe(stats),
     )
     if check:
-        bits, _ = _read_status(status)
+        bits = _status_bits(status)
         if bits:
             raise _engine_error(
                 "selective log-softmax",
@@ -238,7 +236,7 @@ def selective_logprobs_backward(
         _describe(stats),
     )
     if check:
-        bits, _ = _read_status(status)
+        bits = _status_bits(status)
         if bits:
             raise _engine_error(
                 "selective log-softmax backward",
@@ -321,7 +319,7 @@ def policy_loss(
     metrics: Dict[str, Any] = {name: values[slot] for name, slot in slots}
     if check:
         host = results.cpu()
-        bits, _ = _decode_status(*host[12:].tolist())
+        bits = _status_bits(host[12:])
         slot_values = host[:12].view(torch.float64).tolist()
         metrics = {name: slot_values[slot] for name, slot in slots}
         if bits or any(abs(v) == float("inf") for v in metrics.values()):
@@ -462,7 +460,7 @@ def sgpo_rewards(
         float(beta),
         float(gamma),
     )
-    bits, _ = _read_status(status)
+    bits = _status_bits(status)
     if bits:
         verdicts = (fe, ns, cr, co)
         raise _engine_error(
@@ -518,7 +516,7 @@ def group_advantages(
         _describe(scratch),
         _describe(status),
     )
-    bits, _ = _read_status(status)
+    bits = _status_bits(status)
     if bits:
         raise _engine_error(
             "rewards",
@@ -545,7 +543,7 @@ def token_advantages(advantages: Any, mask: Any, out: Optional[Any] = None, chec
         _stream_handle(device), _describe(a), _describe(m), _describe(out), _describe(status)
     )
     if check:
-        bits, _ = _read_status(status)
+        bits = _status_bits(status)
         # Without tokens no kernel runs, and the CPU path still checks the advantages.
         if bits or (out.shape[1] == 0 and not bool(torch.isfinite(a).all())):
             raise _engine_error("token_advantages", bits, lambda: _cpu_token_advantages(a, mask))

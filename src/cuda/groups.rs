@@ -20,40 +20,24 @@ pub const REWARD_STATS_LEN: usize = 5;
 /// The groups of a batch on the device: contiguous (`group_size > 0`), or CSR (`order`: the rows
 /// group by group, int64; `starts`: `num_groups + 1` int64 offsets into `order`).
 #[derive(Debug, Clone, Copy)]
-pub struct DeviceGroups {
-    pub rows: usize,
-    pub num_groups: usize,
-    pub group_size: usize,
-    pub order: u64,
-    pub starts: u64,
+struct DeviceGroups {
+    rows: usize,
+    num_groups: usize,
+    group_size: usize,
+    order: u64,
+    starts: u64,
 }
 
 impl DeviceGroups {
-    fn arg(&self) -> Result<Arg> {
-        if self.group_size > 0 {
-            if !self.rows.is_multiple_of(self.group_size)
-                || self.num_groups * self.group_size != self.rows
-            {
-                return Err(Error::value(
-                    "group_size",
-                    format!(
-                        "expected a divisor of the row count {}, got {}",
-                        self.rows, self.group_size
-                    ),
-                ));
-            }
-        } else if self.order == 0 || self.starts == 0 {
-            return Err(Error::value(
-                "group_ids",
-                "expected group_size or group ids (order and starts)",
-            ));
-        }
+    /// The kernels' `Groups` struct. The layout was checked when it was built
+    /// ([`GroupTensors::checked`]: the CPU path's group-size rule, or the CSR buffers' sizes).
+    fn arg(&self) -> Arg {
         let mut bytes = Vec::with_capacity(32);
         bytes.extend_from_slice(&(self.num_groups as i64).to_le_bytes());
         bytes.extend_from_slice(&(self.group_size as i64).to_le_bytes());
         bytes.extend_from_slice(&self.order.to_le_bytes());
         bytes.extend_from_slice(&self.starts.to_le_bytes());
-        Ok(Arg::Struct(bytes))
+        Arg::Struct(bytes)
     }
 
     fn per_group(&self) -> Result<Shape> {
@@ -86,7 +70,7 @@ fn single() -> Shape {
 /// Verdicts on the device: int64 `first_error` and `num_steps`, or a float64 `credit` (NaN = not
 /// judged).
 #[derive(Debug, Clone, Copy)]
-pub enum DeviceVerdicts {
+enum DeviceVerdicts {
     Steps { first_error: u64, num_steps: u64 },
     Credit(u64),
 }
@@ -94,14 +78,14 @@ pub enum DeviceVerdicts {
 /// Outputs of [`sgpo_rewards`]: float32 rewards and credit, uint8 flags per row, float64
 /// `stats` ([`REWARD_STATS_LEN`]), a float64 scratch of `5 * num_groups`, and the status.
 #[derive(Debug, Clone, Copy)]
-pub struct DeviceRewardOutputs {
-    pub rewards: u64,
-    pub credit: u64,
-    pub all_negative: u64,
-    pub diversified: u64,
-    pub stats: u64,
-    pub scratch: u64,
-    pub status: u64,
+struct DeviceRewardOutputs {
+    rewards: u64,
+    credit: u64,
+    all_negative: u64,
+    diversified: u64,
+    stats: u64,
+    scratch: u64,
+    status: u64,
 }
 
 /// float64 elements of [`DeviceRewardOutputs::scratch`].
@@ -126,7 +110,7 @@ fn launch_rewards(
             format!("expected a finite value >= 0, got {}", options.credit_scale),
         ));
     }
-    let groups_arg = groups.arg()?;
+    let groups_arg = groups.arg();
     if groups.rows == 0 {
         return Ok(());
     }
@@ -199,7 +183,7 @@ fn launch_group_advantages(
             format!("expected a finite value >= 0, got {}", options.eps),
         ));
     }
-    let groups_arg = groups.arg()?;
+    let groups_arg = groups.arg();
     if groups.rows == 0 {
         return Ok(());
     }

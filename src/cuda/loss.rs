@@ -70,12 +70,13 @@ pub struct LossTensors<'a> {
 impl LossTensors<'_> {
     /// Checks every tensor before anything is launched - shapes by the CPU path's own rules
     /// ([`LossShapes`]), then element types, devices, layouts and the buffers' sizes - and
-    /// returns the device ordinal and the pointers to launch on. `ref_logp` is only read when
+    /// returns the stream (`stream_handle` on the inputs' device) and the pointers to launch on. `ref_logp` is only read when
     /// `beta != 0` (its shape is checked either way, as on the CPU).
     pub fn check(
         &self,
         options: &LossOptions,
-    ) -> Result<(i32, DeviceLossInputs, DeviceLossBuffers)> {
+        stream_handle: u64,
+    ) -> Result<(Stream, DeviceLossInputs, DeviceLossBuffers)> {
         let dims = LossShapes {
             logp: &self.logp.shape,
             old_logp: self.old_logp.map(|t| t.shape.as_slice()),
@@ -102,7 +103,7 @@ impl LossTensors<'_> {
             });
         }
         let mask_dtype = MaskDtype::parse(&self.mask.dtype)?;
-        let ordinal = self.logp.ordinal("logp")?;
+        let stream = self.logp.stream("logp", stream_handle)?;
         let device = self.logp.device.as_str();
         let dense = |arg, t: &DeviceTensor| t.expect_dense(arg, device, "logp");
         let optional = |arg, t| DeviceTensor::optional_dense(t, arg, device, "logp");
@@ -135,7 +136,7 @@ impl LossTensors<'_> {
                 .expect_buffer("results", "float64", &[OUT_LEN], device)?,
             status: status_buffer(self.status, device)?,
         };
-        Ok((ordinal, inputs, buffers))
+        Ok((stream, inputs, buffers))
     }
 }
 
@@ -531,7 +532,7 @@ mod tests {
             }
         }
 
-        fn check(&self, beta: f64) -> Result<(i32, DeviceLossInputs, DeviceLossBuffers)> {
+        fn check(&self, beta: f64) -> Result<(Stream, DeviceLossInputs, DeviceLossBuffers)> {
             let options = LossOptions {
                 beta,
                 ..LossOptions::default()
@@ -547,14 +548,14 @@ mod tests {
                 out: &self.out,
                 status: &self.status,
             }
-            .check(&options)
+            .check(&options, 7)
         }
     }
 
     #[test]
     fn a_well_described_call_gives_its_pointers() {
-        let (ordinal, inputs, buffers) = Call::new().check(0.04).unwrap();
-        assert_eq!(ordinal, 1);
+        let (stream, inputs, buffers) = Call::new().check(0.04).unwrap();
+        assert_eq!((stream.device, stream.handle), (1, 7));
         assert_eq!((inputs.batch, inputs.len), (3, 8));
         assert_eq!(
             (inputs.logp, inputs.old_logp, inputs.ref_logp),

@@ -44,7 +44,7 @@ impl DeviceTensor {
     }
 
     /// The CUDA ordinal of `device` (`"cuda:N"`).
-    pub fn ordinal(&self, arg: &'static str) -> Result<i32> {
+    fn ordinal(&self, arg: &'static str) -> Result<i32> {
         self.device
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())

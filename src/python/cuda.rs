@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 use super::errors::to_py;
 use super::loss::LossOptionArgs;
 use crate::advantages::{AdvantageOptions, Scale, Singleton};
-use crate::cuda::{self, groups, logprob, loss, DeviceTensor, Stream, SOURCES};
+use crate::cuda::{self, groups, logprob, loss, DeviceTensor, SOURCES};
 use crate::rewards::{CreditRule, DiversifyMode, RewardOptions};
 
 /// What the CUDA path can use here: `nvrtc`, `nvrtc_version`, `driver`, `driver_version`,
@@ -68,10 +68,6 @@ fn tensor((ptr, dtype, shape, strides, device): TensorArg) -> DeviceTensor {
         strides,
         device,
     }
-}
-
-fn stream(device: i32, handle: u64) -> Stream {
-    Stream { device, handle }
 }
 
 /// The selective log-softmax forward; every tensor is described ([`TensorArg`]) and checked by
@@ -177,9 +173,8 @@ pub(crate) fn cuda_policy_loss(
     };
     let len = logp.shape.get(1).copied().unwrap_or(0);
     let options = options.resolve(len)?;
-    let (device, inputs, buffers) = tensors.check(&options).map_err(to_py)?;
-    let s = stream(device, stream_handle);
-    py.detach(|| loss::policy_loss(&s, &inputs, &options, &buffers))
+    let (stream, inputs, buffers) = tensors.check(&options, stream_handle).map_err(to_py)?;
+    py.detach(|| loss::policy_loss(&stream, &inputs, &options, &buffers))
         .map_err(to_py)?;
     Ok(loss::metric_slots(&options))
 }

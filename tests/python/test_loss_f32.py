@@ -62,6 +62,20 @@ def _upcast(x):
     return None if x is None else np.asarray(x, dtype=np.float64)
 
 
+def _on_both_paths(lp, old, adv, mask, **kw):
+    """``(out, out64)``: the call on float32 inputs and on the same values in float64, or None
+    when the float64 path raises - then the float32 path must raise the very same error."""
+    kw64 = dict(kw, ref_logp=_upcast(kw.get("ref_logp")))
+    try:
+        out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **kw64)
+    except ValueError as error64:
+        with pytest.raises(ValueError) as error:
+            sg.policy_loss(lp, old, adv, mask, **kw)
+        assert str(error.value) == str(error64)
+        return None
+    return sg.policy_loss(lp, old, adv, mask, **kw), out64
+
+
 def _check_against_float64(lp, old, adv, mask, **kw):
     """The float32 path's loss against the numpy reference, its gradient against torch float64
     autograd, its metrics against the float64 path's (clip metrics exactly)."""
@@ -181,16 +195,10 @@ def test_large_gaps_fall_back_to_float64(level, gap):
     rf[:, ::9] += np.float32(gap)  # both gaps at some tokens (the float32 KL times r overflows)
     adv = np.array([0.5, -0.5], dtype=np.float32)
     mask = np.ones((2, 40), dtype=bool)
-    kw = dict(ref_logp=rf, beta=0.04, grad_scale=1e-30)
-    kw64 = dict(kw, ref_logp=rf.astype(np.float64))
-    try:
-        out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **kw64)
-    except ValueError as error64:
-        with pytest.raises(ValueError) as error:
-            sg.policy_loss(lp, old, adv, mask, **kw)
-        assert str(error.value) == str(error64)
+    both = _on_both_paths(lp, old, adv, mask, ref_logp=rf, beta=0.04, grad_scale=1e-30)
+    if both is None:
         return
-    out = sg.policy_loss(lp, old, adv, mask, **kw)
+    out, out64 = both
     assert abs(out.loss - out64.loss) <= 5e-7 * abs(out64.loss)
     np.testing.assert_allclose(out.grad, out64.grad, rtol=5e-7, atol=0.0)
     for key, value in out64.metrics.items():
@@ -373,16 +381,10 @@ def test_vanilla_log_ratios_at_verls_clamp(level, gap):
     rf[:, 1::5] += np.float32(3.0)
     adv = np.array([0.5, -0.5], dtype=np.float32)
     mask = np.ones((2, T), dtype=bool)
-    kw = dict(ref_logp=rf, beta=0.04, loss_type="vanilla", grad_scale=1e-6)
-    kw64 = dict(kw, ref_logp=rf.astype(np.float64))
-    try:
-        out64 = sg.policy_loss(lp.astype(np.float64), old.astype(np.float64), adv, mask, **kw64)
-    except ValueError as error64:
-        with pytest.raises(ValueError) as error:
-            sg.policy_loss(lp, old, adv, mask, **kw)
-        assert str(error.value) == str(error64)
+    both = _on_both_paths(lp, old, adv, mask, ref_logp=rf, beta=0.04, loss_type="vanilla", grad_scale=1e-6)
+    if both is None:
         return
-    out = sg.policy_loss(lp, old, adv, mask, **kw)
+    out, out64 = both
     assert abs(out.loss - out64.loss) <= 5e-7 * abs(out64.loss)
     np.testing.assert_array_equal(out.grad == 0.0, out64.grad == 0.0)
     np.testing.assert_allclose(out.grad, out64.grad, rtol=5e-7, atol=0.0)
