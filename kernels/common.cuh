@@ -8,9 +8,11 @@ typedef unsigned int u32;
 typedef long long i64;
 typedef unsigned long long u64;
 
-// No <math.h> under NVRTC: the IEEE special values from their bits.
+// No <math.h> under NVRTC: the IEEE special values from their bits (the emulator has the host's).
+#ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #define NAN __int_as_float(0x7fffffff)
+#endif
 
 // Element types by their bits: the kernels read torch storage as raw memory.
 struct bf16_t { u16 bits; };
@@ -19,9 +21,13 @@ struct f16_t { u16 bits; };
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16_t x) { return __uint_as_float(((u32)x.bits) << 16); }
 __device__ __forceinline__ float to_f32(f16_t x) {
+#ifdef SGPO_EMULATOR
+    return emu_f16_to_f32(x.bits);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
+#endif
 }
 // A uint8 mask is a weight like any other (2 counts twice, as on the CPU); bools are 0/1 bytes.
 __device__ __forceinline__ float to_f32(u8 x) { return (float)x; }
@@ -39,9 +45,13 @@ __device__ __forceinline__ void store(bf16_t* p, float x) {
     p->bits = bits;
 }
 __device__ __forceinline__ void store(f16_t* p, float x) {
+#ifdef SGPO_EMULATOR
+    p->bits = emu_f32_to_f16(x);
+#else
     u16 bits;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
     p->bits = bits;
+#endif
 }
 
 // The status word every launch sequence writes its input errors into; the host reads it after

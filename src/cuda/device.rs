@@ -283,6 +283,9 @@ pub(crate) fn launch(
     shape: Shape,
     args: &[Arg],
 ) -> Result<()> {
+    if cfg!(feature = "emulator") {
+        return emulated(source, kernel, shape, args);
+    }
     require_driver()?;
     guarded(|| {
         let (context, f) = resolve(stream.device, source, kernel)?;
@@ -307,6 +310,16 @@ pub(crate) fn launch(
         launched?;
         popped
     })
+}
+
+#[cfg(feature = "emulator")]
+fn emulated(source: &KernelSource, kernel: &str, shape: Shape, args: &[Arg]) -> Result<()> {
+    super::emulator::launch(source, kernel, shape, args)
+}
+
+#[cfg(not(feature = "emulator"))]
+fn emulated(_: &KernelSource, _: &str, _: Shape, _: &[Arg]) -> Result<()> {
+    Err(Error::Cuda("built without the emulator".into()))
 }
 
 /// The device's name and architecture.

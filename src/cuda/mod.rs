@@ -15,6 +15,8 @@
 
 mod args;
 mod device;
+#[cfg(feature = "emulator")]
+mod emulator;
 pub mod groups;
 mod library;
 pub mod logprob;

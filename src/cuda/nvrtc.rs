@@ -70,7 +70,7 @@ fn text(chars: &[c_char]) -> String {
 /// The text NVRTC compiles: `common.cuh` and the source as embedded in the library, or, for
 /// kernel development on a machine without a Rust toolchain, the files of the same names in
 /// `$SGPO_RS_KERNEL_DIR` (read when the source is first compiled in the process).
-fn source_text(source: &KernelSource) -> Result<String> {
+pub(crate) fn source_text(source: &KernelSource) -> Result<String> {
     let (common, code) = match std::env::var_os("SGPO_RS_KERNEL_DIR") {
         Some(dir) => {
             let dir = std::path::PathBuf::from(dir);
