@@ -3,7 +3,7 @@
 //! against the CPU engine on machines without one (CI).
 //!
 //! Each source is compiled, with the text NVRTC would get (`nvrtc::source_text`), by the host's
-//! C++ compiler (`$CXX`, else `c++`) into a shared library, once per process, after
+//! C++ compiler (see [`compiler`]) into a shared library, once per process, after
 //! `kernels/emulator.h` (CUDA's built-ins for the host: threads as fibers, warp shuffles,
 //! barriers) and with one generated launch trampoline per kernel. "Device" pointers are host
 //! pointers; a launch runs to completion before it returns (the stream is ignored). What the
@@ -95,8 +95,9 @@ fn build(source: &KernelSource) -> Result<libloading::Library> {
     );
     std::fs::write(&cpp, text)
         .map_err(|e| Error::Cuda(format!("emulator: cannot write {}: {e}", cpp.display())))?;
-    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let output = Command::new(&compiler)
+    let compiler = compiler()?;
+    let output = Command::new(&compiler[0])
+        .args(&compiler[1..])
         // No contraction into fused multiply-adds, as NVRTC is told (`--fmad=false`).
         .args([
             "-std=c++17",
@@ -110,10 +111,10 @@ fn build(source: &KernelSource) -> Result<libloading::Library> {
         .arg(&library)
         .arg(&cpp)
         .output()
-        .map_err(|e| Error::Cuda(format!("emulator: cannot run {compiler}: {e}")))?;
+        .map_err(|e| Error::Cuda(format!("emulator: cannot run {compiler:?}: {e}")))?;
     if !output.status.success() {
         return Err(Error::Cuda(format!(
-            "emulator: {} does not compile with {compiler}:\n{}",
+            "emulator: {} does not compile with {compiler:?}:\n{}",
             source.name,
             String::from_utf8_lossy(&output.stderr)
         )));
@@ -122,6 +123,35 @@ fn build(source: &KernelSource) -> Result<libloading::Library> {
     // initialisers beyond the C++ runtime's.
     unsafe { libloading::Library::new(&library) }
         .map_err(|e| Error::Cuda(format!("emulator: cannot load {}: {e}", library.display())))
+}
+
+/// The host C++ compiler: `$CXX` (split at spaces), else the first of `c++`, `g++`, `clang++`
+/// and Zig's (the `ziglang` Python package) that runs.
+fn compiler() -> Result<Vec<String>> {
+    let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let mut candidates = Vec::new();
+    if let Ok(cxx) = std::env::var("CXX") {
+        candidates.push(words(&cxx));
+    }
+    for c in ["c++", "g++", "clang++", "python3 -m ziglang c++"] {
+        candidates.push(words(c));
+    }
+    candidates
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .find(|c| {
+            Command::new(&c[0])
+                .args(&c[1..])
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .ok_or_else(|| {
+            Error::Cuda(
+                "emulator: no C++ compiler (set CXX, or install g++, clang++ or the ziglang package)"
+                    .into(),
+            )
+        })
 }
 
 /// A fresh directory for this process's builds.
