@@ -8,9 +8,11 @@
 //                   normalise by them);
 //   3. loss_tokens  one block per (row, chunk of LOSS_TOKENS tokens): every token's loss terms
 //                   and dL/dlogp, written once, plus the chunk's weighted partial sums;
-//   4. loss_finalize one block: rows' partials summed in index order into the loss and the
-//                   metrics (and, for sequence-level importance sampling, each row's ratio
-//                   gradient, after which loss_tokens runs again to write the gradient).
+//   4. loss_finalize_rows  one warp per row: the row's chunk partials summed into its share of
+//                   every sum (and, for sequence-level importance sampling, its ratio gradient);
+//   5. loss_finalize one block: the rows' shares summed in a fixed order into the loss and the
+//                   metrics (then, at sequence level, loss_tokens runs again to write the
+//                   gradient with the rows' ratio gradients).
 // Every reduction has a fixed shape, so results are bit-identical from run to run.
 
 #define LOSS_BLOCK 256
@@ -452,59 +454,97 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
 // The slots of `out` (OUT_LOSS, OUT_KL, OUT_CLIP_LOW_MEAN, ...) are defined from the loss-type
 // registry (src/loss/registry.rs), which also tells the host which slots each loss type reports.
 
-#define FIN_SUMS 11
+// The finalize runs in two kernels. loss_finalize_rows, one warp per row, sums the row's chunk
+// partials (the lanes take the chunks in turn, then a fixed shuffle tree) and writes the row's
+// share of every sum and extreme to row_out; loss_finalize, one block, sums those in a fixed
+// order. Each row's chunks are read in parallel by its warp, not one after another by one
+// thread: the single-block loop over rows and chunks it replaces waited on memory once per
+// chunk and row.
+#define FIN_SUMS 10
+// Per row: the FIN_SUMS sums (loss_weighted, kl, m0, m1, m2, clip_row[3], cispo_row, phi_row),
+// then the row's low and high extremes (NaN: the row has none).
+#define FIN_ROW (FIN_SUMS + 2)  // FINALIZE_ROW in src/cuda/loss.rs
+#define FIN_ROWS_PER_BLOCK (LOSS_BLOCK / 32)
 
-extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParams p, const float* advantages,
-                                                                     const double* row_stats, const double* batch,
-                                                                     const double* partials, double* row_common,
-                                                                     double* out, u32* status) {
+extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize_rows(LossParams p, const float* advantages,
+                                                                          const double* row_stats, const double* batch,
+                                                                          const double* partials, double* row_common,
+                                                                          double* row_out) {
+    i64 i = (i64)blockIdx.x * FIN_ROWS_PER_BLOCK + threadIdx.x / 32;
+    // Whole warps leave together, and nothing below waits for the block.
+    if (i >= p.rows) return;
+    int lane = threadIdx.x & 31;
+    double row[LOSS_PARTIALS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int c = lane; c < p.chunks; c += 32) {
+#pragma unroll
+        for (int k = 0; k < LOSS_PARTIALS; k++) row[k] += partials[(i * p.chunks + c) * LOSS_PARTIALS + k];
+    }
+#pragma unroll
+    for (int k = 0; k < LOSS_PARTIALS; k++) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) row[k] += __shfl_down_sync(0xffffffffu, row[k], offset);
+    }
+    if (lane != 0) return;
+    RowTerms rt = row_terms(p, row_stats, batch, i);
+    double out[FIN_ROW];
+#pragma unroll
+    for (int k = 0; k < FIN_ROW; k++) out[k] = 0.0;
+    out[0] = rt.rho * row[0];
+    out[1] = row[1];
+    out[2] = row[2];
+    out[3] = row[3];
+    out[4] = row[4];
+    bool per_row = !p.advantages_per_token;
+    if (per_row) {
+        double a = advantages[i];
+        double shown = fmin(rt.seq_ratio, p.delta);
+        bool low = shown < p.lo && a < 0.0;
+        bool high = shown > p.hi && a > 0.0;
+        out[5] = flagd(low);
+        out[6] = flagd(high);
+        out[7] = flagd(low || high);
+        out[8] = flagd(rt.seq_ratio > p.epsilon_high && a > 0.0);
+        out[9] = a >= 0.0 ? rt.phi_nonneg : rt.phi_neg;
+    }
+    double low_min = NAN, high_max = NAN;
+    if (p.sequence && per_row) {
+        low_min = out[5];
+        high_max = out[6];
+    } else if (rt.n > 0.0) {
+        low_min = row[2] / rt.n;
+        high_max = row[3] / rt.n;
+    }
+    out[FIN_SUMS] = low_min;
+    out[FIN_SUMS + 1] = high_max;
+#pragma unroll
+    for (int k = 0; k < FIN_ROW; k++) row_out[i * FIN_ROW + k] = out[k];
+    if (p.sequence) {
+        // d log w_i / d lp_t = M_t / max(n, 1): the row's ratio gradient, spread over its tokens.
+        row_common[i] = rt.rho * p.grad_scale * row[5] * rt.seq_ratio * rt.seq_slope / fmax(rt.n, 1.0);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParams p, const double* batch,
+                                                                     const double* row_out, double* out,
+                                                                     u32* status) {
     __shared__ double scratch[FIN_SUMS * LOSS_BLOCK / 32];
-    // Thread sums: loss_weighted, kl, m0, m1, m2, clip_row[3], cispo_row, phi_row, and row count.
     double acc[FIN_SUMS];
+#pragma unroll
     for (int k = 0; k < FIN_SUMS; k++) acc[k] = 0.0;
     double low_min = NAN, high_max = NAN;  // fmin/fmax skip NaN: NaN means "no row yet"
-    bool per_row = !p.advantages_per_token;
     for (i64 i = threadIdx.x; i < p.rows; i += LOSS_BLOCK) {
-        RowTerms rt = row_terms(p, row_stats, batch, i);
-        double row[LOSS_PARTIALS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        for (int c = 0; c < p.chunks; c++) {
-            for (int k = 0; k < LOSS_PARTIALS; k++) row[k] += partials[(i * p.chunks + c) * LOSS_PARTIALS + k];
-        }
-        acc[0] += rt.rho * row[0];
-        acc[1] += row[1];
-        acc[2] += row[2];
-        acc[3] += row[3];
-        acc[4] += row[4];
-        if (per_row) {
-            double a = advantages[i];
-            double shown = fmin(rt.seq_ratio, p.delta);
-            bool low = shown < p.lo && a < 0.0;
-            bool high = shown > p.hi && a > 0.0;
-            acc[5] += flagd(low);
-            acc[6] += flagd(high);
-            acc[7] += flagd(low || high);
-            acc[8] += flagd(rt.seq_ratio > p.epsilon_high && a > 0.0);
-            acc[9] += a >= 0.0 ? rt.phi_nonneg : rt.phi_neg;
-        }
-        if (p.sequence && per_row) {
-            double a = advantages[i];
-            double shown = fmin(rt.seq_ratio, p.delta);
-            low_min = fmin(low_min, flagd(shown < p.lo && a < 0.0));
-            high_max = fmax(high_max, flagd(shown > p.hi && a > 0.0));
-        } else if (rt.n > 0.0) {
-            low_min = fmin(low_min, row[2] / rt.n);
-            high_max = fmax(high_max, row[3] / rt.n);
-        }
-        if (p.sequence) {
-            // d log w_i / d lp_t = M_t / max(n, 1): the row's ratio gradient, spread over its tokens.
-            row_common[i] = rt.rho * p.grad_scale * row[5] * rt.seq_ratio * rt.seq_slope / fmax(rt.n, 1.0);
-        }
+        const double* row = row_out + i * FIN_ROW;
+#pragma unroll
+        for (int k = 0; k < FIN_SUMS; k++) acc[k] += row[k];
+        low_min = fmin(low_min, row[FIN_SUMS]);
+        high_max = fmax(high_max, row[FIN_SUMS + 1]);
     }
     block_sums<LOSS_BLOCK, FIN_SUMS>(acc, scratch);
     // min/max: NaN-skipping folds, reduced with +-inf standing for "no row".
     double extremes[2] = {isnan(low_min) ? -INFINITY : -low_min, isnan(high_max) ? -INFINITY : high_max};
     block_maxes<LOSS_BLOCK, 2>(extremes, scratch);
     if (threadIdx.x != 0) return;
+    bool per_row = !p.advantages_per_token;
     double lm = -extremes[0], hm = extremes[1];
     double tokens = batch[0];
     double rows = (double)p.rows;
@@ -522,8 +562,8 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
     out[OUT_CISPO] = seq_rows ? acc[8] / rows : acc[2] / token_mean_div;
     out[OUT_VESPO_PHI] = per_row ? acc[9] / rows : acc[2] / token_mean_div;
     out[OUT_PG_CLIPFRAC] = tokens > 0.0 ? acc[2] / tokens : 0.0;
-    out[OUT_PPO_KL] = tokens > 0.0 ? acc[4] / tokens : 0.0;
     out[OUT_PG_CLIPFRAC_LOWER] = tokens > 0.0 ? acc[3] / tokens : 0.0;
+    out[OUT_PPO_KL] = tokens > 0.0 ? acc[4] / tokens : 0.0;
 }
 
 #define LOSS_KERNELS(NAME, T, M)                                                                          \

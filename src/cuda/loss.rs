@@ -21,6 +21,10 @@ const BLOCK: u32 = 256;
 const TOKENS_PER_BLOCK: usize = 1024;
 /// Partial sums per block (`LOSS_PARTIALS`).
 const PARTIALS: usize = 6;
+/// Values per row `loss_finalize_rows` leaves for `loss_finalize` (`FIN_ROW`).
+const FINALIZE_ROW: usize = 12;
+/// Rows per `loss_finalize_rows` block: one warp each (`FIN_ROWS_PER_BLOCK`).
+const FINALIZE_ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
 /// Elements of `out`: the loss and the metric slots of the registry.
 pub const OUT_LEN: usize = CUDA_SLOTS;
 
@@ -241,8 +245,9 @@ fn vectorizable(inputs: &DeviceLossInputs, grad: u64) -> bool {
 
 /// float64 elements of the workspace for a `(batch, len)` loss.
 pub fn workspace_len(batch: usize, len: usize) -> usize {
-    // row stats (3 per row), batch counts (2), partials, row ratio gradients (1 per row)
-    batch * 3 + 2 + batch * chunks(len) * PARTIALS + batch
+    // row stats (3 per row), batch counts (2), partials, row ratio gradients (1 per row), the
+    // rows' shares of the sums
+    batch * 3 + 2 + batch * chunks(len) * PARTIALS + batch + batch * FINALIZE_ROW
 }
 
 fn loss_type_code(t: LossType) -> i32 {
@@ -357,6 +362,7 @@ pub fn policy_loss(
     let batch_counts = row_stats + (batch * 3 * 8) as u64;
     let partials = batch_counts + 16;
     let row_common = partials + (batch * chunks * PARTIALS * 8) as u64;
+    let row_out = row_common + (batch * 8) as u64;
     let suffix = format!("{}_{}", inputs.dtype.suffix(), inputs.mask_dtype.suffix());
     let per_row = Shape {
         grid: (batch as u32, 1, 1),
@@ -425,11 +431,16 @@ pub fn policy_loss(
     // Token level: one pass writes the gradient. Sequence level: the row ratio gradients need the
     // whole row first, so a second pass writes the gradient after the finalize.
     tokens(!sequence)?;
+    let per_warp = Shape {
+        grid: (batch.div_ceil(FINALIZE_ROWS_PER_BLOCK) as u32, 1, 1),
+        block: BLOCK,
+        shared_bytes: 0,
+    };
     launch(
         stream,
         &LOSS,
-        "loss_finalize",
-        single,
+        "loss_finalize_rows",
+        per_warp,
         &[
             Arg::Struct(params.clone()),
             Arg::Ptr(inputs.advantages),
@@ -437,6 +448,18 @@ pub fn policy_loss(
             Arg::Ptr(batch_counts),
             Arg::Ptr(partials),
             Arg::Ptr(row_common),
+            Arg::Ptr(row_out),
+        ],
+    )?;
+    launch(
+        stream,
+        &LOSS,
+        "loss_finalize",
+        single,
+        &[
+            Arg::Struct(params.clone()),
+            Arg::Ptr(batch_counts),
+            Arg::Ptr(row_out),
             Arg::Ptr(buffers.out),
             Arg::Ptr(buffers.status),
         ],

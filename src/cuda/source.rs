@@ -52,6 +52,7 @@ pub const LOSS: KernelSource = KernelSource {
         "loss_tokens_bf16_f32",
         "loss_tokens_f16_u8",
         "loss_tokens_f16_f32",
+        "loss_finalize_rows",
         "loss_finalize",
     ],
 };
