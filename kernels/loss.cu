@@ -48,6 +48,10 @@ struct LossParams {
     double beta, lo, hi, delta, epsilon_high, clip_ratio_c;
     double tau_pos, tau_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg;
     double grad_scale;
+    // The float32 token path (loss_tokens32, see token_f32): the host's float32 bounds and the
+    // bands around them (src/loss/row_f32.rs, Float32Bounds), and beta.
+    int float32;          // the options are ones the float32 path decides alike (else unused)
+    float lo32, hi32, delta32, c32, near_lo, near_hi, near_delta, near_c, beta32;
 };
 
 __device__ __forceinline__ bool near_bound(double r, double bound) { return fabs(r - bound) <= 1e-6 * fabs(bound); }
@@ -295,35 +299,207 @@ __device__ void kl_terms(int estimator, double x, double* kl, double* d, double*
         case KL_ABS: *kl = fabs(x); *d = flagd(x < 0.0) - flagd(x > 0.0); break;
         case KL_K2: *kl = 0.5 * x * x; *d = -x; break;
         case KL_K3: {
-            double e = exp_token(x);
-            *kl = e - x - 1.0;
-            *d = 1.0 - e;
+            // e^x - 1 - x from expm1: near x = 0 the KL is about x^2 / 2, and e^x - x - 1 from
+            // a rounded e^x would lose its digits to cancellation.
+            double em1 = expm1(fmin(x, 709.0));
+            *kl = em1 - x;
+            *d = -em1;
             break;
         }
         default: {
             double clamped = clampd(x, -20.0, 20.0);
-            double e = exp_token(clamped);
-            double y = e - clamped - 1.0;
-            // The clamp of y at +-10 is a decision: near it, the float64 exp decides.
-            if (fabs(fabs(y) - 10.0) <= 1e-5) {
-                e = exp_c(clamped);
-                y = e - clamped - 1.0;
-            }
-            *d = clamp_slope(y, -10.0, 10.0) * (e - 1.0) * -clamp_slope(x, -20.0, 20.0);
+            double em1 = expm1(clamped);
+            double y = em1 - clamped;
+            *d = clamp_slope(y, -10.0, 10.0) * em1 * -clamp_slope(x, -20.0, 20.0);
             *kl = clampd(y, -10.0, 10.0);
         }
     }
     *sum = estimator == KL_K3 ? -x : *kl + *d;
 }
 
+// The float32 path of one token, for the losses and options the CPU's float32 path takes (TRL's
+// PPO-clipped family and verl's vanilla loss at token level, the k1, abs, k2 and k3 KL; the host
+// decides, p.float32), with the same formulas and the same rule for what it leaves to float64: a
+// ratio within 1e-6 (relative) of a clip bound, a log ratio or KL gap beyond float32's exp range
+// (vanilla: a log ratio of 20 or more, where verl clamps), a non-finite input, KL or gradient.
+// Those return false and take the float64 formulas (token_f64). The ratio is exp(lp - old)
+// with the difference taken exactly (TwoSum: its rounding joins as exp(s + tail) = e + e tail),
+// so its error is the float32 exp's (2 ulp) plus a rounding, about 3e-7: the 1e-6 band keeps
+// every clip decision the float64 path's. Each token's loss and gradient are then within about
+// 5e-7 of their own magnitude of the float64 formulas' (as on the CPU float32 path).
+struct Token32 {
+    float loss, kl, grad;
+    bool low, high, lower;
+};
+
+__device__ __forceinline__ float exp_of_difference(float a, float b, float* diff) {
+    float s = a - b;
+    float nb = s - a;
+    float ap = s - nb;
+    float tail = (a - ap) - (b + nb);
+    *diff = s;
+    float e = expf(s);
+    return fmaf(e, tail, e);
+}
+
+// exp(x) - x - 1 given e = exp(x): the Taylor series x^2 (1/2! + ... + x^10/12!) below |x| = 1
+// (no cancellation), (e - 1) - x above (at least 0.36 and a quarter of e there).
+__device__ __forceinline__ float exp_minus_one_minus_x(float x, float e) {
+    float q = 1.0f / 479001600.0f;
+    q = fmaf(q, x, 1.0f / 39916800.0f);
+    q = fmaf(q, x, 1.0f / 3628800.0f);
+    q = fmaf(q, x, 1.0f / 362880.0f);
+    q = fmaf(q, x, 1.0f / 40320.0f);
+    q = fmaf(q, x, 1.0f / 5040.0f);
+    q = fmaf(q, x, 1.0f / 720.0f);
+    q = fmaf(q, x, 1.0f / 120.0f);
+    q = fmaf(q, x, 1.0f / 24.0f);
+    q = fmaf(q, x, 1.0f / 6.0f);
+    q = fmaf(q, x, 0.5f);
+    return fabsf(x) < 1.0f ? (x * x) * q : (e - 1.0f) - x;
+}
+
+// The largest float32 below 20: vanilla's log ratios from 20 on (verl's clamp) go to float64.
+#define VANILLA_MAX_GAP32 19.999998f
+#define MAX_GAP32 80.0f
+
+__device__ __forceinline__ bool token_f32(const LossParams& p, bool vanilla, bool has_kl, float scale, float w,
+                                          float lp, float o, float rf, float a, Token32& t) {
+    if (!(fabsf(lp) < INFINITY && fabsf(a) < INFINITY && fabsf(o) < INFINITY && fabsf(rf) < INFINITY)) return false;
+    float d = 0.0f, r = 1.0f;
+    if (p.has_old) r = exp_of_difference(lp, o, &d);
+    if (!(fabsf(d) <= (vanilla ? VANILLA_MAX_GAP32 : MAX_GAP32))) return false;
+    if (fabsf(r - p.lo32) <= p.near_lo || fabsf(r - p.hi32) <= p.near_hi || fabsf(r - p.delta32) <= p.near_delta ||
+        (vanilla && fabsf(r - p.c32) <= p.near_c)) {
+        return false;
+    }
+    // TRL's clipped term with torch's tie and clamp-gradient rules (as policy_term below).
+    float c1 = r < p.delta32 ? r : p.delta32;
+    float dc1 = r < p.delta32 ? 1.0f : 0.0f;
+    float c2 = r < p.lo32 ? p.lo32 : (r > p.hi32 ? p.hi32 : r);
+    float dc2 = (r > p.lo32 && r < p.hi32) ? 1.0f : 0.0f;
+    float u = c1 * a, v = c2 * a;
+    float wu = u < v ? 1.0f : (u == v ? 0.5f : 0.0f);
+    float coef = u < v ? c1 : c2;
+    float d_ratio = -a * (wu * dc1 + (1.0f - wu) * dc2);
+    t.low = c1 < p.lo32 && a < 0.0f;
+    t.high = c1 > p.hi32 && a > 0.0f;
+    // verl's dual clip: a < 0 and r > c give -a c, with no gradient through r.
+    t.lower = vanilla && a < 0.0f && r > p.c32;
+    if (t.lower) {
+        coef = p.c32;
+        d_ratio = 0.0f;
+    }
+    float d_logp = 0.0f, kl_sum = 0.0f;
+    if (has_kl) {
+        float x, e = 1.0f;
+        if (p.kl_estimator == KL_K3) {
+            e = exp_of_difference(rf, lp, &x);
+            if (!(fabsf(x) <= MAX_GAP32)) return false;
+        } else {
+            x = rf - lp;
+        }
+        float kl, d_kl, kl_plus_d;
+        switch (p.kl_estimator) {
+            case KL_K1: kl = -x; d_kl = 1.0f; kl_plus_d = 1.0f - x; break;
+            case KL_ABS:
+                kl = fabsf(x);
+                d_kl = (x < 0.0f ? 1.0f : 0.0f) - (x > 0.0f ? 1.0f : 0.0f);
+                kl_plus_d = kl + d_kl;
+                break;
+            case KL_K2: kl = 0.5f * x * x; d_kl = -x; kl_plus_d = kl - x; break;
+            default: kl = exp_minus_one_minus_x(x, e); d_kl = 1.0f - e; kl_plus_d = -x; break;
+        }
+        float bias = p.bias_correction ? 1.0f : 0.0f;
+        float kr = bias * r + (1.0f - bias);
+        d_logp = p.beta32 * (bias * r * kl_plus_d + (1.0f - bias) * d_kl);
+        kl_sum = kl * kr;
+    }
+    float g = scale * w * (d_logp + d_ratio * r);
+    if (!(fabsf(kl_sum) < INFINITY && fabsf(g) < INFINITY)) return false;
+    t.loss = p.beta32 * kl_sum - a * coef;
+    t.kl = kl_sum;
+    t.grad = g;
+    return true;
+}
+
+// One token's float64 terms: its loss and KL metric terms, the metrics and dL/dr (unweighted),
+// and its gradient (weighted, before rounding).
+struct Token64 {
+    Term term;
+    double kl_metric, g;
+};
+
+// The float64 formulas of one token (every token of loss_tokens, the tokens the float32 pass
+// leaves to loss_tokens32_rest).
+__device__ __forceinline__ Token64 token_f64(const LossParams& p, const RowTerms& rt, double scale, double w, double lp,
+                                             double o, double rf, double a, double row_common_i) {
+    bool has_kl = p.beta != 0.0 && p.has_ref;
+    double bias = flagd(p.bias_correction != 0);
+    bool vanilla = p.loss_type == LT_VANILLA;
+    double ratio_clamp = vanilla ? 20.0 : INFINITY;
+    double d, r, slope;
+    if (p.sequence) {
+        d = rt.seq_d;
+        r = rt.seq_ratio;
+        slope = rt.seq_slope;
+    } else {
+        double raw = lp - o;
+        d = clampd(raw, -ratio_clamp, ratio_clamp);
+        r = exp_token(d);
+        // Clip decisions compare r with the bounds: within 1e-6 of one (a band wider than
+        // exp_token's error), the float64 exp decides, as on the CPU path.
+        if (near_bound(r, p.lo) || near_bound(r, p.hi) || near_bound(r, p.delta) || near_bound(r, p.epsilon_high) ||
+            near_bound(r, p.clip_ratio_c)) {
+            r = exp_c(d);
+        }
+        slope = vanilla ? clamp_slope(raw, -20.0, 20.0) : 1.0;
+    }
+    Token64 out;
+    out.term = policy_term(p, rt, r, a, lp, d);
+    out.kl_metric = 0.0;
+    if (has_kl) {
+        double kl, d_kl, kl_plus_d;
+        kl_terms(p.kl_estimator, rf - lp, &kl, &d_kl, &kl_plus_d);
+        double kr = bias * r + (1.0 - bias);
+        out.term.loss += p.beta * kl * kr;
+        if (p.sequence) {
+            out.term.d_ratio += bias * p.beta * kl;
+            out.term.d_logp += p.beta * kr * d_kl;
+        } else {
+            double corrected = r * (slope * kl_plus_d + (1.0 - slope) * d_kl);
+            out.term.d_logp += p.beta * (bias * corrected + (1.0 - bias) * d_kl);
+        }
+        out.kl_metric = kl * kr;
+    }
+    if (p.sequence) {
+        out.g = scale * w * out.term.d_logp + row_common_i * w;
+    } else {
+        out.g = scale * w * (out.term.d_logp + out.term.d_ratio * r * slope);
+    }
+    return out;
+}
+
+// The passes of loss_tokens. PASS_FLOAT64 (loss_tokens): every token in float64. With the
+// float32 path (p.float32, token level only), two kernels: PASS_FLOAT32 (loss_tokens32) computes
+// the tokens token_f32 takes, sums them per thread in float32 (at most LOSS_ITEMS terms, widened
+// once), writes 0 for the others and counts them in the block's sixth partial (the ratio-gradient
+// sum, unused at token level); PASS_REST (loss_tokens32_rest) skips every block whose count is 0
+// and computes the counted tokens in float64, adding their sums to the block's partials. Both
+// take the same decision per token (token_f32 is deterministic), and the float64 formulas stay
+// out of the float32 kernel, whose registers (and so occupancy) they would otherwise set.
+#define PASS_FLOAT64 0
+#define PASS_FLOAT32 1
+#define PASS_REST 2
+
 // write_grad = 0: only the partial sums (first pass of sequence-level importance sampling);
 // write_grad = 1: also the gradient (token level: the only pass; sequence level: the second,
-// using the row ratio gradients loss_finalize left in row_common, without partial sums).
+// using the row ratio gradients loss_finalize_rows left in row_common, without partial sums).
 //
 // Each thread owns LOSS_ITEMS consecutive tokens and loads all of their inputs before computing
 // any of them (one round trip to memory per thread, not one per token), 16 bytes at a time
 // where the rows are aligned.
-template <typename T, typename M>
+template <typename T, typename M, int PASS>
 __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const float* advantages, const M* mask,
                             LossParams p, const double* row_stats, const double* batch, const double* row_common,
                             int write_grad, float* grad, double* partials, u32* status) {
@@ -331,13 +507,17 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
     i64 i = blockIdx.x / p.chunks;
     i64 chunk = blockIdx.x % p.chunks;
     if (i >= p.rows) return;
+    // The same value in every thread: the block leaves as a whole.
+    if (PASS == PASS_REST && partials[(i64)blockIdx.x * LOSS_PARTIALS + 5] == 0.0) return;
     RowTerms rt = row_terms(p, row_stats, batch, i);
     double scale = rt.rho * p.grad_scale;
     bool has_kl = p.beta != 0.0 && p.has_ref;
-    double bias = flagd(p.bias_correction != 0);
     bool vanilla = p.loss_type == LT_VANILLA;
-    double ratio_clamp = vanilla ? 20.0 : INFINITY;
+    // A row scale float32 cannot hold closely leaves the whole row to float64 (as on the CPU).
+    bool row32 = PASS != PASS_FLOAT64 && (scale == 0.0 || (fabs(scale) >= 1e-30 && fabs(scale) <= 1e30));
+    float scale32 = (float)scale;
     double sums[LOSS_PARTIALS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    float sums32[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};  // loss, kl, m0, m1, m2 of float32 tokens
     bool bad_value = false, bad_grad = false;
     i64 t0 = chunk * LOSS_TOKENS + (i64)threadIdx.x * LOSS_ITEMS;
     i64 left = p.len - t0;
@@ -347,8 +527,18 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
     float wv[LOSS_ITEMS], lpv[LOSS_ITEMS], ov[LOSS_ITEMS], rv[LOSS_ITEMS], av[LOSS_ITEMS];
     load4(mask, at0, n, vec, wv);
     load4(logp, at0, n, vec, lpv);
-    if (p.has_old) load4(old, at0, n, vec, ov);
-    if (has_kl) load4(ref, at0, n, vec, rv);
+    if (p.has_old) {
+        load4(old, at0, n, vec, ov);
+    } else {
+#pragma unroll
+        for (int q = 0; q < LOSS_ITEMS; q++) ov[q] = lpv[q];
+    }
+    if (has_kl) {
+        load4(ref, at0, n, vec, rv);
+    } else {
+#pragma unroll
+        for (int q = 0; q < LOSS_ITEMS; q++) rv[q] = 0.0f;
+    }
     if (p.advantages_per_token) {
         load4(advantages, at0, n, vec, av);
     } else {
@@ -357,79 +547,78 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
         for (int q = 0; q < LOSS_ITEMS; q++) av[q] = a_row;
     }
     float gv[LOSS_ITEMS] = {0.0f, 0.0f, 0.0f, 0.0f};
+    bool rest[LOSS_ITEMS] = {false, false, false, false};  // PASS_REST: tokens it computes
 #pragma unroll
     for (int q = 0; q < LOSS_ITEMS; q++) {
         if (q >= n) break;
-        i64 at = at0 + q;
         float w32 = wv[q];
         bool on = w32 != 0.0f && w32 >= 0.0f && w32 < INFINITY;
         if (!on) continue;
+        if (PASS != PASS_FLOAT64) {
+            Token32 t;
+            bool took = row32 && token_f32(p, vanilla, has_kl, scale32, w32, lpv[q], ov[q], rv[q], av[q], t);
+            if (PASS == PASS_FLOAT32) {
+                if (!took) {
+                    sums[5] += 1.0;
+                    continue;
+                }
+                gv[q] = t.grad;
+                sums32[0] += w32 * t.loss;
+                sums32[1] += w32 * t.kl;
+                if (vanilla) {
+                    sums32[2] += (t.low || t.high) ? w32 : 0.0f;
+                    sums32[3] += t.lower ? w32 : 0.0f;
+                    // ppo_kl's -log ratio, in float64 as the float64 path takes it.
+                    sums[4] += (double)w32 * ((double)ov[q] - (double)lpv[q]);
+                } else {
+                    sums32[2] += t.low ? w32 : 0.0f;
+                    sums32[3] += t.high ? w32 : 0.0f;
+                    sums32[4] += (t.low || t.high) ? w32 : 0.0f;
+                }
+                continue;
+            }
+            if (took) continue;
+            rest[q] = true;
+        }
+        i64 at = at0 + q;
         double w = w32;
         double lp = lpv[q];
         double a = av[q];
-        double o = p.has_old ? (double)ov[q] : lp;
-        double rf = has_kl ? (double)rv[q] : 0.0;
+        double o = ov[q];
+        double rf = rv[q];
         if (!isfinite(lp) || !isfinite(a) || !isfinite(o) || !isfinite(rf)) {
             if (!bad_value) report(status, STATUS_NONFINITE_INPUT, at);
             bad_value = true;
             continue;
         }
-        double d, r, slope;
-        if (p.sequence) {
-            d = rt.seq_d;
-            r = rt.seq_ratio;
-            slope = rt.seq_slope;
-        } else {
-            double raw = lp - o;
-            d = clampd(raw, -ratio_clamp, ratio_clamp);
-            r = exp_token(d);
-            // Clip decisions compare r with the bounds: within 1e-6 of one (a band wider than
-            // exp_token's error), the float64 exp decides, as on the CPU path.
-            if (near_bound(r, p.lo) || near_bound(r, p.hi) || near_bound(r, p.delta) ||
-                near_bound(r, p.epsilon_high) || near_bound(r, p.clip_ratio_c)) {
-                r = exp_c(d);
-            }
-            slope = vanilla ? clamp_slope(raw, -20.0, 20.0) : 1.0;
-        }
-        Term term = policy_term(p, rt, r, a, lp, d);
-        double kl_metric = 0.0;
-        if (has_kl) {
-            double kl, d_kl, kl_plus_d;
-            kl_terms(p.kl_estimator, rf - lp, &kl, &d_kl, &kl_plus_d);
-            double kr = bias * r + (1.0 - bias);
-            term.loss += p.beta * kl * kr;
-            if (p.sequence) {
-                term.d_ratio += bias * p.beta * kl;
-                term.d_logp += p.beta * kr * d_kl;
-            } else {
-                double corrected = r * (slope * kl_plus_d + (1.0 - slope) * d_kl);
-                term.d_logp += p.beta * (bias * corrected + (1.0 - bias) * d_kl);
-            }
-            kl_metric = kl * kr;
-        }
+        Token64 tok = token_f64(p, rt, scale, w, lp, o, rf, a, p.sequence && write_grad ? row_common[i] : 0.0);
         if (write_grad) {
-            double g;
-            if (p.sequence) {
-                g = scale * w * term.d_logp + row_common[i] * w;
-            } else {
-                g = scale * w * (term.d_logp + term.d_ratio * r * slope);
-            }
-            float g32 = (float)g;
+            float g32 = (float)tok.g;
             if (!(fabsf(g32) < INFINITY)) {
                 if (!bad_grad) report(status, STATUS_OVERFLOW, at);
                 bad_grad = true;
             }
             gv[q] = g32;
         }
-        sums[0] += w * term.loss;
-        sums[1] += w * kl_metric;
-        sums[2] += w * term.m0;
-        sums[3] += w * term.m1;
-        sums[4] += w * term.m2;
-        sums[5] += w * term.d_ratio;
+        sums[0] += w * tok.term.loss;
+        sums[1] += w * tok.kl_metric;
+        sums[2] += w * tok.term.m0;
+        sums[3] += w * tok.term.m1;
+        sums[4] += w * tok.term.m2;
+        sums[5] += w * tok.term.d_ratio;
+    }
+    if (PASS == PASS_FLOAT32) {
+#pragma unroll
+        for (int k = 0; k < 5; k++) sums[k] += (double)sums32[k];
     }
     if (write_grad) {
-        if (vec) {
+        if (PASS == PASS_REST) {
+            // Only the tokens this pass computed: the float32 pass wrote the others.
+#pragma unroll
+            for (int q = 0; q < LOSS_ITEMS; q++) {
+                if (rest[q]) grad[at0 + q] = gv[q];
+            }
+        } else if (vec) {
             float4 v;
             v.x = gv[0];
             v.y = gv[1];
@@ -446,8 +635,16 @@ __device__ void loss_tokens(const T* logp, const T* old, const T* ref, const flo
     if (write_grad && p.sequence) return;
     block_sums<LOSS_BLOCK, LOSS_PARTIALS>(sums, scratch);
     if (threadIdx.x == 0) {
+        double* out = partials + (i64)blockIdx.x * LOSS_PARTIALS;
+        if (PASS == PASS_REST) {
+            // After the float32 pass's sums, in a fixed order; the count stays (token level:
+            // loss_finalize_rows does not read it).
 #pragma unroll
-        for (int k = 0; k < LOSS_PARTIALS; k++) partials[(i64)blockIdx.x * LOSS_PARTIALS + k] = sums[k];
+            for (int k = 0; k < 5; k++) out[k] += sums[k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < LOSS_PARTIALS; k++) out[k] = sums[k];
+        }
     }
 }
 
@@ -576,8 +773,22 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
         const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
         const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
         float* grad, double* partials, u32* status) {                                                     \
-        loss_tokens<T, M>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common, write_grad,  \
-                          grad, partials, status);                                                        \
+        loss_tokens<T, M, PASS_FLOAT64>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common, \
+                                        write_grad, grad, partials, status);                              \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens32_##NAME(                         \
+        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
+        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
+        float* grad, double* partials, u32* status) {                                                     \
+        loss_tokens<T, M, PASS_FLOAT32>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common, \
+                                        write_grad, grad, partials, status);                              \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens32_rest_##NAME(                    \
+        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
+        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
+        float* grad, double* partials, u32* status) {                                                     \
+        loss_tokens<T, M, PASS_REST>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common,    \
+                                     write_grad, grad, partials, status);                                 \
     }
 
 LOSS_KERNELS(f32_u8, float, u8)

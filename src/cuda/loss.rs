@@ -13,7 +13,8 @@ use super::{FloatDtype, MaskDtype};
 use crate::error::{Error, Result};
 use crate::loss::registry::{CUDA_SLOTS, KL_CUDA_SLOT};
 use crate::loss::{
-    Aggregation, ImportanceSamplingLevel, KlEstimator, LossOptions, LossShapes, LossType,
+    float32_handles, Aggregation, Float32Bounds, ImportanceSamplingLevel, KlEstimator, LossOptions,
+    LossShapes, LossType,
 };
 
 const BLOCK: u32 = 256;
@@ -176,6 +177,18 @@ struct LossParams {
     vespo_k_neg: f64,
     vespo_lambda_neg: f64,
     grad_scale: f64,
+    /// 1: `loss_tokens32` (per-token float32 arithmetic) runs, for options the float32 path
+    /// decides alike (`crate::loss::float32_handles`); the bounds below are then its.
+    float32: i32,
+    lo32: f32,
+    hi32: f32,
+    delta32: f32,
+    c32: f32,
+    near_lo: f32,
+    near_hi: f32,
+    near_delta: f32,
+    near_c: f32,
+    beta32: f32,
 }
 
 impl LossParams {
@@ -213,6 +226,20 @@ impl LossParams {
             self.vespo_k_neg,
             self.vespo_lambda_neg,
             self.grad_scale,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.float32.to_le_bytes());
+        for v in [
+            self.lo32,
+            self.hi32,
+            self.delta32,
+            self.c32,
+            self.near_lo,
+            self.near_hi,
+            self.near_delta,
+            self.near_c,
+            self.beta32,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -327,6 +354,8 @@ pub fn policy_loss(
     let aggregation = options.aggregation_for(batch, len);
     let (aggregation, divisor) = aggregation_code(aggregation);
     let sequence = options.importance_sampling_level == ImportanceSamplingLevel::Sequence;
+    let float32 = float32_handles(options);
+    let bounds = Float32Bounds::of(options);
     let params = LossParams {
         rows: batch as i64,
         len: len as i64,
@@ -354,6 +383,16 @@ pub fn policy_loss(
         vespo_k_neg: options.vespo_k_neg,
         vespo_lambda_neg: options.vespo_lambda_neg,
         grad_scale: options.grad_scale,
+        float32: i32::from(float32),
+        lo32: bounds.lo,
+        hi32: bounds.hi,
+        delta32: bounds.delta,
+        c32: bounds.c,
+        near_lo: bounds.near_lo,
+        near_hi: bounds.near_hi,
+        near_delta: bounds.near_delta,
+        near_c: bounds.near_c,
+        beta32: options.beta as f32,
     }
     .bytes();
 
@@ -405,11 +444,11 @@ pub fn policy_loss(
             Arg::Ptr(batch_counts),
         ],
     )?;
-    let tokens = |write_grad: bool| {
+    let tokens = |kernel: &str, write_grad: bool| {
         launch(
             stream,
             &LOSS,
-            &format!("loss_tokens_{suffix}"),
+            &format!("{kernel}_{suffix}"),
             per_chunk,
             &[
                 Arg::Ptr(inputs.logp),
@@ -430,7 +469,13 @@ pub fn policy_loss(
     };
     // Token level: one pass writes the gradient. Sequence level: the row ratio gradients need the
     // whole row first, so a second pass writes the gradient after the finalize.
-    tokens(!sequence)?;
+    if float32 {
+        // Token level only: the tokens in float32, then the few it leaves in float64.
+        tokens("loss_tokens32", true)?;
+        tokens("loss_tokens32_rest", true)?;
+    } else {
+        tokens("loss_tokens", !sequence)?;
+    }
     let per_warp = Shape {
         grid: (batch.div_ceil(FINALIZE_ROWS_PER_BLOCK) as u32, 1, 1),
         block: BLOCK,
@@ -465,7 +510,7 @@ pub fn policy_loss(
         ],
     )?;
     if sequence {
-        tokens(true)?;
+        tokens("loss_tokens", true)?;
     }
     Ok(())
 }
@@ -476,7 +521,7 @@ mod tests {
 
     #[test]
     fn params_have_the_kernel_layout() {
-        // 2 i64 + 10 i32 + 14 f64, no padding (LossParams in kernels/loss.cu).
+        // 2 i64 + 10 i32 + 14 f64 + 1 i32 + 9 f32, no padding (LossParams in kernels/loss.cu).
         let p = LossParams {
             rows: 1,
             len: 2,
@@ -504,12 +549,25 @@ mod tests {
             vespo_k_neg: 0.0,
             vespo_lambda_neg: 0.0,
             grad_scale: 9.0,
+            float32: 1,
+            lo32: 0.5,
+            hi32: 0.0,
+            delta32: 0.0,
+            c32: 0.0,
+            near_lo: 0.0,
+            near_hi: 0.0,
+            near_delta: 0.0,
+            near_c: 0.0,
+            beta32: 0.25,
         };
         let bytes = p.bytes();
         assert_eq!(bytes.len(), std::mem::size_of::<LossParams>());
-        assert_eq!(bytes.len(), 16 + 40 + 14 * 8);
+        assert_eq!(bytes.len(), 16 + 40 + 14 * 8 + 4 + 9 * 4);
         assert_eq!(&bytes[56..64], &1.5f64.to_le_bytes());
-        assert_eq!(&bytes[bytes.len() - 8..], &9.0f64.to_le_bytes());
+        assert_eq!(&bytes[160..168], &9.0f64.to_le_bytes());
+        assert_eq!(&bytes[168..172], &1i32.to_le_bytes());
+        assert_eq!(&bytes[172..176], &0.5f32.to_le_bytes());
+        assert_eq!(&bytes[bytes.len() - 4..], &0.25f32.to_le_bytes());
     }
 
     fn described(dtype: &str, shape: &[usize], device: &str, ptr: u64) -> DeviceTensor {

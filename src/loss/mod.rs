@@ -12,6 +12,7 @@ mod options;
 pub mod registry;
 mod row;
 mod row_f32;
+pub(crate) use row_f32::{handles as float32_handles, Float32Bounds};
 pub mod shapes;
 mod terms;
 

@@ -87,7 +87,7 @@ const fn max_gap(vanilla: bool) -> f32 {
 }
 
 /// Whether this path computes the loss `options` describe (else the float64 path does).
-pub(super) fn handles(options: &LossOptions) -> bool {
+pub(crate) fn handles(options: &LossOptions) -> bool {
     // A scale or bound float32 cannot hold closely is left to float64.
     let representable = |v: f64| v == 0.0 || (1e-30..=1e30).contains(&v.abs());
     // Bounds that float32 rounds together (or apart) differently from float64 would tie (or
@@ -146,6 +146,67 @@ struct Sums {
 
 fn total(lanes: &[f64; LANES]) -> f64 {
     lanes.iter().sum()
+}
+
+/// The clip bounds as the float32 path compares with them, and the bands around them within
+/// which a ratio goes to float64 (shared with the CUDA loss kernel, which takes the same
+/// decisions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Float32Bounds {
+    /// `1 - epsilon_low`, `1 + epsilon_high` and `delta` (infinite when unset or for vanilla)
+    /// as float64, for the fallback formulas.
+    pub lo64: f64,
+    pub hi64: f64,
+    pub delta64: f64,
+    pub lo: f32,
+    pub hi: f32,
+    /// `f32::MAX` when unset (always for vanilla): no finite float32 ratio reaches it.
+    pub delta: f32,
+    /// Vanilla's dual-clip constant `clip_ratio_c` (`f32::MAX` for the other losses).
+    pub c: f32,
+    /// `NEAR_BOUND * |bound|` for each bound.
+    pub near_lo: f32,
+    pub near_hi: f32,
+    pub near_delta: f32,
+    pub near_c: f32,
+}
+
+impl Float32Bounds {
+    pub(crate) fn of(opt: &LossOptions) -> Self {
+        let vanilla = opt.loss_type == LossType::Vanilla;
+        let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
+        // verl's vanilla loss has no `delta`; the other losses no dual clip.
+        let delta = match opt.delta {
+            Some(delta) if !vanilla => delta,
+            _ => f64::INFINITY,
+        };
+        let c = if vanilla {
+            opt.clip_ratio_c
+        } else {
+            f64::INFINITY
+        };
+        let to_f32 = |v: f64| {
+            if v < f32::MAX as f64 {
+                v as f32
+            } else {
+                f32::MAX
+            }
+        };
+        let (lo32, hi32, delta32, c32) = (lo as f32, hi as f32, to_f32(delta), to_f32(c));
+        Float32Bounds {
+            lo64: lo,
+            hi64: hi,
+            delta64: delta,
+            lo: lo32,
+            hi: hi32,
+            delta: delta32,
+            c: c32,
+            near_lo: NEAR_BOUND * lo32.abs(),
+            near_hi: NEAR_BOUND * hi32.abs(),
+            near_delta: NEAR_BOUND * delta32,
+            near_c: NEAR_BOUND * c32,
+        }
+    }
 }
 
 /// The row-independent float32 parameters.
@@ -1059,33 +1120,17 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             // A scale float32 cannot hold closely: the whole row in float64.
             return self.run_f64(i, grad);
         }
-        let (lo, hi) = (1.0 - opt.epsilon_low, 1.0 + opt.epsilon_high());
-        // verl's vanilla loss has no `delta`; the other losses no dual clip.
-        let delta = match opt.delta {
-            Some(delta) if !VANILLA => delta,
-            _ => f64::INFINITY,
-        };
-        let c = if VANILLA {
-            opt.clip_ratio_c
-        } else {
-            f64::INFINITY
-        };
-        let to_f32 = |v: f64| {
-            if v < f32::MAX as f64 {
-                v as f32
-            } else {
-                f32::MAX
-            }
-        };
+        let bounds = Float32Bounds::of(opt);
+        let (lo, hi, delta) = (bounds.lo64, bounds.hi64, bounds.delta64);
         let p = Params {
-            lo: lo as f32,
-            hi: hi as f32,
-            delta: to_f32(delta),
-            c: to_f32(c),
-            near_lo: 0.0,
-            near_hi: 0.0,
-            near_delta: 0.0,
-            near_c: 0.0,
+            lo: bounds.lo,
+            hi: bounds.hi,
+            delta: bounds.delta,
+            c: bounds.c,
+            near_lo: bounds.near_lo,
+            near_hi: bounds.near_hi,
+            near_delta: bounds.near_delta,
+            near_c: bounds.near_c,
             band_lo: (0.0, 0.0),
             band_hi: (0.0, 0.0),
             band_delta: (0.0, 0.0),
@@ -1093,13 +1138,6 @@ impl<T: FloatElem, M: MaskElem> RowKernel<'_, '_, T, M> {
             beta: opt.beta as f32,
             bias: flag(opt.kl_bias_correction),
             scale: scale as f32,
-        };
-        let p = Params {
-            near_lo: NEAR_BOUND * p.lo.abs(),
-            near_hi: NEAR_BOUND * p.hi.abs(),
-            near_delta: NEAR_BOUND * p.delta,
-            near_c: NEAR_BOUND * p.c,
-            ..p
         };
         let band = |bound: f32, near: f32| (bound - near, bound + near);
         let p = Params {
