@@ -12,6 +12,8 @@ mod options;
 pub mod registry;
 mod row;
 mod row_f32;
+// The CUDA loss takes the same per-token float32 decisions.
+#[cfg(feature = "cuda")]
 pub(crate) use row_f32::{handles as float32_handles, Float32Bounds};
 pub mod shapes;
 mod terms;
