@@ -763,33 +763,25 @@ extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_finalize(LossParam
     out[OUT_PPO_KL] = tokens > 0.0 ? acc[4] / tokens : 0.0;
 }
 
+// One token kernel: KERNEL_NAME runs loss_tokens' PASS.
+#define LOSS_TOKENS_KERNEL(KERNEL_NAME, T, M, PASS)                                                       \
+    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) KERNEL_NAME(                                 \
+        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
+        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
+        float* grad, double* partials, u32* status) {                                                     \
+        loss_tokens<T, M, PASS>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common,        \
+                                write_grad, grad, partials, status);                                      \
+    }
+
 #define LOSS_KERNELS(NAME, T, M)                                                                          \
     extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_rows_##NAME(                            \
         const T* logp, const T* old, const float* advantages, const M* mask, LossParams p, double* row_stats, \
         u32* status) {                                                                                    \
         loss_rows<T, M>(logp, old, advantages, mask, p, row_stats, status);                               \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens_##NAME(                           \
-        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
-        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
-        float* grad, double* partials, u32* status) {                                                     \
-        loss_tokens<T, M, PASS_FLOAT64>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common, \
-                                        write_grad, grad, partials, status);                              \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens32_##NAME(                         \
-        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
-        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
-        float* grad, double* partials, u32* status) {                                                     \
-        loss_tokens<T, M, PASS_FLOAT32>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common, \
-                                        write_grad, grad, partials, status);                              \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) loss_tokens32_rest_##NAME(                    \
-        const T* logp, const T* old, const T* ref, const float* advantages, const M* mask, LossParams p,   \
-        const double* row_stats, const double* batch, const double* row_common, int write_grad,           \
-        float* grad, double* partials, u32* status) {                                                     \
-        loss_tokens<T, M, PASS_REST>(logp, old, ref, advantages, mask, p, row_stats, batch, row_common,    \
-                                     write_grad, grad, partials, status);                                 \
-    }
+    LOSS_TOKENS_KERNEL(loss_tokens_##NAME, T, M, PASS_FLOAT64)                                            \
+    LOSS_TOKENS_KERNEL(loss_tokens32_##NAME, T, M, PASS_FLOAT32)                                          \
+    LOSS_TOKENS_KERNEL(loss_tokens32_rest_##NAME, T, M, PASS_REST)
 
 LOSS_KERNELS(f32_u8, float, u8)
 LOSS_KERNELS(f32_f32, float, float)
