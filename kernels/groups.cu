@@ -217,12 +217,15 @@ extern "C" __global__ void __launch_bounds__(GROUP_BLOCK) group_advantages(Group
 }
 
 // The token broadcast out[i, t] = a_i * mask[i, t]: one block per (row, chunk of
-// TOKEN_CHUNK tokens), four tokens per thread. Where `vec` says the mask and the output are
-// co-aligned, a row's tokens from its first 16-byte boundary of `out` on are read 4 (or 16)
-// bytes and written 16 bytes at a time; the row's head before that boundary and its tail are
-// scalar. The row's advantage is read once per thread and checked once per row.
+// TOKEN_CHUNK tokens); each thread takes TOKEN_STEPS groups of four tokens, GROUP_BLOCK groups
+// apart, and loads all of their masks before it stores anything (several loads in flight per
+// thread, and the row's setup paid once per sixteen tokens). Where `vec` says the mask and the
+// output are co-aligned, a row's tokens from its first 16-byte boundary of `out` on are read 4
+// (or 16) bytes and written 16 bytes at a time; the row's head before that boundary and its tail
+// are scalar. The row's advantage is read once per thread and checked once per row.
 #define TOKEN_ITEMS 4
-#define TOKEN_CHUNK (GROUP_BLOCK * TOKEN_ITEMS)
+#define TOKEN_STEPS 4
+#define TOKEN_CHUNK (GROUP_BLOCK * TOKEN_ITEMS * TOKEN_STEPS)
 
 template <typename M>
 __device__ __forceinline__ float token_value(float a, M m, i64 at, u32* status) {
@@ -264,22 +267,30 @@ __device__ void token_advantages(const float* advantages, const M* mask, i64 row
         i64 at = base + threadIdx.x;
         out[at] = token_value(a, mask[at], at, status);
     }
-    i64 t0 = head + chunk * TOKEN_CHUNK + (i64)threadIdx.x * TOKEN_ITEMS;
-    if (vec && t0 + TOKEN_ITEMS <= len) {
-        i64 at = base + t0;
-        M m[TOKEN_ITEMS];
-        load4(mask + at, m);
-        float4 v;
-        v.x = token_value(a, m[0], at, status);
-        v.y = token_value(a, m[1], at + 1, status);
-        v.z = token_value(a, m[2], at + 2, status);
-        v.w = token_value(a, m[3], at + 3, status);
-        *reinterpret_cast<float4*>(out + at) = v;
-    } else {
+    i64 first = head + chunk * TOKEN_CHUNK + (i64)threadIdx.x * TOKEN_ITEMS;
+    M m[TOKEN_STEPS][TOKEN_ITEMS];
 #pragma unroll
-        for (int q = 0; q < TOKEN_ITEMS; q++) {
-            i64 t = t0 + q;
-            if (t < len) out[base + t] = token_value(a, mask[base + t], base + t, status);
+    for (int k = 0; k < TOKEN_STEPS; k++) {
+        i64 t0 = first + (i64)k * GROUP_BLOCK * TOKEN_ITEMS;
+        if (vec && t0 + TOKEN_ITEMS <= len) load4(mask + base + t0, m[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < TOKEN_STEPS; k++) {
+        i64 t0 = first + (i64)k * GROUP_BLOCK * TOKEN_ITEMS;
+        if (vec && t0 + TOKEN_ITEMS <= len) {
+            i64 at = base + t0;
+            float4 v;
+            v.x = token_value(a, m[k][0], at, status);
+            v.y = token_value(a, m[k][1], at + 1, status);
+            v.z = token_value(a, m[k][2], at + 2, status);
+            v.w = token_value(a, m[k][3], at + 3, status);
+            *reinterpret_cast<float4*>(out + at) = v;
+        } else {
+#pragma unroll
+            for (int q = 0; q < TOKEN_ITEMS; q++) {
+                i64 t = t0 + q;
+                if (t < len) out[base + t] = token_value(a, mask[base + t], base + t, status);
+            }
         }
     }
 }

@@ -203,7 +203,7 @@ fn loss_matches_the_cpu_engine() {
 #[test]
 fn token_advantages_match_the_cpu_engine() {
     let mut rng = Rng(11);
-    for (rows, len) in [(1, 1), (3, 7), (5, 1029)] {
+    for (rows, len) in [(1, 1), (3, 7), (5, 1029), (3, 9001), (2, 8192)] {
         let advantages: Vec<f32> = (0..rows).map(|_| rng.uniform(-3.0, 3.0) as f32).collect();
         let mask: Vec<u8> = (0..rows * len).map(|_| u8::from(rng.chance(70))).collect();
         let mut want = vec![0f32; rows * len];

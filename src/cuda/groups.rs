@@ -223,8 +223,8 @@ fn launch_group_advantages(
     )
 }
 
-/// Tokens per `token_advantages` block (`TOKEN_CHUNK`).
-const TOKEN_CHUNK: usize = 1024;
+/// Tokens per `token_advantages` block (`TOKEN_CHUNK`: 256 threads, four steps of four).
+const TOKEN_CHUNK: usize = 4096;
 
 /// `out[i, t] = advantages[i] * mask[i, t]` (float32 `(rows, len)`).
 #[allow(clippy::too_many_arguments)]
