@@ -205,8 +205,10 @@ def selective_logprobs_backward(
     in_place: bool = False,
     check: bool = True,
     stats: Optional[Any] = None,
+    out: Optional[Any] = None,
 ) -> Any:
-    """``dlogits`` in the logits' dtype and shape (written into ``logits`` itself with ``in_place``).
+    """``dlogits`` in the logits' dtype and shape (written into ``logits`` itself with ``in_place``,
+    or into ``out``: the logits tensor itself, or a tensor of its shape and strides elsewhere).
     ``stats``: the forward's saved row statistics of these logits at this temperature
     (``selective_logprobs(..., keep_stats=True)``), which spare the kernel a pass over the logits.
     Non-finite upstream gradients are found by the kernel and raised with the status read."""
@@ -222,7 +224,9 @@ def selective_logprobs_backward(
         g = torch.zeros(rows, dtype=torch.float32, device=x.device)
     if in_place and x.data_ptr() != logits.data_ptr():
         raise ValueError("logits: an in-place backward needs logits whose last dimension is contiguous")
-    out = x if in_place else torch.empty((rows, x.shape[-1]), dtype=x.dtype, device=x.device)
+    given = out
+    if out is None:
+        out = x if in_place else torch.empty((rows, x.shape[-1]), dtype=x.dtype, device=x.device)
     status = _new_status(x.device)
     _core.cuda_selective_logprobs_backward(
         _stream_handle(x.device),
@@ -243,6 +247,8 @@ def selective_logprobs_backward(
                 bits,
                 lambda: _cpu_selective_logprobs_backward(logits, targets, temperature, g, gh),
             )
+    if given is not None:
+        return given
     return logits if in_place else out.reshape(logits.shape)
 
 

@@ -389,44 +389,63 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         return_entropy: bool,
         check: bool = True,
     ) -> Any:
-        lead = tuple(logits.shape[:-1])
         ctx.save_for_backward(logits, targets)
         ctx.temperature = temperature
         ctx.return_entropy = return_entropy
         ctx.check = check
-        if logits.device.type == "cuda":
-            _check_targets(targets, lead)
-            # ``stats`` (float32 (N, 3): each row's max, log-sum and entropy) lets the backward
-            # read the logits once instead of twice.
-            logp_t, ent_t, ctx.stats = _cuda.selective_logprobs(
-                logits, targets, temperature, return_entropy, check=check, keep_stats=True
-            )
-            return (logp_t, ent_t) if return_entropy else logp_t
-        x, half = _logits_numpy(logits)
-        t = _targets_numpy(targets, lead)
-        # ``stats`` (float64 (N, 4): each row's max and exponential sums) lets the backward skip
-        # its own pass over the logits.
-        logp, ent, ctx.stats = _core.selective_logprobs_core(
-            x, t, half_dtype=half, temperature=temperature, entropy=return_entropy, stats=True
-        )
-        logp_t = torch.from_numpy(logp).reshape(lead)
-        if return_entropy:
-            return logp_t, torch.from_numpy(ent).reshape(lead)
-        return logp_t
+        return _logprobs_forward(ctx, logits, targets)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor):  # type: ignore[override]
         logits, targets = ctx.saved_tensors
-        if logits.device.type == "cuda":
-            gh = grads[1] if ctx.return_entropy else None
-            dlogits = _cuda.selective_logprobs_backward(
-                logits, targets, ctx.temperature, grads[0], gh, check=ctx.check, stats=ctx.stats
-            )
-            return dlogits, None, None, None, None
-        gh = grads[1] if ctx.return_entropy else None
-        dlogits = _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats)
-        return dlogits, None, None, None, None
+        return _logprobs_backward(ctx, logits, targets, grads), None, None, None, None
+
+
+def _logprobs_forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> Any:
+    """The forward of the log-softmax ops: ``logp`` (and the entropies) of ``logits`` at
+    ``targets``, keeping each row's statistics in ``ctx.stats`` for the backward (``ctx`` holds
+    the temperature, ``return_entropy`` and ``check``)."""
+    lead = tuple(logits.shape[:-1])
+    if logits.device.type == "cuda":
+        _check_targets(targets, lead)
+        # ``stats`` (float32 (N, 3): each row's max, log-sum and entropy) lets the backward
+        # read the logits once instead of twice.
+        logp_t, ent_t, ctx.stats = _cuda.selective_logprobs(
+            logits, targets, ctx.temperature, ctx.return_entropy, check=ctx.check, keep_stats=True
+        )
+        return (logp_t, ent_t) if ctx.return_entropy else logp_t
+    x, half = _logits_numpy(logits)
+    t = _targets_numpy(targets, lead)
+    # ``stats`` (float64 (N, 4): each row's max and exponential sums) lets the backward skip
+    # its own pass over the logits.
+    logp, ent, ctx.stats = _core.selective_logprobs_core(
+        x, t, half_dtype=half, temperature=ctx.temperature, entropy=ctx.return_entropy, stats=True
+    )
+    logp_t = torch.from_numpy(logp).reshape(lead)
+    if ctx.return_entropy:
+        return logp_t, torch.from_numpy(ent).reshape(lead)
+    return logp_t
+
+
+def _logprobs_backward(
+    ctx: Any,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    grads: Tuple[torch.Tensor, ...],
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``dlogits`` from the forward's saved statistics; written into ``out`` (a tensor of the
+    logits' shape) when given, else a new tensor."""
+    gh = grads[1] if ctx.return_entropy else None
+    if logits.device.type == "cuda":
+        return _cuda.selective_logprobs_backward(
+            logits, targets, ctx.temperature, grads[0], gh, check=ctx.check, stats=ctx.stats, out=out
+        )
+    dlogits = _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats)
+    if out is None:
+        return dlogits
+    return out.copy_(dlogits)
 
 
 def _cpu_logprobs_backward(
@@ -459,6 +478,34 @@ def _cpu_logprobs_backward(
     return dlogits_t.reshape(logits.shape)
 
 
+def _logprob_arguments(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: Any, return_entropy: Any, check: Any
+) -> Tuple[float, bool, bool]:
+    """The log-softmax ops' checks: ``logits`` and ``targets`` as tensors on one device, the
+    logits' dtype and shape; returns the checked ``temperature``, ``return_entropy`` and
+    ``check``."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    _check_device("logits", logits)
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+    _check_device("targets", targets, logits.device)
+    if logits.device.type == "cuda" and logits.dtype == torch.float64:
+        raise TypeError("logits: expected dtype float32, bfloat16 or float16 on CUDA, got torch.float64")
+    if logits.dtype not in _LOGITS_DTYPES:
+        raise TypeError(f"logits: expected dtype float32, float64, float16 or bfloat16, got {logits.dtype}")
+    if logits.dim() not in (2, 3):
+        raise ValueError(
+            f"logits: expected a 2-D (N, V) or 3-D (B, T, V) tensor, got shape {tuple(logits.shape)}"
+        )
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits: expected a vocabulary of at least 1, got shape {tuple(logits.shape)}")
+    temperature = _arrays.real("temperature", temperature)
+    return_entropy = _arrays.flag("return_entropy", return_entropy)
+    check = _arrays.flag("check", check)
+    return temperature, return_entropy, check
+
+
 @torch.compiler.disable
 def selective_log_softmax(
     logits: torch.Tensor,
@@ -488,23 +535,107 @@ def selective_log_softmax(
     stream once per call (forward and backward); ``check=False`` skips that wait (invalid inputs
     then give NaN or undefined values, as in torch; shapes, dtypes and devices are still checked).
     """
+    temperature, return_entropy, check = _logprob_arguments(logits, targets, temperature, return_entropy, check)
+    return SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy, check)
+
+
+__all__ += ["CompletionLogprobs", "completion_logprobs"]
+
+
+class CompletionLogprobs(torch.autograd.Function):
+    """``logp[, entropy] = CompletionLogprobs.apply(logits, completion_ids, temperature,
+    return_entropy, check, inplace)``: the autograd node behind :func:`completion_logprobs` (use
+    that instead)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: torch.Tensor,
+        completion_ids: torch.Tensor,
+        temperature: float,
+        return_entropy: bool,
+        check: bool,
+        inplace: bool,
+    ) -> Any:
+        ctx.save_for_backward(logits, completion_ids)
+        ctx.temperature = temperature
+        ctx.return_entropy = return_entropy
+        ctx.check = check
+        ctx.inplace = inplace
+        return _logprobs_forward(ctx, _completion_positions(logits, completion_ids), completion_ids)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor):  # type: ignore[override]
+        logits, completion_ids = ctx.saved_tensors
+        length, count = logits.shape[1], completion_ids.shape[1]
+        # The full-size gradient, written once: the completion positions by the kernel, the
+        # prompt positions and the last one (which predicts nothing here) zeroed. With
+        # ``inplace`` it is the logits' own memory.
+        dlogits = logits.detach() if ctx.inplace else torch.empty_like(logits)
+        dlogits[:, : length - 1 - count].zero_()
+        dlogits[:, length - 1 :].zero_()
+        view = _completion_positions(logits, completion_ids)
+        _logprobs_backward(ctx, view, completion_ids, grads, out=_completion_positions(dlogits, completion_ids))
+        return dlogits, None, None, None, None, None
+
+
+def _completion_positions(logits: torch.Tensor, completion_ids: torch.Tensor) -> torch.Tensor:
+    """The positions of ``logits`` (B, L, V) that predict the last T = ``completion_ids.shape[1]``
+    tokens: ``logits[:, L - 1 - T : L - 1]`` (a view, no copy)."""
+    length, count = logits.shape[1], completion_ids.shape[1]
+    return logits[:, length - 1 - count : length - 1]
+
+
+@torch.compiler.disable
+def completion_logprobs(
+    logits: torch.Tensor,
+    completion_ids: torch.Tensor,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    check: bool = True,
+    inplace: bool = False,
+) -> Any:
+    """The log-probabilities of the completion tokens from a causal LM's logits, as TRL computes
+    them: ``selective_log_softmax(logits[:, :-1][:, -T:] / temperature, completion_ids)`` with
+    ``T = completion_ids.shape[1]``, fused and without the slice in autograd.
+
+    ``logits`` is ``(B, L, V)`` as the model returns it (position ``t`` predicts token ``t + 1``;
+    with TRL's ``logits_to_keep=T + 1``, ``L = T + 1``), float32, float64, bfloat16 or float16;
+    ``completion_ids`` is an integer ``(B, T)`` tensor with ``T < L``. Returns float32 ``(B, T)``
+    log-probabilities, or ``(logp, entropy)`` with ``return_entropy=True``; values and gradients
+    are :func:`selective_log_softmax`'s on the sliced logits.
+
+    What the fusion saves: sliced in autograd, the gradient of ``logits[:, :-1]`` reaches the
+    logits through a zero-filled full-size tensor and a copy (two more passes over a tensor of
+    the logits' size). Here the backward writes the full-size gradient once: the completion
+    positions by the log-softmax backward, the other positions as zeros. With ``inplace=True`` it
+    writes into ``logits`` itself and returns that as the gradient (no allocation of the logits'
+    size); the logits' values are then gone, so use it only when nothing else reads them after
+    the backward (Liger-Kernel's GRPO loss offers the same). ``check``: as for
+    :func:`selective_log_softmax`.
+    """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
-    _check_device("logits", logits)
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
-    _check_device("targets", targets, logits.device)
-    if logits.device.type == "cuda" and logits.dtype == torch.float64:
-        raise TypeError("logits: expected dtype float32, bfloat16 or float16 on CUDA, got torch.float64")
-    if logits.dtype not in _LOGITS_DTYPES:
-        raise TypeError(f"logits: expected dtype float32, float64, float16 or bfloat16, got {logits.dtype}")
-    if logits.dim() not in (2, 3):
+    if not isinstance(completion_ids, torch.Tensor):
+        raise TypeError(f"completion_ids: expected a torch.Tensor, got {type(completion_ids).__name__}")
+    if logits.dim() != 3:
+        raise ValueError(f"logits: expected a 3-D (B, L, V) tensor, got shape {tuple(logits.shape)}")
+    if completion_ids.dim() != 2 or completion_ids.shape[0] != logits.shape[0]:
         raise ValueError(
-            f"logits: expected a 2-D (N, V) or 3-D (B, T, V) tensor, got shape {tuple(logits.shape)}"
+            f"completion_ids: expected shape (B, T) with B = {logits.shape[0]} like logits, "
+            f"got {tuple(completion_ids.shape)}"
         )
-    if logits.shape[-1] == 0:
-        raise ValueError(f"logits: expected a vocabulary of at least 1, got shape {tuple(logits.shape)}")
-    temperature = _arrays.real("temperature", temperature)
-    return_entropy = _arrays.flag("return_entropy", return_entropy)
-    check = _arrays.flag("check", check)
-    return SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy, check)
+    if completion_ids.shape[1] >= logits.shape[1]:
+        raise ValueError(
+            f"completion_ids: expected T < L = {logits.shape[1]} (the last position predicts no "
+            f"completion token), got T = {completion_ids.shape[1]}"
+        )
+    inplace = _arrays.flag("inplace", inplace)
+    view = _completion_positions(logits, completion_ids)
+    if not torch.is_grad_enabled() or not logits.requires_grad:
+        return selective_log_softmax(view, completion_ids, temperature, return_entropy, check)
+    temperature, return_entropy, check = _logprob_arguments(
+        view, completion_ids, temperature, return_entropy, check
+    )
+    return CompletionLogprobs.apply(logits, completion_ids, temperature, return_entropy, check, inplace)
