@@ -14,6 +14,10 @@
 //!   (aligned and not, one to three chunks), empty rows, an all-masked batch, weights summing
 //!   below 1, absent old/reference log-probabilities, poisoned padding, extreme log ratios and
 //!   ratios at the clip bounds; bad inputs and overflows.
+//! - [`logprob`]: `cuda::logprob::selective_logprobs` and `selective_logprobs_backward`, every
+//!   element type, vocabularies on and off the 16-byte pack, TRL's strided `[:, :-1]` view and a
+//!   column slice, temperature, entropy, saved statistics, the in-place backward, `-inf`
+//!   logits, large logits; bad inputs.
 //! - `token_advantages_match_the_cpu_engine` below: the token broadcast.
 //!
 //! Bad inputs: for each, the kernels must set the status bit (and the smallest offending index
@@ -27,6 +31,8 @@
 //!   magnitude). So the gradient agrees within 1e-6 of max|grad|, the loss and the metrics
 //!   within 1e-6 of (|value| + mean|a|) (the loss is a weighted mean of terms of the order of
 //!   |a|, which may cancel).
+//! - selective log-softmax: stated in [`logprob`] (float32 per-pack sums, float32 scaling by
+//!   1/T and float32 exponentials in the backward, against the CPU's float64 path).
 //! - token advantages: bit-identical (one float32 product on both sides).
 //!
 //! The emulator runs the kernels' 16-byte loads and stores on the host, where a misaligned one
@@ -40,6 +46,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod logprob;
 mod loss;
 mod support;
 

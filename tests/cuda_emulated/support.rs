@@ -130,11 +130,20 @@ impl Status {
 /// The floating-point element types the kernels read (`FloatElem::DTYPE` is torch's name).
 pub trait Float: FloatElem + Copy + std::fmt::Debug {
     fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// Units in the last place of this format between `a` and `b`.
+    fn ulps(a: Self, b: Self) -> u64;
 }
 
 impl Float for f32 {
     fn from_f32(x: f32) -> Self {
         x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn ulps(a: Self, b: Self) -> u64 {
+        ulps_f32(a, b)
     }
 }
 
@@ -142,11 +151,23 @@ impl Float for bf16 {
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn ulps(a: Self, b: Self) -> u64 {
+        ulps_16(a.to_bits(), b.to_bits())
+    }
 }
 
 impl Float for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn ulps(a: Self, b: Self) -> u64 {
+        ulps_16(a.to_bits(), b.to_bits())
     }
 }
 
@@ -215,6 +236,19 @@ pub fn ulps_f32(a: f32, b: f32) -> u64 {
         let bits = x.to_bits() as i32;
         if bits < 0 {
             i32::MIN as i64 - bits as i64
+        } else {
+            bits as i64
+        }
+    };
+    key(a).abs_diff(key(b))
+}
+
+/// The same for a 16-bit float format given by its bits.
+pub fn ulps_16(a: u16, b: u16) -> u64 {
+    let key = |x: u16| {
+        let bits = x as i16;
+        if bits < 0 {
+            i16::MIN as i64 - bits as i64
         } else {
             bits as i64
         }
