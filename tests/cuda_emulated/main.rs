@@ -18,7 +18,10 @@
 //!   element type, vocabularies on and off the 16-byte pack, TRL's strided `[:, :-1]` view and a
 //!   column slice, temperature, entropy, saved statistics, the in-place backward, `-inf`
 //!   logits, large logits; bad inputs.
-//! - `token_advantages_match_the_cpu_engine` below: the token broadcast.
+//! - [`groups`]: `cuda::groups::sgpo_rewards`, `group_advantages` and `token_advantages`, with
+//!   consecutive groups and group ids (CSR, built as the Python wrapper builds it), both verdict
+//!   kinds, both credit rules and modes, every scale, singleton and low-variance groups, NaN
+//!   rewards, every mask type and row alignment; bad inputs.
 //!
 //! Bad inputs: for each, the kernels must set the status bit (and the smallest offending index
 //! where the kernels record one) and the CPU engine must raise on the same values; values the
@@ -33,7 +36,10 @@
 //!   |a|, which may cancel).
 //! - selective log-softmax: stated in [`logprob`] (float32 per-pack sums, float32 scaling by
 //!   1/T and float32 exponentials in the backward, against the CPU's float64 path).
-//! - token advantages: bit-identical (one float32 product on both sides).
+//! - groups: rewards, credits, flags, counts and token advantages are bit-identical (the same
+//!   float64 formulas in the same order, rounded once); the mean credit and batch-scaled
+//!   advantages, whose sums run in another order, within float64 rounding (1e-12 relative) and
+//!   1 float32 ulp.
 //!
 //! The emulator runs the kernels' 16-byte loads and stores on the host, where a misaligned one
 //! goes unnoticed (a GPU faults). To have every access's alignment checked, run with the host
@@ -46,35 +52,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod groups;
 mod logprob;
 mod loss;
 mod support;
-
-use common::Rng;
-use sgpo_rs::cuda::groups;
-use support::{input, output, ulps_f32, Status};
-
-#[test]
-fn token_advantages_match_the_cpu_engine() {
-    let mut rng = Rng(11);
-    for (rows, len) in [(1, 1), (3, 7), (5, 1029)] {
-        let advantages: Vec<f32> = (0..rows).map(|_| rng.uniform(-3.0, 3.0) as f32).collect();
-        let mask: Vec<u8> = (0..rows * len).map(|_| u8::from(rng.chance(70))).collect();
-        let mut want = vec![0f32; rows * len];
-        sgpo_rs::advantages::token_advantages(&advantages, &mask, len, &mut want).expect("cpu");
-        let mut out = vec![f32::NAN; rows * len];
-        let mut status = Status::new();
-        groups::token_advantages(
-            0,
-            &input(&advantages, "float32", &[rows]),
-            &input(&mask, "bool", &[rows, len]),
-            &output(&mut out, "float32", &[rows, len]),
-            &status.tensor(),
-        )
-        .expect("launches");
-        status.assert_clean("token advantages");
-        for (k, (&g, &w)) in out.iter().zip(&want).enumerate() {
-            assert_eq!(ulps_f32(g, w), 0, "{rows}x{len}: out[{k}] {g} vs {w}");
-        }
-    }
-}
