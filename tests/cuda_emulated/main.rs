@@ -17,7 +17,7 @@
 //! - [`logprob`]: `cuda::logprob::selective_logprobs` and `selective_logprobs_backward`, every
 //!   element type, vocabularies on and off the 16-byte pack, TRL's strided `[:, :-1]` view and a
 //!   column slice, temperature, entropy, saved statistics, the in-place backward, `-inf`
-//!   logits, large logits; bad inputs.
+//!   logits, large logits, confident targets; bad inputs.
 //! - [`groups`]: `cuda::groups::sgpo_rewards`, `group_advantages` and `token_advantages`, with
 //!   consecutive groups and group ids (CSR, built as the Python wrapper builds it), both verdict
 //!   kinds, both credit rules and modes, every scale, singleton and low-variance groups, NaN
