@@ -129,12 +129,14 @@ impl Logits {
 
     /// Whether every row starts on a 16-byte boundary, so the kernel may read 16-byte packs.
     fn packed(&self) -> i32 {
+        i32::from(self.ptr.is_multiple_of(16) && self.packed_strides())
+    }
+
+    /// Whether rows and groups are whole multiples of 16 bytes apart.
+    fn packed_strides(&self) -> bool {
         let size = self.dtype.size() as u64;
-        i32::from(
-            self.ptr.is_multiple_of(16)
-                && (self.row_stride as u64 * size).is_multiple_of(16)
-                && (self.group_stride as u64 * size).is_multiple_of(16),
-        )
+        (self.row_stride as u64 * size).is_multiple_of(16)
+            && (self.group_stride as u64 * size).is_multiple_of(16)
     }
 
     /// Launches `{kernel}_{dtype}` with the arguments every logprob kernel starts with (layout,
@@ -266,17 +268,38 @@ pub fn selective_logprobs_backward(
         .stats
         .map(|s| s.expect_buffer("stats", "float32", &[rows, STATS_PER_ROW], device))
         .transpose()?;
-    let dlogits = if t.dlogits.ptr == t.logits.ptr && rows > 0 {
+    let out = if t.dlogits.ptr == t.logits.ptr && rows > 0 {
         if t.dlogits != t.logits {
             return Err(Error::value(
                 "dlogits",
                 "an in-place backward writes into the logits tensor itself",
             ));
         }
-        t.dlogits.ptr
+        Out::LikeLogits(t.dlogits.ptr)
+    } else if rows > 0 && t.dlogits.shape == t.logits.shape && t.dlogits.strides == t.logits.strides
+    {
+        // A gradient laid out like a strided logits view (the matching view of a full-size
+        // gradient): written through the logits' own row addressing.
+        t.dlogits.expect_device("dlogits", device, "logits")?;
+        if t.dlogits.dtype != t.logits.dtype {
+            return Err(Error::Dtype {
+                arg: "dlogits",
+                expected: format!("{} like logits", t.logits.dtype).into(),
+                got: t.dlogits.dtype.clone(),
+            });
+        }
+        if overlaps(t.dlogits, t.logits) {
+            return Err(Error::value(
+                "dlogits",
+                "expected memory apart from the logits (or the logits tensor itself: in place)",
+            ));
+        }
+        Out::LikeLogits(t.dlogits.ptr)
     } else {
-        t.dlogits
-            .expect_buffer("dlogits", &t.logits.dtype, &[rows, vocab], device)?
+        Out::Dense(
+            t.dlogits
+                .expect_buffer("dlogits", &t.logits.dtype, &[rows, vocab], device)?,
+        )
     };
     launch_backward(
         &t.logits.stream("logits", stream_handle)?,
@@ -286,10 +309,39 @@ pub fn selective_logprobs_backward(
         stats,
         grad_logp,
         grad_entropy,
-        dlogits,
-        vocab,
+        out,
         c.status,
     )
+}
+
+/// Where the backward writes `dlogits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// A dense `(N, V)` buffer.
+    Dense(u64),
+    /// A buffer with the logits' own layout: the logits themselves (in place), or a tensor of
+    /// their shape and strides elsewhere.
+    LikeLogits(u64),
+}
+
+/// Whether the elements two tensors can address share any byte (their spans from the lowest to
+/// the highest addressed byte meet; strides are non-negative here).
+fn overlaps(a: &DeviceTensor, b: &DeviceTensor) -> bool {
+    let span = |t: &DeviceTensor| {
+        let size = match t.dtype.as_str() {
+            "float32" => 4,
+            _ => 2,
+        };
+        let last: i64 = t
+            .shape
+            .iter()
+            .zip(&t.strides)
+            .map(|(&n, &stride)| (n as i64 - 1).max(0) * stride.max(0))
+            .sum();
+        (t.ptr, t.ptr + (last as u64 + 1) * size)
+    };
+    let ((a0, a1), (b0, b1)) = (span(a), span(b));
+    a0 < b1 && b0 < a1
 }
 
 /// Float32 elements of the row statistics the forward can save for the backward: `(m, ln s, H)`
@@ -329,10 +381,9 @@ fn launch_forward(
     )
 }
 
-/// Backward: writes `dlogits` (the logits' dtype, rows `out_stride` elements apart) from the
-/// gradients of the log-probabilities and, optionally, of the entropies (float32 `(N,)`).
-/// `dlogits` is dense (rows `out_stride` apart), or the logits buffer itself (in place, same
-/// layout as the logits). `stats`, the forward's saved row statistics of these logits at this
+/// Backward: writes `dlogits` (the logits' dtype) from the gradients of the log-probabilities
+/// and, optionally, of the entropies (float32 `(N,)`), into a dense buffer or one laid out like
+/// the logits ([`Out`]). `stats`, the forward's saved row statistics of these logits at this
 /// temperature, spares the kernel its own pass over the logits.
 #[allow(clippy::too_many_arguments)]
 fn launch_backward(
@@ -343,29 +394,25 @@ fn launch_backward(
     stats: Option<u64>,
     grad_logp: u64,
     grad_entropy: Option<u64>,
-    dlogits: u64,
-    out_stride: usize,
+    out: Out,
     status: u64,
 ) -> Result<()> {
     logits.check(temperature)?;
     if logits.rows == 0 {
         return Ok(());
     }
-    if dlogits != logits.ptr && out_stride < logits.vocab && logits.rows > 1 {
-        return Err(Error::value(
-            "dlogits",
-            format!(
-                "expected rows at least {} elements apart, got {out_stride}",
-                logits.vocab
-            ),
-        ));
-    }
     // 16-byte stores where every output row starts on a 16-byte boundary.
     let size = logits.dtype.size() as u64;
-    let out_packed = if dlogits == logits.ptr {
-        logits.packed()
-    } else {
-        i32::from(dlogits.is_multiple_of(16) && (out_stride as u64 * size).is_multiple_of(16))
+    let (dlogits, out_stride, like_logits, out_packed) = match out {
+        Out::Dense(ptr) => {
+            let stride = logits.vocab as u64;
+            let packed = ptr.is_multiple_of(16) && (stride * size).is_multiple_of(16);
+            (ptr, stride as i64, 0, i32::from(packed))
+        }
+        Out::LikeLogits(ptr) => {
+            let packed = ptr.is_multiple_of(16) && logits.packed_strides();
+            (ptr, 0, 1, i32::from(packed))
+        }
     };
     logits.launch(
         stream,
@@ -377,7 +424,8 @@ fn launch_backward(
             Arg::Ptr(grad_logp),
             Arg::Ptr(grad_entropy.unwrap_or(0)),
             Arg::Ptr(dlogits),
-            Arg::I64(out_stride as i64),
+            Arg::I64(out_stride),
+            Arg::I32(like_logits),
             Arg::I32(out_packed),
             Arg::Ptr(status),
         ],
