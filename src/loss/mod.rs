@@ -12,9 +12,13 @@ mod options;
 pub mod registry;
 mod row;
 mod row_f32;
+/// Whether these options are ones per-token float32 arithmetic decides as float64 does (the loss
+/// types, level, KL and bounds the float32 paths take: the CPU's where its SIMD level pays off,
+/// the CUDA loss's `loss_tokens32` always).
+pub use row_f32::handles as float32_handles;
 // The CUDA loss takes the same per-token float32 decisions.
 #[cfg(feature = "cuda")]
-pub(crate) use row_f32::{handles as float32_handles, Float32Bounds};
+pub(crate) use row_f32::Float32Bounds;
 pub mod shapes;
 mod terms;
 

@@ -87,7 +87,7 @@ const fn max_gap(vanilla: bool) -> f32 {
 }
 
 /// Whether this path computes the loss `options` describe (else the float64 path does).
-pub(crate) fn handles(options: &LossOptions) -> bool {
+pub fn handles(options: &LossOptions) -> bool {
     // A scale or bound float32 cannot hold closely is left to float64.
     let representable = |v: f64| v == 0.0 || (1e-30..=1e30).contains(&v.abs());
     // Bounds that float32 rounds together (or apart) differently from float64 would tie (or
