@@ -7,8 +7,9 @@
 // Forward: each thread keeps an online log-sum-exp state over its logits - running max m,
 // s = sum e^(z-m), t = sum e^(z-m)(z-m) - reading 16 bytes (one "pack": 4 float32 or 8 half
 // values) at a time, two packs in flight per thread. Within a pack the exponentials are summed
-// in float32 (at most 8 terms <= 1: a few ulp), and each pack's sum is added to the thread's
-// float64 state, so the float64 conversions and adds run once per pack, not per logit. The
+// in float32 (at most 8 terms <= 1: a few ulp; the terms at the running max, exactly 1, counted
+// apart, so a confident row's 1 - p keeps its digits), and each pack's sum is added to the
+// thread's float64 state, so the float64 conversions and adds run once per pack, not per logit. The
 // block then merges the states in a fixed order. logp = (z_y - m) - ln s, H = ln s - t/s
 // (shifted, so no cancellation for large logits). A logit of -inf is probability 0; NaN and +inf
 // are errors. z = x * (1/T) with the reciprocal computed once on the host, as the CPU path does.
@@ -53,17 +54,23 @@ __device__ __forceinline__ bool lse_push(Lse& a, const float* z) {
         }
         a.m = pm;
     }
+    // The terms at the running max (exactly 1) are counted apart from the others: a confident
+    // row's sum is 1 + (a tiny rest), and 1 + rest in float32 would round the rest, which is
+    // all of 1 - p at the max, to a few ulp of 1.
     float s = 0.0f, t = 0.0f;
+    int ones = 0;
 #pragma unroll
     for (int q = 0; q < N; q++) {
         float d = z[q] - a.m;
         float e = expf(d);
-        s += e;
+        bool at_max = d == 0.0f;
+        ones += at_max ? 1 : 0;
+        s += at_max ? 0.0f : e;
         // A -inf logit: e = 0 and d = -inf; the clamp keeps 0 * d at 0.
         if (ENTROPY) t = fmaf(e, fmaxf(d, -FLT_MAX_), t);
     }
     if (!(s == s)) return false;  // a NaN logit
-    a.s += (double)s;
+    a.s += (double)s + (double)ones;
     if (ENTROPY) a.t += (double)t;
     return true;
 }

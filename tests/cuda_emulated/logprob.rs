@@ -740,9 +740,6 @@ fn selective_log_softmax_confident_targets_keep_their_precision_on_the_scalar_pa
 }
 
 #[test]
-#[ignore = "kernel precision: on the packed path a pack's exponentials are summed in float32, so \
-            s = 1 + 3.06e-7 rounds to 1 + 3 ulp and a confident target's logp and gradient are \
-            17% off (5e-8 absolute)"]
 fn selective_log_softmax_confident_targets_keep_their_precision_on_the_packed_path() {
     // Rows of whole 16-byte packs on 16-byte boundaries: the target and the runner-up share a
     // pack.
