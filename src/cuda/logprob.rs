@@ -460,6 +460,32 @@ mod tests {
     }
 
     #[test]
+    fn a_gradient_laid_out_like_the_logits_must_not_overlap_them() {
+        // logits[:, :-1] of a (3, 11, 4099) bf16 tensor, and the same view of another tensor.
+        let view = logits(&[3, 10, 4099], &[11 * 4099, 4099, 1]);
+        let span = 3 * 11 * 4099 * 2;
+        let apart = DeviceTensor {
+            ptr: view.ptr + span as u64,
+            ..view.clone()
+        };
+        assert!(!overlaps(&apart, &view));
+        // One element on: the spans meet.
+        let shifted = DeviceTensor {
+            ptr: view.ptr + 2,
+            ..view.clone()
+        };
+        assert!(overlaps(&shifted, &view));
+        assert!(overlaps(&view, &view));
+        // The view's last byte is the last one of row (2, 9), not of the full tensor.
+        let last_row_end = ((2 * 11 + 9) * 4099 + 4099) * 2;
+        let after = DeviceTensor {
+            ptr: view.ptr + last_row_end as u64,
+            ..view.clone()
+        };
+        assert!(!overlaps(&after, &view));
+    }
+
+    #[test]
     fn logits_the_kernels_cannot_address_are_refused() {
         let err = Logits::from_tensor(&logits(&[5, 7], &[1, 5])).unwrap_err();
         assert!(err.to_string().contains("contiguous last"), "{err}");

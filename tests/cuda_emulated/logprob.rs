@@ -160,6 +160,10 @@ enum Backward {
     /// Into the logits themselves (dlogits == logits), after a recomputing backward into a
     /// dense buffer, which it must equal bit for bit.
     InPlace,
+    /// Into a buffer of its own laid out like the logits view (same shape and strides: the
+    /// matching view of a full-size gradient, as `completion_logprobs` passes), with the saved
+    /// statistics; the positions the view skips must stay unwritten.
+    LikeLogits,
 }
 
 /// The values of one case: logits, targets and upstream gradients.
@@ -349,7 +353,7 @@ fn check_case<T: Float>(case: &Case, values: &Values) {
         },
     )
     .unwrap_or_else(|e| panic!("{what}: the CPU engine refused clean inputs: {e}"));
-    let keep_stats = matches!(case.backward, Backward::Saved(_));
+    let keep_stats = matches!(case.backward, Backward::Saved(_) | Backward::LikeLogits);
     let forward = gpu_forward(&logits, case, &values.targets, keep_stats);
     forward.status.assert_clean(&format!("forward {what}"));
     for r in 0..n {
@@ -391,7 +395,7 @@ fn check_case<T: Float>(case: &Case, values: &Values) {
     .unwrap_or_else(|e| panic!("{what}: the CPU backward refused clean inputs: {e}"));
     let out_align = match case.backward {
         Backward::Recompute(a) | Backward::Saved(a) => a,
-        Backward::InPlace => Align::On16,
+        Backward::InPlace | Backward::LikeLogits => Align::On16,
     };
     let mut dense_out = Placed::new(&vec![T::from_f32(f32::NAN); n * v], out_align);
     let d_out = dense_out.output(T::DTYPE, &[n, v]);
@@ -428,6 +432,31 @@ fn check_case<T: Float>(case: &Case, values: &Values) {
                 }
             }
             (0..n).flat_map(|r| logits.row(r).to_vec()).collect()
+        }
+        Backward::LikeLogits => {
+            let len = logits.storage.get().len();
+            let mut other = Placed::new(&vec![T::from_f32(f32::NAN); len], Align::On16);
+            let ptr = other.get_mut()[logits.offset..].as_mut_ptr() as u64;
+            let d_other = strided(ptr, T::DTYPE, &logits.shape, &logits.strides);
+            let status = gpu_backward(
+                &logits.describe(),
+                case,
+                values,
+                Some(&forward.stats),
+                &d_other,
+            );
+            status.assert_clean(&format!("backward into a buffer like the logits {what}"));
+            for (k, a) in other.get().iter().enumerate() {
+                if logits.is_padding(k) {
+                    assert!(a.to_f32().is_nan(), "{what}: skipped position {k} written");
+                }
+            }
+            (0..n)
+                .flat_map(|r| {
+                    let start = logits.row_starts[r];
+                    other.get()[start..start + v].to_vec()
+                })
+                .collect()
         }
     };
     if case.backward != Backward::Recompute(out_align) {
@@ -521,6 +550,7 @@ fn selective_log_softmax_strided_and_unaligned_layouts_match_the_cpu_engine() {
                     Backward::Recompute(Align::Off16),
                     Backward::Saved(Align::On16),
                     Backward::InPlace,
+                    Backward::LikeLogits,
                 ] {
                     let case = Case {
                         dtype,
