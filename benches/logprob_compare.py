@@ -8,6 +8,10 @@ Implementations (CPU, bfloat16 logits by default, temperature 0.7, ``(B, 1024, V
   sg     ``sgpo_rs.torch.selective_log_softmax`` (forward: one Rust pass; backward: writes dlogits)
   torch  ``torch.log_softmax(logits / T, -1).gather(-1, targets[..., None])`` in eager autograd
   trl    TRL's ``trl.trainer.utils.selective_log_softmax`` (its CPU path: a loop over the batch)
+  sg_sliced      ``selective_log_softmax(logits[:, :-1], ids)`` on ``(B, 1025, V)`` logits, as TRL
+                 slices them: autograd then fills and copies a full-size gradient
+  sg_completion  ``sgpo_rs.torch.completion_logprobs(logits, ids)`` on the same logits: the
+                 backward writes the full-size gradient once
 
 For each size and implementation a fresh subprocess builds the inputs, makes one tiny warm-up call,
 then measures the peak extra resident memory of one forward + backward (Linux VmHWM reset through
@@ -31,7 +35,9 @@ from timing import bench, fmt_ratio, fmt_time, reset_peak, status_kb, table  # n
 
 SEQ = 1024
 TEMPERATURE = 0.7
-IMPLS = ("sg", "torch", "trl")
+IMPLS = ("sg", "torch", "trl", "sg_sliced", "sg_completion")
+# The implementations that take the model's full (B, 1025, V) logits, one more position than ids.
+FULL_LOGITS = ("sg_sliced", "sg_completion")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
@@ -42,7 +48,7 @@ def child(impl: str, n: int, v: int, dtype_name: str, repeats: int, backward: bo
     torch.manual_seed(0)
     dtype = getattr(torch, dtype_name)
     batch, seq = max(n // SEQ, 1), min(n, SEQ)
-    logits = torch.empty(batch, seq, v, dtype=dtype)
+    logits = torch.empty(batch, seq + (impl in FULL_LOGITS), v, dtype=dtype)
     for b in range(batch):  # in place, so no float32 temporary of the full size
         logits[b].normal_(0.0, 3.0)
     targets = torch.randint(0, v, (batch, seq))
@@ -52,6 +58,16 @@ def child(impl: str, n: int, v: int, dtype_name: str, repeats: int, backward: bo
 
         def op(x):
             return sg_op(x, targets, TEMPERATURE)
+    elif impl == "sg_sliced":
+        from sgpo_rs.torch import selective_log_softmax as sg_op
+
+        def op(x):
+            return sg_op(x[:, :-1], targets, TEMPERATURE)
+    elif impl == "sg_completion":
+        from sgpo_rs.torch import completion_logprobs
+
+        def op(x):
+            return completion_logprobs(x, targets, TEMPERATURE)
     elif impl == "torch":
 
         def op(x):
@@ -72,7 +88,7 @@ def child(impl: str, n: int, v: int, dtype_name: str, repeats: int, backward: bo
         return x.grad
 
     # Tiny warm-up call: one-time setup (autograd engine, lazy imports) is not counted.
-    tiny = logits[:1, :2].detach().clone().requires_grad_(True)
+    tiny = logits[:1, : 2 + (impl in FULL_LOGITS)].detach().clone().requires_grad_(True)
     small_targets = targets
     targets = targets[:1, :2]
     op(tiny).sum().backward()
@@ -135,6 +151,7 @@ def main() -> None:
     print(f"selective log-softmax, {args.dtype} logits, T = {TEMPERATURE}, median of {repeats}")
     print("ratios are other / sg (> 1: sg is faster or needs less memory)")
     rows = []
+    notes: List[str] = []
     for n, v in sizes:
         input_gb = n * v * elem / 1e9
         estimate_gb = input_gb + n * v * 6 / 1e9
@@ -167,8 +184,17 @@ def main() -> None:
                     "fwd+bwd" if backward else "fwd",
                 ]
             )
+        sliced, fused = results["sg_sliced"] or {}, results["sg_completion"] or {}
+        if backward and sliced.get("fwd_bwd") and fused.get("fwd_bwd"):
+            notes.append(
+                f"{label}: sg_sliced / sg_completion fwd+bwd "
+                f"{fmt_ratio(sliced['fwd_bwd'], fused['fwd_bwd'])}, peak extra "
+                f"{fmt_ratio(sliced.get('peak_mb'), fused.get('peak_mb'))}"
+            )
     if rows:
         table(["size impl", "fwd", "ratio", "fwd+bwd", "ratio", "peak extra", "ratio", "peak of"], rows)
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

@@ -535,7 +535,9 @@ def selective_log_softmax(
     stream once per call (forward and backward); ``check=False`` skips that wait (invalid inputs
     then give NaN or undefined values, as in torch; shapes, dtypes and devices are still checked).
     """
-    temperature, return_entropy, check = _logprob_arguments(logits, targets, temperature, return_entropy, check)
+    temperature, return_entropy, check = _logprob_arguments(
+        logits, targets, temperature, return_entropy, check
+    )
     return SelectiveLogSoftmax.apply(logits, targets, temperature, return_entropy, check)
 
 
@@ -576,7 +578,9 @@ class CompletionLogprobs(torch.autograd.Function):
         dlogits[:, : length - 1 - count].zero_()
         dlogits[:, length - 1 :].zero_()
         view = _completion_positions(logits, completion_ids)
-        _logprobs_backward(ctx, view, completion_ids, grads, out=_completion_positions(dlogits, completion_ids))
+        _logprobs_backward(
+            ctx, view, completion_ids, grads, out=_completion_positions(dlogits, completion_ids)
+        )
         return dlogits, None, None, None, None, None
 
 

@@ -221,6 +221,27 @@ def test_selective_log_softmax_backward_in_place_and_unaligned_rows(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_completion_logprobs_match_the_sliced_op(device, inplace):
+    """The full logits in: on CUDA the backward writes the completion positions through the
+    logits view's own layout into a full-size gradient (or the logits themselves)."""
+    from sgpo_rs.torch import completion_logprobs, selective_log_softmax
+
+    logits = torch.randn(3, 17, 4099, device=device, dtype=torch.bfloat16)
+    ids = torch.randint(0, 4099, (3, 12), device=device)
+    g = torch.randn(3, 12, device=device)
+    a = logits.clone().requires_grad_(True)
+    logp = completion_logprobs(a, ids, 0.9, inplace=inplace)
+    (logp * g).sum().backward()
+    b = logits.clone().requires_grad_(True)
+    want = selective_log_softmax(b[:, :-1][:, -12:], ids, 0.9)
+    (want * g).sum().backward()
+    assert torch.equal(logp, want)
+    assert torch.equal(a.grad, b.grad)
+    assert not a.grad[:, :4].any() and not a.grad[:, 16:].any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_selective_log_softmax_bad_inputs_raise(device):
     from sgpo_rs.torch import selective_log_softmax
 

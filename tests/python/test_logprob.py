@@ -340,3 +340,67 @@ def test_non_contiguous_and_no_grad():
         logp = selective_log_softmax(view, targets)
     ref_lp, _, _ = reference(logits, targets, 1.0)
     assert_close(logp, ref_lp)
+
+
+# --- completion_logprobs: the full logits in, the completion positions' log-probabilities out ----
+
+
+def sliced(logits, ids, temperature, return_entropy):
+    """TRL's way: slice in autograd, then the log-softmax of the completion positions."""
+    return selective_log_softmax(logits[:, :-1][:, -ids.shape[1] :], ids, temperature, return_entropy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("length,count", [(9, 8), (12, 5), (2, 1)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_completion_logprobs_equal_the_sliced_op_bit_for_bit(dtype, length, count, inplace):
+    from sgpo_rs.torch import completion_logprobs
+
+    logits, _ = make((3, length, 37), dtype, seed=length + count)
+    ids = torch.randint(0, 37, (3, count), generator=torch.Generator().manual_seed(7))
+    g, gh = torch.randn(3, count, dtype=torch.float64).float(), torch.randn(3, count).float()
+    a = logits.clone().requires_grad_(True)
+    logp, entropy = completion_logprobs(a, ids, 0.7, return_entropy=True, inplace=inplace)
+    b = logits.clone().requires_grad_(True)
+    want_logp, want_entropy = sliced(b, ids, 0.7, True)
+    assert torch.equal(logp, want_logp) and torch.equal(entropy, want_entropy)
+    ((logp * g).sum() + (entropy * gh).sum()).backward()
+    ((want_logp * g).sum() + (want_entropy * gh).sum()).backward()
+    # Zeros at the prompt positions and the last one, exactly where the sliced op's autograd
+    # puts them.
+    assert a.grad.shape == logits.shape and a.grad.dtype == logits.dtype
+    assert torch.equal(a.grad, b.grad)
+    assert not a.grad[:, : length - 1 - count].any() and not a.grad[:, length - 1 :].any()
+
+
+def test_completion_logprobs_inplace_returns_the_logits_as_their_gradient():
+    from sgpo_rs.torch import completion_logprobs
+
+    logits, _ = make((2, 6, 11), torch.float32)
+    ids = torch.randint(0, 11, (2, 4), generator=torch.Generator().manual_seed(1))
+    x = logits.clone().requires_grad_(True)
+    storage = x.data_ptr()
+    completion_logprobs(x, ids, inplace=True).sum().backward()
+    assert x.grad.data_ptr() == storage  # no allocation of the logits' size
+    y = logits.clone().requires_grad_(True)
+    sliced(y, ids, 1.0, False).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+
+
+def test_completion_logprobs_without_grad_and_its_bad_inputs():
+    from sgpo_rs.torch import completion_logprobs
+
+    logits, _ = make((2, 6, 11), torch.float32)
+    ids = torch.randint(0, 11, (2, 3), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(completion_logprobs(logits, ids), sliced(logits, ids, 1.0, False))
+    with pytest.raises(ValueError, match=r"logits: expected a 3-D \(B, L, V\) tensor"):
+        completion_logprobs(logits[0], ids)
+    with pytest.raises(ValueError, match=r"completion_ids: expected shape \(B, T\) with B = 2"):
+        completion_logprobs(logits, ids[:1])
+    with pytest.raises(ValueError, match="completion_ids: expected T < L = 6"):
+        completion_logprobs(logits, torch.zeros(2, 6, dtype=torch.int64))
+    with pytest.raises(ValueError, match="targets"):
+        completion_logprobs(logits.requires_grad_(True), torch.full((2, 3), 11))
+    with pytest.raises(TypeError, match="inplace"):
+        completion_logprobs(logits, ids, inplace="yes")
