@@ -20,7 +20,10 @@ check, which waits for the stream); for the loss, "op check=False" is the same o
 read (nothing waits for the stream: the number to hold against the kernels); "sg kernel" is the
 launch sequence alone, device time only (for the loss ``sgpo_rs._cuda.policy_loss(check=False)``
 replayed from a CUDA graph; for the log-softmax, whose kernels outlast their launch, timed
-eagerly), the number compared with the floor.
+eagerly), the number compared with the floor. Logits to loss runs twice: "op" slices the logits
+in autograd as TRL does (``selective_log_softmax(logits[:, :-1])``), "completion_logprobs" hands
+the full logits to ``sgpo_rs.torch.completion_logprobs`` (no slice in autograd), the number to
+hold against Liger's fused loss.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from cuda_profile import graph_ms, logits_inputs  # benches/cuda_profile.py
 from sgpo_rs import _cuda
 from sgpo_rs.torch import _options as loss_options  # the checked defaults of policy_loss
-from sgpo_rs.torch import selective_log_softmax, sgpo_loss
+from sgpo_rs.torch import completion_logprobs, selective_log_softmax, sgpo_loss
 
 
 def bench(fn: Callable[[int], Any], sets: int, warmup: int = 3, reps: int = 15) -> float:
@@ -112,6 +115,12 @@ def logits_loss_rows(quick: bool) -> List[Dict[str, Any]]:
             loss, _ = sgpo_loss(lp, old, adv, mask, ref_logp=ref, beta=0.04, loss_type="grpo")
             loss.backward()
 
+        def run_completion(_):
+            x = logits.detach().requires_grad_(True)
+            lp = completion_logprobs(x, ids)
+            loss, _ = sgpo_loss(lp, old, adv, mask, ref_logp=ref, beta=0.04, loss_type="grpo")
+            loss.backward()
+
         def run_eager(_):
             x = logits.detach().requires_grad_(True)
             lp = torch.log_softmax(x[:, :-1].float(), -1).gather(-1, ids[..., None])[..., 0]
@@ -127,6 +136,8 @@ def logits_loss_rows(quick: bool) -> List[Dict[str, Any]]:
             "shape": f"{batch}x{length}x{vocab} bf16",
             "floor_ms": 3 * logits.numel() * 2 / BANDWIDTH[0] * 1e3,
             "sg_ms": bench(run_sg, 1, reps=5),
+            # The full logits in: no slice in autograd (no zero fill and copy of their size).
+            "completion_ms": bench(run_completion, 1, reps=5),
         }
         try:
             row["eager_ms"] = bench(run_eager, 1, reps=5)
@@ -334,6 +345,11 @@ def print_row(row: Dict[str, Any]) -> None:
         if row.get(key):
             ratios.append(f"{key[:-3]}/op {row[key] / sg:5.2f}x")
     nosync = f"op check=False {fmt(row['sg_nosync_ms'])} " if row.get("sg_nosync_ms") else ""
+    if row.get("completion_ms"):
+        # Logits to loss through completion_logprobs (the full logits, no slice in autograd).
+        nosync += f"completion_logprobs {fmt(row['completion_ms'])} "
+        if row.get("liger_ms"):
+            ratios.append(f"liger/completion {row['liger_ms'] / row['completion_ms']:5.2f}x")
     print(
         f"{row['op']:32s} {row['shape']:28s} op {fmt(row.get('sg_ms'))} {nosync}"
         f"kernels {fmt(row.get('sg_kernel_ms'))} "
