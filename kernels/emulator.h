@@ -12,7 +12,9 @@
 // memory-ordering races between threads that skip a barrier, and timing.
 //
 // A barrier no live thread of the block (or warp) can reach is reported as a deadlock instead of
-// hanging; an out-of-bounds access is the host's (a crash, as on the device a fault would be).
+// hanging; an out-of-bounds access is the host's (a crash, as on the device a fault would be),
+// and a misaligned vector access is caught by the undefined-behaviour sanitizer the library is
+// built with where the compiler has it (the 16-byte types below carry their alignment).
 
 #include <math.h>
 #include <stdint.h>

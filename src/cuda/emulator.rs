@@ -5,7 +5,8 @@
 //! Each source is compiled, with the text NVRTC would get (`nvrtc::source_text`), by the host's
 //! C++ compiler (see [`compiler`]) into a shared library, once per process, after
 //! `kernels/emulator.h` (CUDA's built-ins for the host: threads as fibers, warp shuffles,
-//! barriers) and with one generated launch trampoline per kernel. "Device" pointers are host
+//! barriers) and with one generated launch trampoline per kernel, with the undefined-behaviour
+//! sanitizer where the compiler has it. "Device" pointers are host
 //! pointers; a launch runs to completion before it returns (the stream is ignored). What the
 //! emulator cannot show - speed, the device's own `exp`/`log` to the last ulp, races - only a
 //! GPU run can (`scripts/gpu_check.sh`).
@@ -96,33 +97,49 @@ fn build(source: &KernelSource) -> Result<libloading::Library> {
     std::fs::write(&cpp, text)
         .map_err(|e| Error::Cuda(format!("emulator: cannot write {}: {e}", cpp.display())))?;
     let compiler = compiler()?;
-    let output = Command::new(&compiler[0])
-        .args(&compiler[1..])
-        // No contraction into fused multiply-adds, as NVRTC is told (`--fmad=false`).
-        .args([
-            "-std=c++17",
-            "-O1",
-            "-g",
-            "-shared",
-            "-fPIC",
-            "-ffp-contract=off",
-            "-o",
-        ])
-        .arg(&library)
-        .arg(&cpp)
-        .output()
-        .map_err(|e| Error::Cuda(format!("emulator: cannot run {compiler:?}: {e}")))?;
-    if !output.status.success() {
-        return Err(Error::Cuda(format!(
-            "emulator: {} does not compile with {compiler:?}:\n{}",
-            source.name,
-            String::from_utf8_lossy(&output.stderr)
-        )));
+    // First with the undefined-behaviour sanitizer, which aborts on what a GPU would fault on
+    // (a misaligned 16-byte load or store, an access through a null pointer) and on signed
+    // overflow; without it where the compiler or its runtime lacks it.
+    let mut failure = String::new();
+    for sanitize in [true, false] {
+        let flags: &[&str] = if sanitize {
+            &["-fsanitize=undefined", "-fno-sanitize-recover=all"]
+        } else {
+            &[]
+        };
+        let output = Command::new(&compiler[0])
+            .args(&compiler[1..])
+            // No contraction into fused multiply-adds, as NVRTC is told (`--fmad=false`).
+            .args([
+                "-std=c++17",
+                "-O1",
+                "-g",
+                "-shared",
+                "-fPIC",
+                "-ffp-contract=off",
+            ])
+            .args(flags)
+            .arg("-o")
+            .arg(&library)
+            .arg(&cpp)
+            .output()
+            .map_err(|e| Error::Cuda(format!("emulator: cannot run {compiler:?}: {e}")))?;
+        if !output.status.success() {
+            failure = format!(
+                "emulator: {} does not compile with {compiler:?} {flags:?}:\n{}",
+                source.name,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            continue;
+        }
+        // SAFETY: the library was just built from the kernels and the shim; loading it runs no
+        // initialisers beyond the C++ runtime's (and the sanitizer's).
+        match unsafe { libloading::Library::new(&library) } {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => failure = format!("emulator: cannot load {}: {e}", library.display()),
+        }
     }
-    // SAFETY: the library was just built from the kernels and the shim; loading it runs no
-    // initialisers beyond the C++ runtime's.
-    unsafe { libloading::Library::new(&library) }
-        .map_err(|e| Error::Cuda(format!("emulator: cannot load {}: {e}", library.display())))
+    Err(Error::Cuda(failure))
 }
 
 /// The host C++ compiler: `$CXX` (split at spaces), else the first of `c++`, `g++`, `clang++`

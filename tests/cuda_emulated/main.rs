@@ -41,12 +41,11 @@
 //!   advantages, whose sums run in another order, within float64 rounding (1e-12 relative) and
 //!   1 float32 ulp.
 //!
-//! The emulator runs the kernels' 16-byte loads and stores on the host, where a misaligned one
-//! goes unnoticed (a GPU faults). To have every access's alignment checked, run with the host
-//! compiler's undefined-behaviour sanitizer:
-//! `CXX="g++ -fsanitize=undefined -fno-sanitize-recover=all" cargo test --features emulator
-//! --test cuda_emulated`. What the emulator cannot show - the device's own `exp`/`log` to the
-//! last ulp, races, speed - only a GPU run can (`scripts/gpu_check.sh`).
+//! The emulator builds the kernels with the host compiler's undefined-behaviour sanitizer where
+//! the compiler has it (g++ and clang++ do): a misaligned 16-byte load or store, which a GPU
+//! faults on, aborts the test binary with the kernel's file and line. What the emulator cannot
+//! show - the device's own `exp`/`log` to the last ulp, races, speed - only a GPU run can
+//! (`scripts/gpu_check.sh`).
 #![cfg(feature = "emulator")]
 
 #[path = "../common/mod.rs"]
