@@ -344,12 +344,23 @@ _LOGITS_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _logits_numpy(logits: torch.Tensor) -> Tuple[np.ndarray, str]:
-    """``(N, V)`` logits as numpy without a copy when contiguous: float32/float64 as they are,
-    bfloat16/float16 as their int16 bits, plus the half dtype the core reads them as."""
-    x = logits.detach().reshape(-1, logits.shape[-1])
+    """Logits as numpy without a copy: ``(N, V)`` or ``(B, T, V)`` with rows of adjacent logits
+    at any row strides (TRL's ``logits[:, :-1]`` is read in place; the core reads the rows where
+    they lie), float32/float64 as they are, bfloat16/float16 as their int16 bits, plus the half
+    dtype the core reads them as. Only a vocabulary dimension that is not contiguous is copied."""
+    x = logits.detach()
+    if x.dim() not in (2, 3):
+        x = x.reshape(-1, x.shape[-1])
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
     if x.dtype in _HALF_NAMES:
-        return _numpy(x.contiguous().view(torch.int16)), _HALF_NAMES[x.dtype]
-    return _numpy(x), "none"
+        return x.view(torch.int16).numpy(), _HALF_NAMES[x.dtype]
+    return x.numpy(), "none"
+
+
+def _out_numpy(out: torch.Tensor) -> np.ndarray:
+    """A CPU gradient buffer as the numpy array the core writes into (half types as int16 bits)."""
+    return (out.view(torch.int16) if out.dtype in _HALF_NAMES else out).numpy()
 
 
 def _check_targets(targets: torch.Tensor, lead: Tuple[int, ...]) -> None:
@@ -442,10 +453,10 @@ def _logprobs_backward(
         return _cuda.selective_logprobs_backward(
             logits, targets, ctx.temperature, grads[0], gh, check=ctx.check, stats=ctx.stats, out=out
         )
-    dlogits = _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats)
-    if out is None:
-        return dlogits
-    return out.copy_(dlogits)
+    if out is not None and out.data_ptr() == logits.data_ptr():
+        # In place: the core reads every row before it writes, so into a buffer of its own first.
+        return out.copy_(_cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats))
+    return _cpu_logprobs_backward(logits, targets, ctx.temperature, grads[0], gh, ctx.stats, out=out)
 
 
 def _cpu_logprobs_backward(
@@ -455,9 +466,12 @@ def _cpu_logprobs_backward(
     grad_logp: torch.Tensor,
     grad_entropy: Optional[torch.Tensor],
     stats: Optional[np.ndarray] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``dlogits`` of CPU tensors, in the logits' dtype and shape, from the Rust core (``stats``:
-    the forward's saved row sums, or None to recompute them)."""
+    the forward's saved row sums, or None to recompute them), written into ``out`` when given (a
+    tensor of the logits' shape whose rows keep apart, such as the matching view of a full-size
+    gradient; its other elements are left as they are)."""
     x, half = _logits_numpy(logits)
     t = _targets_numpy(targets, tuple(logits.shape[:-1]))
     g = _grad_numpy(grad_logp)
@@ -471,7 +485,10 @@ def _cpu_logprobs_backward(
         temperature=temperature,
         out_dtype=str(logits.dtype).removeprefix("torch."),
         stats=stats,
+        out=None if out is None else _out_numpy(out),
     )
+    if out is not None:
+        return out
     dlogits_t = torch.from_numpy(dlogits)
     if logits.dtype in _HALF_NAMES:  # int16 bits of the half type
         dlogits_t = dlogits_t.view(logits.dtype)

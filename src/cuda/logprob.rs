@@ -5,7 +5,8 @@ use super::device::{launch, Shape, Stream};
 use super::source::LOGPROB;
 use super::tensor::{status_buffer, DeviceTensor};
 use super::FloatDtype;
-use crate::error::{shape_text, Error, Result};
+use crate::error::{Error, Result};
+use crate::logprob::RowLayout;
 
 /// Threads per block (`LOGPROB_BLOCK` in the kernel).
 const BLOCK: u32 = 256;
@@ -31,50 +32,16 @@ impl Logits {
     /// contiguous; the rows may be any (non-negative) number of elements apart.
     pub fn from_tensor(t: &DeviceTensor) -> Result<Logits> {
         let dtype = FloatDtype::parse("logits", &t.dtype)?;
-        let strides: Vec<usize> = t
-            .strides
-            .iter()
-            .map(|&s| usize::try_from(s).ok())
-            .collect::<Option<_>>()
-            .filter(|s: &Vec<usize>| s.len() == t.shape.len())
-            .ok_or_else(|| {
-                Error::value(
-                    "logits",
-                    format!("expected non-negative strides, got {:?}", t.strides),
-                )
-            })?;
-        let vocab = t.shape.last().copied().unwrap_or(0);
-        if vocab > 1 && strides.last() != Some(&1) {
-            return Err(Error::value(
-                "logits",
-                "expected a contiguous last (vocabulary) dimension",
-            ));
-        }
-        let (rows, row_stride, group_rows, group_stride) = match (t.shape.as_slice(), &strides[..])
-        {
-            (&[n, _], &[s, _]) => (n, if n > 1 { s } else { vocab }, n.max(1), 0),
-            (&[b, len, _], &[sb, sl, _]) => {
-                let row_stride = if len > 1 { sl } else { vocab };
-                let group_rows = len.max(1);
-                let group_stride = if b > 1 { sb } else { group_rows * row_stride };
-                (b * len, row_stride, group_rows, group_stride)
-            }
-            _ => {
-                return Err(Error::shape(
-                    "logits",
-                    "(N, V) or (B, T, V)",
-                    shape_text(&t.shape),
-                ))
-            }
-        };
+        // The CPU path's own reading of the shape and strides (`crate::logprob::RowLayout`).
+        let layout = RowLayout::from_strides("logits", &t.shape, &t.strides)?;
         Ok(Logits {
             ptr: t.ptr,
             dtype,
-            rows,
-            vocab,
-            row_stride,
-            group_rows,
-            group_stride,
+            rows: layout.rows,
+            vocab: layout.vocab,
+            row_stride: layout.row_stride,
+            group_rows: layout.group_rows,
+            group_stride: layout.group_stride,
         })
     }
 

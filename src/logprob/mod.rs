@@ -28,6 +28,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod checks;
+mod layout;
 mod row_backward;
 mod stats;
 #[cfg(test)]
@@ -40,6 +41,7 @@ pub use crate::elem::GradElem;
 use crate::error::{Error, Result};
 use crate::numeric::exp::exp;
 use checks::{check_common, check_finite, check_len, target, to_f32};
+pub use layout::{rows_mut, LogitRows, RowLayout};
 use row_backward::row_backward;
 #[cfg(target_arch = "x86_64")]
 use row_backward::row_backward_fast;
@@ -127,12 +129,28 @@ pub fn selective_logprobs<T: FloatElem>(
     options: &LogprobOptions,
     out: ForwardOut<'_>,
 ) -> Result<()> {
+    check_common(vocab, options.temperature)?;
+    let rows = LogitRows::dense(logits, vocab, targets.len())?;
+    selective_logprobs_rows(rows, targets, options, out)
+}
+
+/// [`selective_logprobs`] over rows in any [`RowLayout`] (a `(B, T, V)` view read in place);
+/// `targets` has one id per row.
+pub fn selective_logprobs_rows<T: FloatElem>(
+    logits: LogitRows<'_, T>,
+    targets: &[i64],
+    options: &LogprobOptions,
+    out: ForwardOut<'_>,
+) -> Result<()> {
     let ForwardOut {
         logp: logp_out,
         entropy: entropy_out,
         stats: stats_out,
     } = out;
-    let rows = check_common(logits, vocab, targets, options.temperature)?;
+    let layout = logits.layout();
+    let (rows, vocab) = (layout.rows, layout.vocab);
+    check_common(vocab, options.temperature)?;
+    check_len("targets", targets.len(), rows)?;
     check_len("logp_out", logp_out.len(), rows)?;
     if let Some(h) = &entropy_out {
         check_len("entropy_out", h.len(), rows)?;
@@ -142,10 +160,10 @@ pub fn selective_logprobs<T: FloatElem>(
     }
     let want_entropy = entropy_out.is_some();
     let (inv_t, fast) = (1.0 / options.temperature, options.float32_exp);
-    let results: Vec<Result<(f32, f32, RowStats)>> = logits
-        .par_chunks(vocab)
-        .enumerate()
-        .map(|(i, row)| {
+    let results: Vec<Result<(f32, f32, RowStats)>> = (0..rows)
+        .into_par_iter()
+        .map(|i| {
+            let row = logits.row(i);
             let y = target(targets, i, vocab)?;
             let stats = row_stats(row, i, inv_t, want_entropy, fast)?;
             let z_y = row[y].to_f64() * inv_t;
@@ -183,12 +201,39 @@ pub fn selective_logprobs_backward<T: FloatElem, O: GradElem>(
     upstream: &Upstream<'_>,
     dlogits_out: &mut [O],
 ) -> Result<()> {
+    check_common(vocab, options.temperature)?;
+    let rows = LogitRows::dense(logits, vocab, targets.len())?;
+    let layout = rows.layout();
+    if dlogits_out.len() != logits.len() {
+        return Err(Error::shape(
+            "dlogits_out",
+            format!("({}, {vocab})", layout.rows),
+            format!("{} elements", dlogits_out.len()),
+        ));
+    }
+    selective_logprobs_backward_rows(rows, targets, options, upstream, dlogits_out, layout)
+}
+
+/// [`selective_logprobs_backward`] over rows in any [`RowLayout`], writing `dlogits_out` in
+/// `out_layout` (the same rows and vocabulary, rows apart: dense, or the logits' own layout in
+/// a full-size gradient, whose other elements are left as they are).
+pub fn selective_logprobs_backward_rows<T: FloatElem, O: GradElem>(
+    logits: LogitRows<'_, T>,
+    targets: &[i64],
+    options: &LogprobOptions,
+    upstream: &Upstream<'_>,
+    dlogits_out: &mut [O],
+    out_layout: RowLayout,
+) -> Result<()> {
     let Upstream {
         grad_logp,
         grad_entropy,
         stats: saved,
     } = *upstream;
-    let rows = check_common(logits, vocab, targets, options.temperature)?;
+    let layout = logits.layout();
+    let (rows, vocab) = (layout.rows, layout.vocab);
+    check_common(vocab, options.temperature)?;
+    check_len("targets", targets.len(), rows)?;
     if let Some(st) = saved {
         check_len("stats", st.len(), rows * STATS_PER_ROW)?;
     }
@@ -196,22 +241,23 @@ pub fn selective_logprobs_backward<T: FloatElem, O: GradElem>(
     if let Some(g) = grad_entropy {
         check_len("grad_entropy", g.len(), rows)?;
     }
-    if dlogits_out.len() != logits.len() {
+    if (out_layout.rows, out_layout.vocab) != (rows, vocab) {
         return Err(Error::shape(
             "dlogits_out",
-            format!("({rows}, {vocab})"),
-            format!("{} elements", dlogits_out.len()),
+            format!("({rows}, {vocab}) rows like the logits"),
+            format!("({}, {})", out_layout.rows, out_layout.vocab),
         ));
     }
+    let out_rows = rows_mut("dlogits_out", dlogits_out, out_layout)?;
     check_finite("grad_logp", grad_logp)?;
     if let Some(g) = grad_entropy {
         check_finite("grad_entropy", g)?;
     }
     let (inv_t, fast) = (1.0 / options.temperature, options.float32_exp);
-    let results: Vec<Result<()>> = logits
-        .par_chunks(vocab)
-        .zip(dlogits_out.par_chunks_mut(vocab))
+    let results: Vec<Result<()>> = out_rows
+        .into_par_iter()
         .enumerate()
+        .map(|(i, out)| (i, (logits.row(i), out)))
         .map(|(i, (row, out))| {
             let y = target(targets, i, vocab)?;
             let want_entropy = grad_entropy.is_some();

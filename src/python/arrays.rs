@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use super::errors::{type_error, value_error};
 use crate::groups::Groups;
+use crate::logprob::{LogitRows, RowLayout};
 use crate::rows::Rows;
 
 /// Which arrays a view accepts.
@@ -82,6 +83,32 @@ impl<'py, T: Element> View<'py, T> {
             row_stride: Some(row_stride),
             arg,
         })
+    }
+
+    /// A 2-D `(N, V)` or 3-D `(B, T, V)` array of rows of adjacent elements at any non-negative
+    /// strides (TRL's `logits[:, :-1]`), read in place through [`View::logit_rows`].
+    pub(crate) fn strided(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let array = Self::readonly(arg, obj)?;
+        Ok(View {
+            array,
+            row_stride: None,
+            arg,
+        })
+    }
+
+    /// The rows of a view from [`View::strided`] (or [`View::new`]) and where they lie.
+    pub(crate) fn logit_rows(&self) -> PyResult<LogitRows<'_, T>> {
+        let (data, layout) = rows_of(
+            self.arg,
+            self.array.data(),
+            self.array.shape(),
+            self.array.strides(),
+        )?;
+        // SAFETY: `rows_of` checked non-negative strides that are whole elements, so every
+        // element of every row lies between the first element and the last row's end, in the
+        // one buffer the array views; the read-only borrow keeps it alive meanwhile.
+        let data = unsafe { std::slice::from_raw_parts(data, layout.span().unwrap_or(0)) };
+        LogitRows::new(self.arg, data, layout).map_err(super::errors::to_py)
     }
 
     pub(crate) fn with_layout(
@@ -176,6 +203,49 @@ impl<'py, T: Element> View<'py, T> {
     }
 }
 
+/// The [`RowLayout`] of an array's shape and byte strides (which must be whole elements), and
+/// its first element.
+pub(crate) fn rows_of<T>(
+    arg: &'static str,
+    data: *mut T,
+    shape: &[usize],
+    byte_strides: &[isize],
+) -> PyResult<(*mut T, RowLayout)> {
+    let size = std::mem::size_of::<T>() as isize;
+    let strides: Vec<i64> = byte_strides
+        .iter()
+        .zip(shape)
+        // A dimension of size 1 may have any stride (it is not used).
+        .map(|(&b, &n)| {
+            if n <= 1 {
+                Some(0)
+            } else {
+                (b % size == 0).then_some((b / size) as i64)
+            }
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            value_error(
+                arg,
+                format!("expected strides of whole elements, got byte strides {byte_strides:?}"),
+            )
+        })?;
+    let mut strides = strides;
+    if let Some(last) = strides.last_mut() {
+        if shape.last().is_some_and(|&v| v <= 1) {
+            *last = 1;
+        }
+    }
+    let layout = RowLayout::from_strides(arg, shape, &strides).map_err(super::errors::to_py)?;
+    if layout.span().is_none() {
+        return Err(value_error(
+            arg,
+            "the array's rows span more than the address space",
+        ));
+    }
+    Ok((data, layout))
+}
+
 /// Optional argument: `None` stays `None`.
 pub(crate) fn optional_view<'py, T: Element>(
     arg: &'static str,
@@ -214,6 +284,35 @@ impl<'py> FloatView<'py> {
                 &obj.call_method1("view", ("uint16",))?,
             )?)),
             "uint16" | "int16" if half_dtype == "float16" => Ok(FloatView::F16(View::new(
+                arg,
+                &obj.call_method1("view", ("uint16",))?,
+            )?)),
+            other => Err(type_error(
+                arg,
+                "float32, float64, or uint16 bits with half_dtype \"bfloat16\"/\"float16\"",
+                format!("dtype {other}"),
+            )),
+        }
+    }
+
+    /// Logits of `(N, V)` or `(B, T, V)` rows at any non-negative strides ([`View::strided`]).
+    pub(crate) fn logits(
+        arg: &'static str,
+        obj: &Bound<'py, PyAny>,
+        half_dtype: &str,
+    ) -> PyResult<Self> {
+        let dtype = obj
+            .cast::<PyUntypedArray>()
+            .map(|a| a.dtype().to_string())
+            .map_err(|_| type_error(arg, "a numpy array", "another object"))?;
+        match dtype.as_str() {
+            "float32" => Ok(FloatView::F32(View::strided(arg, obj)?)),
+            "float64" => Ok(FloatView::F64(View::strided(arg, obj)?)),
+            "uint16" | "int16" if half_dtype == "bfloat16" => Ok(FloatView::Bf16(View::strided(
+                arg,
+                &obj.call_method1("view", ("uint16",))?,
+            )?)),
+            "uint16" | "int16" if half_dtype == "float16" => Ok(FloatView::F16(View::strided(
                 arg,
                 &obj.call_method1("view", ("uint16",))?,
             )?)),

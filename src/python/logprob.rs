@@ -1,29 +1,22 @@
 //! Binding of [`crate::logprob`]: the fused selective log-softmax and its backward.
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
-use super::arrays::{FloatView, View};
-use super::errors::{to_py, value_error};
+use super::arrays::{rows_of, FloatView, View};
+use super::errors::{to_py, type_error, value_error};
 use crate::elem::FloatElem;
 use crate::elem::GradElem;
 use crate::logprob::{
-    selective_logprobs, selective_logprobs_backward, ForwardOut, LogprobOptions, Upstream,
-    STATS_PER_ROW,
+    selective_logprobs_backward_rows, selective_logprobs_rows, ForwardOut, LogitRows,
+    LogprobOptions, RowLayout, Upstream, STATS_PER_ROW,
 };
 use half::{bf16, f16};
 
-/// `(rows, vocab)` of a 2-D logits view, and the checked 1-D `targets`.
-fn logits_shape(logits: &FloatView<'_>, targets: &View<'_, i64>) -> PyResult<(usize, usize)> {
-    let (rows, vocab) = match logits.shape() {
-        [n, v] => (*n, *v),
-        other => {
-            return Err(value_error(
-                "logits",
-                format!("expected a 2-D array (N, V), got shape {other:?}"),
-            ))
-        }
-    };
+/// The checked 1-D `targets` of `rows` rows of logits.
+fn check_targets(targets: &View<'_, i64>, rows: usize) -> PyResult<()> {
     if targets.shape() != [rows] {
         return Err(value_error(
             "targets",
@@ -33,31 +26,68 @@ fn logits_shape(logits: &FloatView<'_>, targets: &View<'_, i64>) -> PyResult<(us
             ),
         ));
     }
-    Ok((rows, vocab))
+    Ok(())
 }
 
-/// Runs `$body` with `$x` bound to the logits' typed slice.
+/// The logits' row layout (`(N, V)` or `(B, T, V)`, read in place at any row strides).
+fn logits_layout(logits: &FloatView<'_>) -> PyResult<RowLayout> {
+    Ok(match logits {
+        FloatView::F32(v) => v.logit_rows()?.layout(),
+        FloatView::F64(v) => v.logit_rows()?.layout(),
+        FloatView::Bf16(v) | FloatView::F16(v) => v.logit_rows()?.layout(),
+    })
+}
+
+/// Runs `$body` with `$x` bound to the logits' typed rows.
 macro_rules! with_logits {
     ($view:expr, |$x:ident| $body:expr) => {
         match $view {
-            FloatView::F32(_) => {
-                let $x = $view.f32().unwrap_or(&[]);
+            FloatView::F32(v) => {
+                let $x = v.logit_rows()?;
                 $body
             }
-            FloatView::F64(_) => {
-                let $x = $view.f64().unwrap_or(&[]);
+            FloatView::F64(v) => {
+                let $x = v.logit_rows()?;
                 $body
             }
-            FloatView::Bf16(_) => {
-                let $x = $view.bf16().unwrap_or(&[]);
+            FloatView::Bf16(v) => {
+                let $x = reinterpret_rows::<bf16>(v.logit_rows()?);
                 $body
             }
-            FloatView::F16(_) => {
-                let $x = $view.f16().unwrap_or(&[]);
+            FloatView::F16(v) => {
+                let $x = reinterpret_rows::<f16>(v.logit_rows()?);
                 $body
             }
         }
     };
+}
+
+/// The logits' bytes from the first row's start to the last row's end: `(address, length)`.
+fn logits_span(logits: &FloatView<'_>) -> PyResult<(usize, usize)> {
+    fn span<T>(rows: LogitRows<'_, T>) -> (usize, usize) {
+        let bytes = rows.layout().span().unwrap_or(0) * std::mem::size_of::<T>();
+        (rows.first() as usize, bytes)
+    }
+    Ok(match logits {
+        FloatView::F32(v) => span(v.logit_rows()?),
+        FloatView::F64(v) => span(v.logit_rows()?),
+        FloatView::Bf16(v) | FloatView::F16(v) => span(v.logit_rows()?),
+    })
+}
+
+/// Whether two byte ranges `(address, length)` share a byte.
+fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
+    a.1 > 0 && b.1 > 0 && a.0 < b.0 + b.1 && b.0 < a.0 + a.1
+}
+
+/// uint16 rows as the half type whose bits they hold.
+fn reinterpret_rows<H: FloatElem>(rows: LogitRows<'_, u16>) -> LogitRows<'_, H> {
+    rows.map_data(|data| {
+        debug_assert_eq!(std::mem::size_of::<H>(), std::mem::size_of::<u16>());
+        // SAFETY: H is bf16 or f16, both `repr(transparent)` over u16 (same size and alignment),
+        // and every bit pattern is a valid value of either; the borrow is carried over.
+        unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<H>(), data.len()) }
+    })
 }
 
 /// Returns `(logp, entropy | None)`, float32 `(N,)`; with `stats=True`
@@ -73,9 +103,10 @@ pub(crate) fn selective_logprobs_core<'py>(
     entropy: bool,
     stats: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let logits = FloatView::new("logits", logits, half_dtype)?;
+    let logits = FloatView::logits("logits", logits, half_dtype)?;
     let targets = View::<i64>::new("targets", targets)?;
-    let (rows, vocab) = logits_shape(&logits, &targets)?;
+    let rows = logits_layout(&logits)?.rows;
+    check_targets(&targets, rows)?;
     let logp = PyArray1::<f32>::zeros(py, rows, false);
     let ent = entropy.then(|| PyArray1::<f32>::zeros(py, rows, false));
     let st = stats.then(|| PyArray2::<f64>::zeros(py, [rows, STATS_PER_ROW], false));
@@ -104,7 +135,6 @@ pub(crate) fn selective_logprobs_core<'py>(
         with_logits!(&logits, |x| run_forward(
             py,
             x,
-            vocab,
             t,
             temperature,
             logp_slice,
@@ -122,8 +152,7 @@ pub(crate) fn selective_logprobs_core<'py>(
 #[allow(clippy::too_many_arguments)]
 fn run_forward<T: FloatElem>(
     py: Python<'_>,
-    logits: &[T],
-    vocab: usize,
+    logits: LogitRows<'_, T>,
     targets: &[i64],
     temperature: f64,
     logp: &mut [f32],
@@ -135,21 +164,15 @@ fn run_forward<T: FloatElem>(
         entropy,
         stats,
     };
-    py.detach(|| {
-        selective_logprobs(
-            logits,
-            vocab,
-            targets,
-            &LogprobOptions::new(temperature),
-            out,
-        )
-    })
+    py.detach(|| selective_logprobs_rows(logits, targets, &LogprobOptions::new(temperature), out))
 }
 
 /// Returns `dlogits` `(N, V)` in `out_dtype`: "float32" (default), "float64", or "bfloat16" /
-/// "float16" as int16 bits (rounded to nearest even; view them as the half type).
+/// "float16" as int16 bits (rounded to nearest even; view them as the half type). With `out`
+/// (an array of that element type with the logits' rows, in any layout that keeps them apart,
+/// such as the matching view of a full-size gradient), writes there instead and returns `out`.
 #[pyfunction]
-#[pyo3(signature = (logits, targets, grad_logp, grad_entropy, *, half_dtype, temperature, out_dtype="float32", stats=None))]
+#[pyo3(signature = (logits, targets, grad_logp, grad_entropy, *, half_dtype, temperature, out_dtype="float32", stats=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn selective_logprobs_backward_core<'py>(
     py: Python<'py>,
@@ -161,10 +184,13 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
     temperature: f64,
     out_dtype: &str,
     stats: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let logits = FloatView::new("logits", logits, half_dtype)?;
+    let logits = FloatView::logits("logits", logits, half_dtype)?;
     let targets = View::<i64>::new("targets", targets)?;
-    let (rows, vocab) = logits_shape(&logits, &targets)?;
+    let layout = logits_layout(&logits)?;
+    let rows = layout.rows;
+    check_targets(&targets, rows)?;
     let grad_logp = View::<f32>::new("grad_logp", grad_logp)?;
     let grad_entropy = super::arrays::optional_view::<f32>("grad_entropy", grad_entropy)?;
     for (arg, view) in [
@@ -192,22 +218,20 @@ pub(crate) fn selective_logprobs_backward_core<'py>(
             ));
         }
     }
-    let t = targets.slice();
-    let g = grad_logp.slice();
-    let gh = grad_entropy.as_ref().map(|v| v.slice());
     let args = BackwardArgs {
-        vocab,
-        targets: t,
+        vocab: layout.vocab,
+        targets: targets.slice(),
         temperature,
-        grad_logp: g,
-        grad_entropy: gh,
+        grad_logp: grad_logp.slice(),
+        grad_entropy: grad_entropy.as_ref().map(|v| v.slice()),
         stats: stats.as_ref().map(|v| v.slice()),
     };
+    let out = out.filter(|o| !o.is_none());
     match out_dtype {
-        "float32" => backward_into::<f32, f32>(py, &logits, rows, &args, |o| o),
-        "float64" => backward_into::<f64, f64>(py, &logits, rows, &args, |o| o),
-        "bfloat16" => backward_into::<i16, bf16>(py, &logits, rows, &args, half_bits::<bf16>),
-        "float16" => backward_into::<i16, f16>(py, &logits, rows, &args, half_bits::<f16>),
+        "float32" => backward_into::<f32, f32>(py, &logits, rows, &args, out, |o| o),
+        "float64" => backward_into::<f64, f64>(py, &logits, rows, &args, out, |o| o),
+        "bfloat16" => backward_into::<i16, bf16>(py, &logits, rows, &args, out, half_bits::<bf16>),
+        "float16" => backward_into::<i16, f16>(py, &logits, rows, &args, out, half_bits::<f16>),
         other => Err(value_error(
             "out_dtype",
             format!(
@@ -235,15 +259,56 @@ struct BackwardArgs<'a> {
     stats: Option<&'a [f64]>,
 }
 
-/// Allocates `(rows, vocab)` numpy elements `E`, lets the kernel write them as `O` (`as_out`
-/// reinterprets the buffer) and returns the array.
+/// Lets the kernel write `dlogits` as `O` (`as_out` reinterprets the buffer of numpy elements
+/// `E`) into `out`, or into a new dense `(rows, vocab)` array, and returns that array.
 fn backward_into<'py, E: numpy::Element, O: GradElem>(
     py: Python<'py>,
     logits: &FloatView<'py>,
     rows: usize,
     args: &BackwardArgs<'_>,
+    out: Option<&Bound<'py, PyAny>>,
     as_out: impl FnOnce(&mut [E]) -> &mut [O],
 ) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(obj) = out {
+        let untyped = obj
+            .cast::<PyUntypedArray>()
+            .map_err(|_| type_error("out", "a numpy array", "another object"))?;
+        let array = untyped.cast::<PyArrayDyn<E>>().map_err(|_| {
+            type_error(
+                "out",
+                &format!("dtype {}", numpy::dtype::<E>(py)),
+                format!("dtype {}", untyped.dtype()),
+            )
+        })?;
+        let mut guard = array
+            .try_readwrite()
+            .map_err(|_| value_error("out", "the array is borrowed elsewhere"))?;
+        let (data, out_layout) = rows_of(
+            "out",
+            guard.as_array_mut().as_mut_ptr(),
+            array.shape(),
+            array.strides(),
+        )?;
+        let out_span = (
+            data as usize,
+            out_layout.span().unwrap_or(0) * std::mem::size_of::<E>(),
+        );
+        if overlaps(out_span, logits_span(logits)?) {
+            return Err(value_error(
+                "out",
+                "expected memory apart from the logits (the backward reads them while it writes)",
+            ));
+        }
+        // SAFETY: `rows_of` checked non-negative strides of whole elements, so every element of
+        // every row lies between the first element and the last row's end, in the one buffer
+        // the array views; the exclusive borrow keeps it alive and unshared meanwhile. The
+        // kernel writes only the rows (`rows_mut` splits them out of the span).
+        let span = unsafe { std::slice::from_raw_parts_mut(data, out_layout.span().unwrap_or(0)) };
+        let span = as_out(span);
+        with_logits!(logits, |x| run_backward(py, x, args, span, out_layout)).map_err(to_py)?;
+        drop(guard);
+        return Ok(obj.clone());
+    }
     // Every element is written by the kernel, so the output starts uninitialised.
     // SAFETY: the array is fully written below before Python sees it (on error it is dropped).
     let dlogits = unsafe { PyArray2::<E>::new(py, [rows, args.vocab], false) };
@@ -253,16 +318,18 @@ fn backward_into<'py, E: numpy::Element, O: GradElem>(
             .as_slice_mut()
             .map_err(|_| value_error("dlogits", "internal: output is not contiguous"))?;
         let out = as_out(out);
-        with_logits!(logits, |x| run_backward(py, x, args, out)).map_err(to_py)?;
+        let dense = RowLayout::dense(rows, args.vocab);
+        with_logits!(logits, |x| run_backward(py, x, args, out, dense)).map_err(to_py)?;
     }
     Ok(dlogits.into_any())
 }
 
 fn run_backward<T: FloatElem, O: GradElem>(
     py: Python<'_>,
-    logits: &[T],
+    logits: LogitRows<'_, T>,
     args: &BackwardArgs<'_>,
     dlogits: &mut [O],
+    out_layout: RowLayout,
 ) -> crate::Result<()> {
     let upstream = Upstream {
         grad_logp: args.grad_logp,
@@ -270,13 +337,13 @@ fn run_backward<T: FloatElem, O: GradElem>(
         stats: args.stats,
     };
     py.detach(|| {
-        selective_logprobs_backward(
+        selective_logprobs_backward_rows(
             logits,
-            args.vocab,
             args.targets,
             &LogprobOptions::new(args.temperature),
             &upstream,
             dlogits,
+            out_layout,
         )
     })
 }
