@@ -484,3 +484,96 @@ fn deterministic_across_thread_counts() {
     };
     assert_eq!(run(1), run(3));
 }
+
+#[test]
+fn a_strided_view_is_read_and_written_in_place_bit_for_bit() {
+    // TRL's logits[:, :-1] of a (3, 6, V) tensor (with V on and off the SIMD width): 15 rows in
+    // groups of 5, each group 6 V apart; the last position of each sequence is not a row.
+    for vocab in [37, 64] {
+        let (batch, len) = (3, 5);
+        let full = pseudo_logits(batch * (len + 1), vocab, 4.0);
+        let full: Vec<f32> = full.iter().map(|&x| x as f32).collect();
+        let layout = RowLayout::from_strides(
+            "logits",
+            &[batch, len, vocab],
+            &[((len + 1) * vocab) as i64, vocab as i64, 1],
+        )
+        .unwrap();
+        let rows = LogitRows::new("logits", &full, layout).unwrap();
+        let dense: Vec<f32> = (0..batch * len)
+            .flat_map(|i| rows.row(i).to_vec())
+            .collect();
+        let targets: Vec<i64> = (0..batch * len).map(|i| (i * 7 % vocab) as i64).collect();
+        let (g, gh): (Vec<f32>, Vec<f32>) = (0..batch * len)
+            .map(|i| (0.3 * i as f32 - 2.0, 1.0 - 0.1 * i as f32))
+            .unzip();
+        for fast in [true, false] {
+            let options = LogprobOptions {
+                temperature: 0.7,
+                float32_exp: fast,
+            };
+            let n = batch * len;
+            let (mut lp, mut h, mut st) =
+                (vec![0f32; n], vec![0f32; n], vec![0f64; n * STATS_PER_ROW]);
+            let out = ForwardOut {
+                logp: &mut lp,
+                entropy: Some(&mut h),
+                stats: Some(&mut st),
+            };
+            selective_logprobs_rows(rows, &targets, &options, out).unwrap();
+            let (mut lp_d, mut h_d) = (vec![0f32; n], vec![0f32; n]);
+            let out = ForwardOut {
+                logp: &mut lp_d,
+                entropy: Some(&mut h_d),
+                stats: None,
+            };
+            selective_logprobs(&dense, vocab, &targets, &options, out).unwrap();
+            assert_eq!((&lp, &h), (&lp_d, &h_d), "V {vocab} fast {fast}");
+            // The backward into a full-size buffer of the same layout: the rows bit for bit
+            // the dense backward's, the other positions untouched.
+            let upstream = Upstream {
+                grad_logp: &g,
+                grad_entropy: Some(&gh),
+                stats: Some(&st),
+            };
+            let mut strided_out = vec![f32::NAN; full.len()];
+            selective_logprobs_backward_rows(
+                rows,
+                &targets,
+                &options,
+                &upstream,
+                &mut strided_out,
+                layout,
+            )
+            .unwrap();
+            let mut dense_out = vec![0f32; n * vocab];
+            selective_logprobs_backward(
+                &dense,
+                vocab,
+                &targets,
+                &options,
+                &upstream,
+                &mut dense_out,
+            )
+            .unwrap();
+            for b in 0..batch {
+                let group = &strided_out[b * (len + 1) * vocab..(b + 1) * (len + 1) * vocab];
+                assert_eq!(
+                    &group[..len * vocab],
+                    &dense_out[b * len * vocab..(b + 1) * len * vocab]
+                );
+                assert!(
+                    group[len * vocab..].iter().all(|x| x.is_nan()),
+                    "the last position written"
+                );
+            }
+            // A buffer too small, or rows that overlap, are refused.
+            let mut short = vec![0f32; layout.span().unwrap() - 1];
+            let err = selective_logprobs_backward_rows(
+                rows, &targets, &options, &upstream, &mut short, layout,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("dlogits_out"), "{err}");
+        }
+    }
+}

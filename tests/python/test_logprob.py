@@ -404,3 +404,65 @@ def test_completion_logprobs_without_grad_and_its_bad_inputs():
         completion_logprobs(logits.requires_grad_(True), torch.full((2, 3), 11))
     with pytest.raises(TypeError, match="inplace"):
         completion_logprobs(logits, ids, inplace="yes")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_trl_sliced_view_is_read_in_place(dtype):
+    """``logits[:, :-1]`` reaches the core as it lies (no copy of the logits' size), with values
+    and gradients bit for bit those of its contiguous copy."""
+    from sgpo_rs.torch import _logits_numpy
+
+    full, _ = make((3, 9, 101), dtype, seed=3)
+    view = full[:, :-1]
+    x, _ = _logits_numpy(view)
+    assert np.shares_memory(
+        x, full.view(torch.int16).numpy() if dtype in (torch.bfloat16, torch.float16) else full.numpy()
+    )
+    targets = torch.randint(0, 101, (3, 8), generator=torch.Generator().manual_seed(5))
+    a = full.clone().requires_grad_(True)
+    logp, entropy = selective_log_softmax(a[:, :-1], targets, 0.8, True)
+    b = view.contiguous().requires_grad_(True)
+    want_logp, want_entropy = selective_log_softmax(b, targets, 0.8, True)
+    assert torch.equal(logp, want_logp) and torch.equal(entropy, want_entropy)
+    g = torch.randn(3, 8)
+    ((logp + entropy) * g).sum().backward()
+    ((want_logp + want_entropy) * g).sum().backward()
+    assert torch.equal(a.grad[:, :-1], b.grad) and not a.grad[:, -1].any()
+
+
+def test_the_core_writes_into_a_gradient_laid_out_like_the_logits_and_refuses_overlap():
+    from sgpo_rs import _core
+
+    full = np.random.default_rng(0).normal(size=(2, 6, 33)).astype(np.float32)
+    view = full[:, :-1]
+    t = np.arange(10, dtype=np.int64) % 33
+    g = np.ones(10, dtype=np.float32)
+    out_full = np.full_like(full, np.nan)
+    got = _core.selective_logprobs_backward_core(
+        view, t, g, None, half_dtype="none", temperature=1.0, out=out_full[:, :-1]
+    )
+    assert got.base is out_full or np.shares_memory(got, out_full)
+    dense = _core.selective_logprobs_backward_core(
+        np.ascontiguousarray(view).reshape(10, 33), t, g, None, half_dtype="none", temperature=1.0
+    )
+    np.testing.assert_array_equal(out_full[:, :-1].reshape(10, 33), dense)
+    assert np.isnan(out_full[:, -1]).all()  # the last position is no row: untouched
+    # The same array twice: numpy's borrow rules refuse it; two arrays over one buffer (as two
+    # torch tensors over one storage give): the core's own check does.
+    with pytest.raises(ValueError, match="out: the array is borrowed elsewhere"):
+        _core.selective_logprobs_backward_core(view, t, g, None, half_dtype="none", temperature=1.0, out=view)
+    storage = torch.from_numpy(full)
+    with pytest.raises(ValueError, match="out: expected memory apart from the logits"):
+        _core.selective_logprobs_backward_core(
+            storage[:, :-1].numpy(),
+            t,
+            g,
+            None,
+            half_dtype="none",
+            temperature=1.0,
+            out=storage[:, 1:].numpy(),
+        )
+    with pytest.raises(TypeError, match="out"):
+        _core.selective_logprobs_backward_core(
+            view, t, g, None, half_dtype="none", temperature=1.0, out=np.zeros((2, 5, 33))
+        )
