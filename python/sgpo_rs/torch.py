@@ -541,8 +541,9 @@ def selective_log_softmax(
     size ``(N, V)`` is allocated in the forward; the backward allocates only the gradient, written
     once in the logits' dtype.
 
-    Copies: contiguous CPU tensors reach the Rust core without a copy (bfloat16/float16 as their
-    bits via ``.view(torch.int16)``); a non-contiguous one is made contiguous first. A ``-inf``
+    Copies: none for CPU tensors whose rows are runs of adjacent logits, at any row strides (so
+    TRL's ``logits[:, :-1]`` is read where it lies; bfloat16/float16 as their bits via
+    ``.view(torch.int16)``); only a vocabulary dimension that is not contiguous is copied. A ``-inf``
     logit is a token of probability 0; NaN/``+inf`` logits, targets outside ``[0, V)`` and a
     ``temperature`` that is not finite and > 0 raise ``ValueError``.
 
