@@ -21,6 +21,8 @@ pub(crate) enum Layout {
     Contiguous,
     /// 2-D with adjacent elements in each row ([`View::rows`]).
     Rows,
+    /// 2-D or 3-D rows of adjacent elements at any non-negative strides ([`View::strided`]).
+    Strided,
 }
 
 /// A read-only, C-contiguous view of `obj` as an array of `T` or, from [`View::rows`], a 2-D
@@ -119,6 +121,7 @@ impl<'py, T: Element> View<'py, T> {
         match layout {
             Layout::Contiguous => Self::new(arg, obj),
             Layout::Rows => Self::rows(arg, obj),
+            Layout::Strided => Self::strided(arg, obj),
         }
     }
 
@@ -272,27 +275,7 @@ impl<'py> FloatView<'py> {
         obj: &Bound<'py, PyAny>,
         half_dtype: &str,
     ) -> PyResult<Self> {
-        let dtype = obj
-            .cast::<PyUntypedArray>()
-            .map(|a| a.dtype().to_string())
-            .map_err(|_| type_error(arg, "a numpy array", "another object"))?;
-        match dtype.as_str() {
-            "float32" => Ok(FloatView::F32(View::new(arg, obj)?)),
-            "float64" => Ok(FloatView::F64(View::new(arg, obj)?)),
-            "uint16" | "int16" if half_dtype == "bfloat16" => Ok(FloatView::Bf16(View::new(
-                arg,
-                &obj.call_method1("view", ("uint16",))?,
-            )?)),
-            "uint16" | "int16" if half_dtype == "float16" => Ok(FloatView::F16(View::new(
-                arg,
-                &obj.call_method1("view", ("uint16",))?,
-            )?)),
-            other => Err(type_error(
-                arg,
-                "float32, float64, or uint16 bits with half_dtype \"bfloat16\"/\"float16\"",
-                format!("dtype {other}"),
-            )),
-        }
+        Self::with(arg, obj, half_dtype, Layout::Contiguous)
     }
 
     /// Logits of `(N, V)` or `(B, T, V)` rows at any non-negative strides ([`View::strided`]).
@@ -301,21 +284,29 @@ impl<'py> FloatView<'py> {
         obj: &Bound<'py, PyAny>,
         half_dtype: &str,
     ) -> PyResult<Self> {
+        Self::with(arg, obj, half_dtype, Layout::Strided)
+    }
+
+    fn with(
+        arg: &'static str,
+        obj: &Bound<'py, PyAny>,
+        half_dtype: &str,
+        layout: Layout,
+    ) -> PyResult<Self> {
         let dtype = obj
             .cast::<PyUntypedArray>()
             .map(|a| a.dtype().to_string())
             .map_err(|_| type_error(arg, "a numpy array", "another object"))?;
+        let bits = || obj.call_method1("view", ("uint16",));
         match dtype.as_str() {
-            "float32" => Ok(FloatView::F32(View::strided(arg, obj)?)),
-            "float64" => Ok(FloatView::F64(View::strided(arg, obj)?)),
-            "uint16" | "int16" if half_dtype == "bfloat16" => Ok(FloatView::Bf16(View::strided(
-                arg,
-                &obj.call_method1("view", ("uint16",))?,
-            )?)),
-            "uint16" | "int16" if half_dtype == "float16" => Ok(FloatView::F16(View::strided(
-                arg,
-                &obj.call_method1("view", ("uint16",))?,
-            )?)),
+            "float32" => Ok(FloatView::F32(View::with_layout(layout, arg, obj)?)),
+            "float64" => Ok(FloatView::F64(View::with_layout(layout, arg, obj)?)),
+            "uint16" | "int16" if half_dtype == "bfloat16" => {
+                Ok(FloatView::Bf16(View::with_layout(layout, arg, &bits()?)?))
+            }
+            "uint16" | "int16" if half_dtype == "float16" => {
+                Ok(FloatView::F16(View::with_layout(layout, arg, &bits()?)?))
+            }
             other => Err(type_error(
                 arg,
                 "float32, float64, or uint16 bits with half_dtype \"bfloat16\"/\"float16\"",
