@@ -21,6 +21,10 @@
 //! other CPUs, extreme temperatures, [`LogprobOptions::float32_exp`] off) takes the f64 path. Either way the reduction order is fixed
 //! per row, so results do not depend on the thread count.
 //!
+//! Rows are read where they lie ([`RowLayout`], [`LogitRows`]): a `(B, T, V)` view such as TRL's
+//! `logits[:, :-1]` needs no copy, and the backward can write into a full-size gradient of the
+//! same layout ([`selective_logprobs_backward_rows`]).
+//!
 //! A logit of `-inf` is allowed and means probability 0 (a banned token): it adds nothing to the
 //! sums, its gradient is `g 1[j=y] / T` (the entropy part's limit `p log p -> 0`), and as a target
 //! it gives `logp = -inf`. A row whose logits are all `-inf`, NaN and `+inf` are errors.
