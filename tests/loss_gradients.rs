@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, ESTIMATORS, LEVELS};
 
 use half::{bf16, f16};
 
@@ -28,19 +28,6 @@ use sgpo_rs::loss::{
     policy_loss, uses_float32_path, AdvantageView, Aggregation, ImportanceSamplingLevel,
     KlEstimator, LossInputs, LossOptions, LossOutput, LossType,
 };
-
-const LEVELS: [ImportanceSamplingLevel; 2] = [
-    ImportanceSamplingLevel::Token,
-    ImportanceSamplingLevel::Sequence,
-];
-
-const ESTIMATORS: [KlEstimator; 5] = [
-    KlEstimator::K1,
-    KlEstimator::Abs,
-    KlEstimator::K2,
-    KlEstimator::K3,
-    KlEstimator::LowVarKl,
-];
 
 /// Ratios where some objective below has a kink: `1 - 0.2`, `1 + 0.2`, `1 + 0.28`, `delta = 1.4`,
 /// `1 + 1.1` (epsilon_high 1.1), the dual-clip constants 3 and 2.5.

@@ -149,15 +149,10 @@ impl<'a, T> LogitRows<'a, T> {
         self.layout
     }
 
-    /// The same rows over `f(data)`, which must have the same length (a reinterpretation of
-    /// the elements, such as half-precision bits as their type).
-    pub fn map_data<U>(self, f: impl FnOnce(&'a [T]) -> &'a [U]) -> LogitRows<'a, U> {
-        let data = f(self.data);
-        assert_eq!(data.len(), self.data.len(), "map_data keeps the length");
-        LogitRows {
-            data,
-            layout: self.layout,
-        }
+    /// The same rows over `f(data)`, a reinterpretation of the elements (half-precision bits
+    /// as their type), checked to hold them like [`LogitRows::new`].
+    pub fn map_data<U>(self, f: impl FnOnce(&'a [T]) -> &'a [U]) -> Result<LogitRows<'a, U>> {
+        LogitRows::new("logits", f(self.data), self.layout)
     }
 
     /// Where the first row starts.

@@ -51,11 +51,11 @@ macro_rules! with_logits {
                 $body
             }
             FloatView::Bf16(v) => {
-                let $x = reinterpret_rows::<bf16>(v.logit_rows()?);
+                let $x = reinterpret_rows::<bf16>(v.logit_rows()?)?;
                 $body
             }
             FloatView::F16(v) => {
-                let $x = reinterpret_rows::<f16>(v.logit_rows()?);
+                let $x = reinterpret_rows::<f16>(v.logit_rows()?)?;
                 $body
             }
         }
@@ -81,13 +81,14 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
 }
 
 /// uint16 rows as the half type whose bits they hold.
-fn reinterpret_rows<H: FloatElem>(rows: LogitRows<'_, u16>) -> LogitRows<'_, H> {
+fn reinterpret_rows<H: FloatElem>(rows: LogitRows<'_, u16>) -> PyResult<LogitRows<'_, H>> {
     rows.map_data(|data| {
         debug_assert_eq!(std::mem::size_of::<H>(), std::mem::size_of::<u16>());
         // SAFETY: H is bf16 or f16, both `repr(transparent)` over u16 (same size and alignment),
         // and every bit pattern is a valid value of either; the borrow is carried over.
         unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<H>(), data.len()) }
     })
+    .map_err(to_py)
 }
 
 /// Returns `(logp, entropy | None)`, float32 `(N,)`; with `stats=True`

@@ -5,7 +5,22 @@
 #![allow(dead_code)]
 
 use sgpo_rs::loss::registry::LOSS_TYPES;
-use sgpo_rs::loss::LossType;
+use sgpo_rs::loss::{ImportanceSamplingLevel, KlEstimator, LossType};
+
+/// Both importance-sampling levels.
+pub const LEVELS: [ImportanceSamplingLevel; 2] = [
+    ImportanceSamplingLevel::Token,
+    ImportanceSamplingLevel::Sequence,
+];
+
+/// Every KL estimator.
+pub const ESTIMATORS: [KlEstimator; 5] = [
+    KlEstimator::K1,
+    KlEstimator::Abs,
+    KlEstimator::K2,
+    KlEstimator::K3,
+    KlEstimator::LowVarKl,
+];
 
 /// SplitMix64: deterministic inputs from a seed, without a `rand` dependency.
 pub struct Rng(pub u64);

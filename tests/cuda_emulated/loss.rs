@@ -22,20 +22,7 @@ use sgpo_rs::loss::{
 use super::support::{
     assert_both_raise, assert_near, rounded, Align, Dtype, Float, Mask, MaskDtype, Placed, Status,
 };
-use crate::common::{loss_types, Rng};
-
-const LEVELS: [ImportanceSamplingLevel; 2] = [
-    ImportanceSamplingLevel::Token,
-    ImportanceSamplingLevel::Sequence,
-];
-
-const ESTIMATORS: [KlEstimator; 5] = [
-    KlEstimator::K1,
-    KlEstimator::Abs,
-    KlEstimator::K2,
-    KlEstimator::K3,
-    KlEstimator::LowVarKl,
-];
+use crate::common::{loss_types, Rng, ESTIMATORS, LEVELS};
 
 const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::Bf16, Dtype::F16];
 const MASKS: [MaskDtype; 3] = [MaskDtype::Bool, MaskDtype::U8, MaskDtype::F32];
