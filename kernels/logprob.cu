@@ -247,14 +247,16 @@ __device__ void backward_row(const T* row, T* out, i64 vocab, bool packed, bool 
     }
 }
 
-// out_like_logits: dlogits has the logits' layout (the logits themselves, in place, or a tensor
-// of their shape and strides); else it is dense, rows out_stride apart. out_packed: dlogits rows
-// start on 16-byte boundaries (then written 16 bytes at a time).
+// dlogits rows are addressed by their own layout (out_row_stride, out_group_rows,
+// out_group_stride: dense, the logits' own in place, or any layout whose rows are disjoint, such
+// as the matching view of a full-size gradient). out_packed: dlogits rows start on 16-byte
+// boundaries (then written 16 bytes at a time).
 template <typename T>
 __device__ void logprob_backward(const T* logits, i64 rows, i64 vocab, i64 row_stride, i64 group_rows,
                                  i64 group_stride, int packed, const i64* targets, float inv_t, const float* stats,
-                                 const float* grad_logp, const float* grad_entropy, T* dlogits, i64 out_stride,
-                                 int out_like_logits, int out_packed, u32* status) {
+                                 const float* grad_logp, const float* grad_entropy, T* dlogits,
+                                 i64 out_row_stride, i64 out_group_rows, i64 out_group_stride, int out_packed,
+                                 u32* status) {
     i64 i = blockIdx.x;
     if (i >= rows) return;
     const T* row = logits + row_offset(i, group_rows, group_stride, row_stride);
@@ -281,7 +283,7 @@ __device__ void logprob_backward(const T* logits, i64 rows, i64 vocab, i64 row_s
     }
     // Without saved statistics every thread has finished reading the row (row_lse ends on a
     // barrier) before any writes; with them each element is read and written by one thread.
-    T* out = out_like_logits ? dlogits + row_offset(i, group_rows, group_stride, row_stride) : dlogits + i * out_stride;
+    T* out = dlogits + row_offset(i, out_group_rows, out_group_stride, out_row_stride);
     bool vec_out = packed != 0 && out_packed != 0;
     if (grad_entropy) {
         backward_row<T, true>(row, out, vocab, packed != 0, vec_out, y, m, log_s, h, g, gh, inv_t);
@@ -301,11 +303,11 @@ __device__ void logprob_backward(const T* logits, i64 rows, i64 vocab, i64 row_s
     extern "C" __global__ void __launch_bounds__(LOGPROB_BLOCK) logprob_backward_##NAME(                \
         const T* logits, i64 rows, i64 vocab, i64 row_stride, i64 group_rows, i64 group_stride,         \
         int packed, const i64* targets, float inv_t, const float* stats, const float* grad_logp,        \
-        const float* grad_entropy, T* dlogits, i64 out_stride, int out_like_logits, int out_packed,     \
-        u32* status) {                                                                                  \
+        const float* grad_entropy, T* dlogits, i64 out_row_stride, i64 out_group_rows,                  \
+        i64 out_group_stride, int out_packed, u32* status) {                                            \
         logprob_backward<T>(logits, rows, vocab, row_stride, group_rows, group_stride, packed, targets,  \
-                            inv_t, stats, grad_logp, grad_entropy, dlogits, out_stride, out_like_logits, \
-                            out_packed, status);                                                        \
+                            inv_t, stats, grad_logp, grad_entropy, dlogits, out_row_stride,             \
+                            out_group_rows, out_group_stride, out_packed, status);                      \
     }
 
 LOGPROB_KERNELS(f32, float)

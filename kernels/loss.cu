@@ -54,7 +54,10 @@ struct LossParams {
     float lo32, hi32, delta32, c32, near_lo, near_hi, near_delta, near_c, beta32;
 };
 
-__device__ __forceinline__ bool near_bound(double r, double bound) { return fabs(r - bound) <= 1e-6 * fabs(bound); }
+// An unset bound (delta, the dual clip of the other losses) is infinite: nothing is near it.
+__device__ __forceinline__ bool near_bound(double r, double bound) {
+    return isfinite(bound) && fabs(r - bound) <= 1e-6 * fabs(bound);
+}
 
 __device__ __forceinline__ bool is_clipped(int t) {
     return t == LT_GRPO || t == LT_BNPO || t == LT_DR_GRPO || t == LT_DAPO || t == LT_LUSPO;

@@ -591,8 +591,14 @@ class CompletionLogprobs(torch.autograd.Function):
         length, count = logits.shape[1], completion_ids.shape[1]
         # The full-size gradient, written once: the completion positions by the kernel, the
         # prompt positions and the last one (which predicts nothing here) zeroed. With
-        # ``inplace`` it is the logits' own memory.
-        dlogits = logits.detach() if ctx.inplace else torch.empty_like(logits)
+        # ``inplace`` it is the logits' own memory (where their vocabulary dimension is
+        # contiguous); otherwise a contiguous tensor, whatever the logits' strides (a padded
+        # vocabulary's slice, a sequence-first layout), which the backward writes through its
+        # own row addressing.
+        if ctx.inplace and (logits.shape[-1] <= 1 or logits.stride(-1) == 1):
+            dlogits = logits.detach()
+        else:
+            dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         dlogits[:, : length - 1 - count].zero_()
         dlogits[:, length - 1 :].zero_()
         view = _completion_positions(logits, completion_ids)
@@ -633,7 +639,8 @@ def completion_logprobs(
     the logits' size). Here the backward writes the full-size gradient once: the completion
     positions by the log-softmax backward, the other positions as zeros. With ``inplace=True`` it
     writes into ``logits`` itself and returns that as the gradient (no allocation of the logits'
-    size); the logits' values are then gone, so use it only when nothing else reads them after
+    size; where their vocabulary dimension is contiguous, as a model's output is); the logits'
+    values are then gone, so use it only when nothing else reads them after
     the backward (Liger-Kernel's GRPO loss offers the same). ``check``: as for
     :func:`selective_log_softmax`.
     """

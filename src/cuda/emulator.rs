@@ -135,7 +135,12 @@ fn build(source: &KernelSource) -> Result<libloading::Library> {
         // SAFETY: the library was just built from the kernels and the shim; loading it runs no
         // initialisers beyond the C++ runtime's (and the sanitizer's).
         match unsafe { libloading::Library::new(&library) } {
-            Ok(loaded) => return Ok(loaded),
+            Ok(loaded) => {
+                // Loaded, the files are no longer needed (the mapping stays).
+                let _ = std::fs::remove_file(&cpp);
+                let _ = std::fs::remove_file(&library);
+                return Ok(loaded);
+            }
             Err(e) => failure = format!("emulator: cannot load {}: {e}", library.display()),
         }
     }

@@ -235,6 +235,7 @@ pub fn selective_logprobs_backward(
         .stats
         .map(|s| s.expect_buffer("stats", "float32", &[rows, STATS_PER_ROW], device))
         .transpose()?;
+    let logits_layout = RowLayout::from_strides("logits", &t.logits.shape, &t.logits.strides)?;
     let out = if t.dlogits.ptr == t.logits.ptr && rows > 0 {
         if t.dlogits != t.logits {
             return Err(Error::value(
@@ -242,11 +243,14 @@ pub fn selective_logprobs_backward(
                 "an in-place backward writes into the logits tensor itself",
             ));
         }
-        Out::LikeLogits(t.dlogits.ptr)
-    } else if rows > 0 && t.dlogits.shape == t.logits.shape && t.dlogits.strides == t.logits.strides
-    {
-        // A gradient laid out like a strided logits view (the matching view of a full-size
-        // gradient): written through the logits' own row addressing.
+        Out {
+            ptr: t.dlogits.ptr,
+            layout: logits_layout,
+        }
+    } else if rows > 0 && t.dlogits.shape == t.logits.shape {
+        // A gradient of the logits' shape in a layout of its own (the matching view of a
+        // full-size gradient, whose strides need not be the logits'): written through its own
+        // row addressing.
         t.dlogits.expect_device("dlogits", device, "logits")?;
         if t.dlogits.dtype != t.logits.dtype {
             return Err(Error::Dtype {
@@ -261,13 +265,25 @@ pub fn selective_logprobs_backward(
                 "expected memory apart from the logits (or the logits tensor itself: in place)",
             ));
         }
-        Out::LikeLogits(t.dlogits.ptr)
+        Out {
+            ptr: t.dlogits.ptr,
+            layout: RowLayout::from_strides("dlogits", &t.dlogits.shape, &t.dlogits.strides)?,
+        }
     } else {
-        Out::Dense(
-            t.dlogits
+        Out {
+            ptr: t
+                .dlogits
                 .expect_buffer("dlogits", &t.logits.dtype, &[rows, vocab], device)?,
-        )
+            layout: RowLayout::dense(rows, vocab),
+        }
     };
+    // Rows that share elements would be written by several blocks at once.
+    if !out.layout.rows_disjoint() {
+        return Err(Error::value(
+            "dlogits",
+            "expected rows that share no element (an expanded tensor cannot take a gradient)",
+        ));
+    }
     launch_backward(
         &t.logits.stream("logits", stream_handle)?,
         &c.logits,
@@ -281,14 +297,12 @@ pub fn selective_logprobs_backward(
     )
 }
 
-/// Where the backward writes `dlogits`.
+/// Where the backward writes `dlogits`: a dense `(N, V)` buffer, the logits themselves (in
+/// place, their own layout), or a tensor of their shape in any layout with disjoint rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Out {
-    /// A dense `(N, V)` buffer.
-    Dense(u64),
-    /// A buffer with the logits' own layout: the logits themselves (in place), or a tensor of
-    /// their shape and strides elsewhere.
-    LikeLogits(u64),
+struct Out {
+    ptr: u64,
+    layout: RowLayout,
 }
 
 /// Whether the elements two tensors can address share any byte (their spans from the lowest to
@@ -370,17 +384,10 @@ fn launch_backward(
     }
     // 16-byte stores where every output row starts on a 16-byte boundary.
     let size = logits.dtype.size() as u64;
-    let (dlogits, out_stride, like_logits, out_packed) = match out {
-        Out::Dense(ptr) => {
-            let stride = logits.vocab as u64;
-            let packed = ptr.is_multiple_of(16) && (stride * size).is_multiple_of(16);
-            (ptr, stride as i64, 0, i32::from(packed))
-        }
-        Out::LikeLogits(ptr) => {
-            let packed = ptr.is_multiple_of(16) && logits.packed_strides();
-            (ptr, 0, 1, i32::from(packed))
-        }
-    };
+    let layout = out.layout;
+    let out_packed = out.ptr.is_multiple_of(16)
+        && (layout.row_stride as u64 * size).is_multiple_of(16)
+        && (layout.group_stride as u64 * size).is_multiple_of(16);
     logits.launch(
         stream,
         "logprob_backward",
@@ -390,10 +397,11 @@ fn launch_backward(
             Arg::Ptr(stats.unwrap_or(0)),
             Arg::Ptr(grad_logp),
             Arg::Ptr(grad_entropy.unwrap_or(0)),
-            Arg::Ptr(dlogits),
-            Arg::I64(out_stride),
-            Arg::I32(like_logits),
-            Arg::I32(out_packed),
+            Arg::Ptr(out.ptr),
+            Arg::I64(layout.row_stride as i64),
+            Arg::I64(layout.group_rows as i64),
+            Arg::I64(layout.group_stride as i64),
+            Arg::I32(i32::from(out_packed)),
             Arg::Ptr(status),
         ],
     )
@@ -424,6 +432,49 @@ mod tests {
         // One row: its stride is meaningless (torch reports anything), the vocabulary is used.
         let one = Logits::from_tensor(&logits(&[1, 7], &[99, 1])).unwrap();
         assert_eq!(one.row_stride, 7);
+    }
+
+    #[test]
+    fn a_gradient_whose_rows_share_elements_is_refused() {
+        let view = logits(&[2, 3, 7], &[21, 7, 1]);
+        let described = |dtype: &str, shape: &[usize], ptr: u64| DeviceTensor {
+            ptr,
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+            strides: vec![1; shape.len()],
+            device: "cuda:0".into(),
+        };
+        let targets = described("int64", &[6], 1 << 20);
+        let grad = described("float32", &[6], 1 << 21);
+        let status = DeviceTensor {
+            strides: vec![1],
+            ..described("int64", &[2], 1 << 22)
+        };
+        // An expanded gradient: both sequences on the same memory.
+        let expanded = DeviceTensor {
+            ptr: 1 << 23,
+            strides: vec![0, 7, 1],
+            ..view.clone()
+        };
+        let err = selective_logprobs_backward(
+            0,
+            &BackwardTensors {
+                logits: &view,
+                targets: &targets,
+                grad_logp: &grad,
+                grad_entropy: None,
+                stats: None,
+                dlogits: &expanded,
+                status: &status,
+            },
+            1.0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dlogits: expected rows that share no element"),
+            "{err}"
+        );
     }
 
     #[test]

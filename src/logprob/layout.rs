@@ -97,16 +97,30 @@ impl RowLayout {
             .checked_add(self.vocab)
     }
 
-    /// Whether rows come in index order without sharing an element, so a buffer of this
-    /// layout can be written row by row in parallel.
-    pub fn rows_apart(&self) -> bool {
-        let in_group = self.group_rows <= 1 || self.row_stride >= self.vocab;
-        let groups = self.rows <= self.group_rows
-            || (self.group_rows - 1)
-                .checked_mul(self.row_stride)
-                .and_then(|s| s.checked_add(self.vocab))
-                .is_some_and(|end| self.group_stride >= end);
-        in_group && groups
+    /// Whether no two rows share an element, so a buffer of this layout can be written row by
+    /// row in parallel: rows in index order (each group after the previous one), or interleaved
+    /// groups (a sequence-first `(T, B, V)` buffer viewed as `(B, T, V)`: the groups' rows
+    /// alternate, each group's rows a whole round of groups apart).
+    pub fn rows_disjoint(&self) -> bool {
+        let (v, r, n, g) = (
+            self.vocab,
+            self.row_stride,
+            self.group_rows,
+            self.group_stride,
+        );
+        let groups = self.rows.div_ceil(n.max(1));
+        // Everything from `count` items `stride` apart, each `width` long, ends `within` in.
+        let reach = |count: usize, stride: usize, width: usize| {
+            count
+                .saturating_sub(1)
+                .checked_mul(stride)
+                .and_then(|s| s.checked_add(width))
+        };
+        let in_order =
+            (n <= 1 || r >= v) && (groups <= 1 || reach(n, r, v).is_some_and(|end| g >= end));
+        let interleaved =
+            (groups <= 1 || g >= v) && (n <= 1 || reach(groups, g, v).is_some_and(|end| r >= end));
+        in_order || interleaved
     }
 }
 
@@ -168,14 +182,15 @@ impl<'a, T> LogitRows<'a, T> {
     }
 }
 
-/// The rows of `out` in `layout`, each a slice of its own (for writing them in parallel). The
-/// layout must keep rows apart ([`RowLayout::rows_apart`]) and fit in `out`.
+/// The rows of `out` in `layout`, each a slice of its own, in row order (for writing them in
+/// parallel). The layout's rows must not share an element ([`RowLayout::rows_disjoint`]) and
+/// must fit in `out`.
 pub fn rows_mut<'o, O>(
     arg: &'static str,
     out: &'o mut [O],
     layout: RowLayout,
 ) -> Result<Vec<&'o mut [O]>> {
-    if !layout.rows_apart() || layout.span().is_none_or(|span| span > out.len()) {
+    if !layout.rows_disjoint() || layout.span().is_none_or(|span| span > out.len()) {
         return Err(Error::shape(
             arg,
             format!(
@@ -185,18 +200,21 @@ pub fn rows_mut<'o, O>(
             format!("{layout:?} over {} elements", out.len()),
         ));
     }
-    let mut rows = Vec::with_capacity(layout.rows);
+    // Split at the rows in address order, then hand them back in row order.
+    let mut order: Vec<usize> = (0..layout.rows).collect();
+    order.sort_unstable_by_key(|&i| layout.offset(i));
+    let mut slots: Vec<Option<&'o mut [O]>> = (0..layout.rows).map(|_| None).collect();
     let (mut rest, mut at) = (out, 0);
-    for i in 0..layout.rows {
-        // Rows apart come in increasing order: each starts at or after the previous one's end.
+    for i in order {
+        // Disjoint rows in address order: each starts at or after the previous one's end.
         let skip = layout.offset(i) - at;
         let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
         let (row, tail) = tail.split_at_mut(layout.vocab);
-        rows.push(row);
+        slots[i] = Some(row);
         rest = tail;
         at = layout.offset(i) + layout.vocab;
     }
-    Ok(rows)
+    Ok(slots.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
@@ -214,7 +232,7 @@ mod tests {
         );
         assert_eq!(layout.offset(10), 77);
         assert_eq!(layout.span(), Some(2 * 77 + 9 * 7 + 7));
-        assert!(layout.rows_apart());
+        assert!(layout.rows_disjoint());
         let data: Vec<u32> = (0..3 * 77).collect();
         let rows = LogitRows::new("logits", &data, layout).unwrap();
         assert_eq!(rows.row(11), &data[84..91]);
@@ -230,6 +248,25 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_first_buffer_is_written_row_by_row() {
+        // A (4, 2, 5) buffer (T, B, V) viewed as (B, T, V): strides (5, 10, 1), the two
+        // sequences' rows alternating.
+        let layout = RowLayout::from_strides("out", &[2, 4, 5], &[5, 10, 1]).unwrap();
+        assert!(layout.rows_disjoint());
+        let mut out = vec![0u32; 40];
+        let rows = rows_mut("out", &mut out, layout).unwrap();
+        for (i, row) in rows.into_iter().enumerate() {
+            row.fill(i as u32 + 1);
+        }
+        // Row (b, t) = i = b * 4 + t lies at t * 10 + b * 5.
+        for b in 0..2 {
+            for t in 0..4 {
+                assert_eq!(out[t * 10 + b * 5], (b * 4 + t) as u32 + 1);
+            }
+        }
+    }
+
+    #[test]
     fn layouts_that_cannot_be_read_or_written_are_refused() {
         let err = RowLayout::from_strides("logits", &[5, 7], &[1, 5]).unwrap_err();
         assert!(err.to_string().contains("contiguous last"), "{err}");
@@ -239,7 +276,9 @@ mod tests {
         assert!(err.to_string().contains("(N, V) or (B, T, V)"), "{err}");
         // Overlapping rows (a stride below the vocabulary) can be read but not written.
         let overlapping = RowLayout::from_strides("logits", &[3, 7], &[5, 1]).unwrap();
-        assert!(!overlapping.rows_apart());
+        assert!(!overlapping.rows_disjoint());
+        let expanded = RowLayout::from_strides("logits", &[2, 3, 7], &[0, 7, 1]).unwrap();
+        assert!(!expanded.rows_disjoint());
         let mut out = vec![0f32; 30];
         assert!(rows_mut("out", &mut out, overlapping).is_err());
         let data = vec![0f32; 10];

@@ -214,6 +214,12 @@ pub(crate) fn rows_of<T>(
     shape: &[usize],
     byte_strides: &[isize],
 ) -> PyResult<(*mut T, RowLayout)> {
+    if !(data as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(value_error(
+            arg,
+            "expected an array aligned to its element type (use numpy.ascontiguousarray)",
+        ));
+    }
     let size = std::mem::size_of::<T>() as isize;
     let strides: Vec<i64> = byte_strides
         .iter()

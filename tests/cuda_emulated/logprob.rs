@@ -164,6 +164,10 @@ enum Backward {
     /// matching view of a full-size gradient, as `completion_logprobs` passes), with the saved
     /// statistics; the positions the view skips must stay unwritten.
     LikeLogits,
+    /// Into a buffer of the logits' shape in a layout of its own: sequence-first, `(T, B, V)`
+    /// memory viewed as `(B, T, V)` (rows of the sequences alternating), or dense `(N, V)` for
+    /// 2-D logits; with the saved statistics.
+    OwnLayout,
 }
 
 /// The values of one case: logits, targets and upstream gradients.
@@ -353,7 +357,10 @@ fn check_case<T: Float>(case: &Case, values: &Values) {
         },
     )
     .unwrap_or_else(|e| panic!("{what}: the CPU engine refused clean inputs: {e}"));
-    let keep_stats = matches!(case.backward, Backward::Saved(_) | Backward::LikeLogits);
+    let keep_stats = matches!(
+        case.backward,
+        Backward::Saved(_) | Backward::LikeLogits | Backward::OwnLayout
+    );
     let forward = gpu_forward(&logits, case, &values.targets, keep_stats);
     forward.status.assert_clean(&format!("forward {what}"));
     for r in 0..n {
@@ -395,7 +402,7 @@ fn check_case<T: Float>(case: &Case, values: &Values) {
     .unwrap_or_else(|e| panic!("{what}: the CPU backward refused clean inputs: {e}"));
     let out_align = match case.backward {
         Backward::Recompute(a) | Backward::Saved(a) => a,
-        Backward::InPlace | Backward::LikeLogits => Align::On16,
+        Backward::InPlace | Backward::LikeLogits | Backward::OwnLayout => Align::On16,
     };
     let mut dense_out = Placed::new(&vec![T::from_f32(f32::NAN); n * v], out_align);
     let d_out = dense_out.output(T::DTYPE, &[n, v]);
@@ -456,6 +463,31 @@ fn check_case<T: Float>(case: &Case, values: &Values) {
                     let start = logits.row_starts[r];
                     other.get()[start..start + v].to_vec()
                 })
+                .collect()
+        }
+        Backward::OwnLayout => {
+            let mut other = Placed::new(&vec![T::from_f32(f32::NAN); n * v], Align::On16);
+            let ptr = other.get_mut().as_mut_ptr() as u64;
+            // Row (b, t) of a (B, T, V) view at t * B * V + b * V; a 2-D one dense.
+            let (shape, strides, steps) = match logits.shape[..] {
+                [b, t, _] => (vec![b, t, v], vec![v as i64, (b * v) as i64, 1], t),
+                _ => (vec![n, v], vec![v as i64, 1], n),
+            };
+            let place = |r: usize| {
+                (r / steps) * strides[0] as usize
+                    + (r % steps) * strides[strides.len() - 2] as usize
+            };
+            let d_other = strided(ptr, T::DTYPE, &shape, &strides);
+            let status = gpu_backward(
+                &logits.describe(),
+                case,
+                values,
+                Some(&forward.stats),
+                &d_other,
+            );
+            status.assert_clean(&format!("backward into a layout of its own {what}"));
+            (0..n)
+                .flat_map(|r| other.get()[place(r)..place(r) + v].to_vec())
                 .collect()
         }
     };
@@ -551,6 +583,7 @@ fn selective_log_softmax_strided_and_unaligned_layouts_match_the_cpu_engine() {
                     Backward::Saved(Align::On16),
                     Backward::InPlace,
                     Backward::LikeLogits,
+                    Backward::OwnLayout,
                 ] {
                     let case = Case {
                         dtype,

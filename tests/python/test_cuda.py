@@ -242,6 +242,31 @@ def test_completion_logprobs_match_the_sliced_op(device, inplace):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["padded_vocab", "sequence_first", "vocab_strided"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_completion_logprobs_take_logits_in_any_layout(device, layout, inplace):
+    """On CUDA the backward writes the completion rows through the gradient's own addressing,
+    whatever the logits' strides (a padded vocabulary's slice, a sequence-first buffer, a
+    vocabulary dimension that is not contiguous, which is read from a copy)."""
+    from sgpo_rs.torch import completion_logprobs, selective_log_softmax
+
+    views = {
+        "padded_vocab": ((2, 9, 4104), lambda x: x[..., :4099]),
+        "sequence_first": ((9, 2, 4099), lambda x: x.transpose(0, 1)),
+        "vocab_strided": ((4099, 2, 9), lambda x: x.permute(1, 2, 0)),
+    }
+    shape, view = views[layout]
+    base = torch.randn(*shape, device=device, dtype=torch.bfloat16)
+    ids = torch.randint(0, 4099, (2, 6), device=device)
+    g = torch.randn(2, 6, device=device)
+    a = view(base.clone()).requires_grad_(True)
+    (completion_logprobs(a, ids, 0.9, inplace=inplace) * g).sum().backward()
+    b = view(base.clone()).contiguous().requires_grad_(True)
+    (selective_log_softmax(b[:, :-1][:, -6:], ids, 0.9) * g).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_selective_log_softmax_bad_inputs_raise(device):
     from sgpo_rs.torch import selective_log_softmax
 

@@ -466,3 +466,41 @@ def test_the_core_writes_into_a_gradient_laid_out_like_the_logits_and_refuses_ov
         _core.selective_logprobs_backward_core(
             view, t, g, None, half_dtype="none", temperature=1.0, out=np.zeros((2, 5, 33))
         )
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["padded_vocab", "sequence_first", "vocab_strided"],
+    ids=["padded", "seq-first", "vocab-strided"],
+)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_completion_logprobs_take_logits_in_any_layout(layout, inplace):
+    """Logits that are not a dense (B, L, V) tensor: a padded vocabulary's slice, a sequence-first
+    buffer viewed batch-first, a vocabulary dimension that is not contiguous."""
+    from sgpo_rs.torch import completion_logprobs
+
+    gen = torch.Generator().manual_seed(11)
+    if layout == "padded_vocab":
+        base = torch.randn(2, 7, 40, generator=gen)
+
+        def view(x):
+            return x[..., :33]
+    elif layout == "sequence_first":
+        base = torch.randn(7, 2, 33, generator=gen)
+
+        def view(x):
+            return x.transpose(0, 1)
+    else:
+        base = torch.randn(33, 2, 7, generator=gen)
+
+        def view(x):
+            return x.permute(1, 2, 0)
+
+    ids = torch.randint(0, 33, (2, 4), generator=gen)
+    g = torch.randn(2, 4, generator=gen)
+    a = view(base.clone()).requires_grad_(True)  # the layout itself, a leaf
+    assert not a.is_contiguous()
+    (completion_logprobs(a, ids, 0.9, inplace=inplace) * g).sum().backward()
+    b = view(base.clone()).contiguous().requires_grad_(True)
+    (sliced(b, ids, 0.9, False) * g).sum().backward()
+    assert torch.equal(a.grad, b.grad)
