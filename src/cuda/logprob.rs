@@ -205,7 +205,9 @@ pub fn selective_logprobs(
 }
 
 /// The backward's tensors as the caller describes them. `dlogits` is a dense `(N, V)` tensor
-/// of the logits' dtype, or the logits tensor itself (in place).
+/// of the logits' dtype, the logits tensor itself (in place), or a tensor of the logits' shape
+/// in any layout whose rows share no element, apart from the logits (the matching view of a
+/// full-size gradient).
 #[derive(Debug, Clone, Copy)]
 pub struct BackwardTensors<'a> {
     pub logits: &'a DeviceTensor,

@@ -100,7 +100,8 @@ pub(crate) fn cuda_selective_logprobs(
         .map_err(to_py)
 }
 
-/// The selective log-softmax backward (`dlogits` may be the logits tensor itself: in place).
+/// The selective log-softmax backward (`dlogits`: dense, the logits tensor itself - in place - or a
+/// tensor of their shape in any layout with disjoint rows).
 #[pyfunction]
 #[pyo3(signature = (stream_handle, logits, targets, temperature, grad_logp, grad_entropy, dlogits, status, stats=None))]
 #[allow(clippy::too_many_arguments)]
