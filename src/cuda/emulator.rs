@@ -148,8 +148,18 @@ fn build(source: &KernelSource) -> Result<libloading::Library> {
 }
 
 /// The host C++ compiler: `$CXX` (split at spaces), else the first of `c++`, `g++`, `clang++`
-/// and Zig's (the `ziglang` Python package) that runs.
+/// and Zig's (the `ziglang` Python package) that runs; probed once per process.
 fn compiler() -> Result<Vec<String>> {
+    static FOUND: OnceLock<Option<Vec<String>>> = OnceLock::new();
+    FOUND.get_or_init(probe_compiler).clone().ok_or_else(|| {
+        Error::Cuda(
+            "emulator: no C++ compiler (set CXX, or install g++, clang++ or the ziglang package)"
+                .into(),
+        )
+    })
+}
+
+fn probe_compiler() -> Option<Vec<String>> {
     let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     let mut candidates = Vec::new();
     if let Ok(cxx) = std::env::var("CXX") {
@@ -158,22 +168,13 @@ fn compiler() -> Result<Vec<String>> {
     for c in ["c++", "g++", "clang++", "python3 -m ziglang c++"] {
         candidates.push(words(c));
     }
-    candidates
-        .into_iter()
-        .filter(|c| !c.is_empty())
-        .find(|c| {
-            Command::new(&c[0])
-                .args(&c[1..])
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .ok_or_else(|| {
-            Error::Cuda(
-                "emulator: no C++ compiler (set CXX, or install g++, clang++ or the ziglang package)"
-                    .into(),
-            )
-        })
+    candidates.into_iter().filter(|c| !c.is_empty()).find(|c| {
+        Command::new(&c[0])
+            .args(&c[1..])
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// A fresh directory for this process's builds.

@@ -6,7 +6,7 @@ use super::source::LOGPROB;
 use super::tensor::{status_buffer, DeviceTensor};
 use super::FloatDtype;
 use crate::error::{Error, Result};
-use crate::logprob::RowLayout;
+use crate::logprob::{buffers_overlap, RowLayout};
 
 /// Threads per block (`LOGPROB_BLOCK` in the kernel).
 const BLOCK: u32 = 256;
@@ -30,6 +30,17 @@ pub struct Logits {
 impl Logits {
     /// The layout of a described `(N, V)` or `(B, T, V)` logits tensor whose last dimension is
     /// contiguous; the rows may be any (non-negative) number of elements apart.
+    /// The rows' layout (the CPU path's [`RowLayout`], from which [`Logits::from_tensor`] took it).
+    pub fn layout(&self) -> RowLayout {
+        RowLayout {
+            rows: self.rows,
+            vocab: self.vocab,
+            row_stride: self.row_stride,
+            group_rows: self.group_rows,
+            group_stride: self.group_stride,
+        }
+    }
+
     pub fn from_tensor(t: &DeviceTensor) -> Result<Logits> {
         let dtype = FloatDtype::parse("logits", &t.dtype)?;
         // The CPU path's own reading of the shape and strides (`crate::logprob::RowLayout`).
@@ -237,7 +248,7 @@ pub fn selective_logprobs_backward(
         .stats
         .map(|s| s.expect_buffer("stats", "float32", &[rows, STATS_PER_ROW], device))
         .transpose()?;
-    let logits_layout = RowLayout::from_strides("logits", &t.logits.shape, &t.logits.strides)?;
+    let logits_layout = c.logits.layout();
     let out = if t.dlogits.ptr == t.logits.ptr && rows > 0 {
         if t.dlogits != t.logits {
             return Err(Error::value(
@@ -310,21 +321,16 @@ struct Out {
 /// Whether the elements two tensors can address share any byte (their spans from the lowest to
 /// the highest addressed byte meet; strides are non-negative here).
 fn overlaps(a: &DeviceTensor, b: &DeviceTensor) -> bool {
-    let span = |t: &DeviceTensor| {
-        let size = match t.dtype.as_str() {
-            "float32" => 4,
-            _ => 2,
-        };
-        let last: i64 = t
-            .shape
-            .iter()
-            .zip(&t.strides)
-            .map(|(&n, &stride)| (n as i64 - 1).max(0) * stride.max(0))
-            .sum();
-        (t.ptr, t.ptr + (last as u64 + 1) * size)
+    let bytes = |t: &DeviceTensor| {
+        let size = FloatDtype::parse("dlogits", &t.dtype).map_or(1, FloatDtype::size);
+        let layout = RowLayout::from_strides("dlogits", &t.shape, &t.strides).ok()?;
+        Some((t.ptr as usize, layout, size))
     };
-    let ((a0, a1), (b0, b1)) = (span(a), span(b));
-    a0 < b1 && b0 < a1
+    match (bytes(a), bytes(b)) {
+        (Some(a), Some(b)) => buffers_overlap(a, b),
+        // A layout the kernels cannot address is refused later anyway; count it as meeting.
+        _ => true,
+    }
 }
 
 /// Float32 elements of the row statistics the forward can save for the backward: `(m, ln s, H)`

@@ -124,6 +124,20 @@ impl RowLayout {
     }
 }
 
+/// Whether two buffers share a byte, each given as `(address of its first row, its layout, its
+/// element size)`: the bytes from the first row's start to the last row's end (strides are
+/// non-negative, so every row lies in between).
+pub fn buffers_overlap(a: (usize, RowLayout, usize), b: (usize, RowLayout, usize)) -> bool {
+    let bytes = |(at, layout, size): (usize, RowLayout, usize)| {
+        let len = layout
+            .span()
+            .map_or(usize::MAX, |span| span.saturating_mul(size));
+        (at, at.saturating_add(len))
+    };
+    let ((a0, a1), (b0, b1)) = (bytes(a), bytes(b));
+    a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1
+}
+
 /// Read-only rows of logits: `data` from the first row's start, in `layout`.
 #[derive(Debug, Clone, Copy)]
 pub struct LogitRows<'a, T> {

@@ -45,7 +45,7 @@ pub use crate::elem::GradElem;
 use crate::error::{Error, Result};
 use crate::numeric::exp::exp;
 use checks::{check_common, check_finite, check_len, target, to_f32};
-pub use layout::{rows_mut, LogitRows, RowLayout};
+pub use layout::{buffers_overlap, rows_mut, LogitRows, RowLayout};
 use row_backward::row_backward;
 #[cfg(target_arch = "x86_64")]
 use row_backward::row_backward_fast;

@@ -239,12 +239,6 @@ pub(crate) fn rows_of<T>(
                 format!("expected strides of whole elements, got byte strides {byte_strides:?}"),
             )
         })?;
-    let mut strides = strides;
-    if let Some(last) = strides.last_mut() {
-        if shape.last().is_some_and(|&v| v <= 1) {
-            *last = 1;
-        }
-    }
     let layout = RowLayout::from_strides(arg, shape, &strides).map_err(super::errors::to_py)?;
     if layout.span().is_none() {
         return Err(value_error(

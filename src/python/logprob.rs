@@ -10,8 +10,8 @@ use super::errors::{to_py, type_error, value_error};
 use crate::elem::FloatElem;
 use crate::elem::GradElem;
 use crate::logprob::{
-    selective_logprobs_backward_rows, selective_logprobs_rows, ForwardOut, LogitRows,
-    LogprobOptions, RowLayout, Upstream, STATS_PER_ROW,
+    buffers_overlap, selective_logprobs_backward_rows, selective_logprobs_rows, ForwardOut,
+    LogitRows, LogprobOptions, RowLayout, Upstream, STATS_PER_ROW,
 };
 use half::{bf16, f16};
 
@@ -62,22 +62,20 @@ macro_rules! with_logits {
     };
 }
 
-/// The logits' bytes from the first row's start to the last row's end: `(address, length)`.
-fn logits_span(logits: &FloatView<'_>) -> PyResult<(usize, usize)> {
-    fn span<T>(rows: LogitRows<'_, T>) -> (usize, usize) {
-        let bytes = rows.layout().span().unwrap_or(0) * std::mem::size_of::<T>();
-        (rows.first() as usize, bytes)
+/// The logits as [`buffers_overlap`] takes a buffer: first row's address, layout, element size.
+fn logits_buffer(logits: &FloatView<'_>) -> PyResult<(usize, RowLayout, usize)> {
+    fn buffer<T>(rows: LogitRows<'_, T>) -> (usize, RowLayout, usize) {
+        (
+            rows.first() as usize,
+            rows.layout(),
+            std::mem::size_of::<T>(),
+        )
     }
     Ok(match logits {
-        FloatView::F32(v) => span(v.logit_rows()?),
-        FloatView::F64(v) => span(v.logit_rows()?),
-        FloatView::Bf16(v) | FloatView::F16(v) => span(v.logit_rows()?),
+        FloatView::F32(v) => buffer(v.logit_rows()?),
+        FloatView::F64(v) => buffer(v.logit_rows()?),
+        FloatView::Bf16(v) | FloatView::F16(v) => buffer(v.logit_rows()?),
     })
-}
-
-/// Whether two byte ranges `(address, length)` share a byte.
-fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
-    a.1 > 0 && b.1 > 0 && a.0 < b.0 + b.1 && b.0 < a.0 + a.1
 }
 
 /// uint16 rows as the half type whose bits they hold.
@@ -290,11 +288,8 @@ fn backward_into<'py, E: numpy::Element, O: GradElem>(
             array.shape(),
             array.strides(),
         )?;
-        let out_span = (
-            data as usize,
-            out_layout.span().unwrap_or(0) * std::mem::size_of::<E>(),
-        );
-        if overlaps(out_span, logits_span(logits)?) {
+        let out_buffer = (data as usize, out_layout, std::mem::size_of::<E>());
+        if buffers_overlap(out_buffer, logits_buffer(logits)?) {
             return Err(value_error(
                 "out",
                 "expected memory apart from the logits (the backward reads them while it writes)",
